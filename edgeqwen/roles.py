@@ -1,0 +1,198 @@
+"""Roles: YAML prompt files validated into Role objects, and the one place prompts are assembled.
+
+A role is a job the model does: `classify` (pick one of a fixed label set) or `generate` (free
+text). Each `*.yaml` file in a prompts directory is one role, named after the file. The roles that
+ship with edgeqwen are loaded first; a user directory adds roles and overrides them by name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import RoleError
+from .grammar import label_problem
+
+TEXT_PLACEHOLDER = "{text}"
+RESERVED_NAMES = {"auto", "both", "rules", "llm"}  # --task values that are not roles
+ROLE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+
+Message = dict[str, str]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class Label(_Strict):
+    name: str = Field(description="What the model emits; a single token where possible.")
+    display: str | None = Field(None, description="What users see, e.g. 正面.")
+    routes_to: str | None = Field(None, description="For a router role: the role this label sends input to.")
+
+    @field_validator("name")
+    @classmethod
+    def _literal_safe(cls, name: str) -> str:
+        problem = label_problem(name)
+        if problem:
+            raise ValueError(f"label {name!r} {problem}")
+        return name
+
+    @property
+    def shown(self) -> str:
+        return self.display or self.name
+
+
+class Example(_Strict):
+    text: str
+    label: str | None = None
+    reply: str | None = None
+
+
+class Sampling(_Strict):
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    top_k: int = Field(40, ge=0)
+    repeat_penalty: float = Field(1.0, gt=0.0, le=2.0)
+    max_tokens: int = Field(256, ge=1, le=8192)
+    seed: int | None = None
+
+
+class Role(_Strict):
+    """One validated prompt file."""
+
+    name: str
+    source: str
+    kind: Literal["classify", "generate"]
+    description: str = ""
+    system: str
+    template: str = TEXT_PLACEHOLDER
+    examples: list[Example] = []
+    labels: list[Label] = []
+    sampling: Sampling = Sampling()
+    calibration: Literal["none", "content_free"] = Field(
+        "none", description="content_free: subtract the label bias the model shows for an empty input."
+    )
+
+    @field_validator("template")
+    @classmethod
+    def _has_placeholder(cls, template: str) -> str:
+        if TEXT_PLACEHOLDER not in template:
+            raise ValueError(f"must contain the placeholder {TEXT_PLACEHOLDER}")
+        return template
+
+    @model_validator(mode="after")
+    def _kind_rules(self) -> "Role":
+        names = [label.name for label in self.labels]
+        if self.kind == "classify":
+            if len(names) < 2:
+                raise ValueError("labels: a classify role needs at least two labels")
+            if len(set(names)) != len(names):
+                raise ValueError("labels: duplicate label names")
+            for index, example in enumerate(self.examples):
+                if example.label not in names:
+                    raise ValueError(f"examples.{index}.label: must be one of {names}")
+        else:
+            if names:
+                raise ValueError("labels: a generate role has no labels")
+            for index, example in enumerate(self.examples):
+                if example.reply is None:
+                    raise ValueError(f"examples.{index}.reply: required for a generate role")
+        return self
+
+    @property
+    def label_names(self) -> list[str]:
+        return [label.name for label in self.labels]
+
+    def label(self, name: str) -> Label:
+        return next(label for label in self.labels if label.name == name)
+
+    def user_message(self, text: str) -> str:
+        return self.template.replace(TEXT_PLACEHOLDER, text)
+
+    def prefix_messages(self) -> list[Message]:
+        """The fixed part of every prompt: system prompt and few-shot turns (cacheable)."""
+        messages = [{"role": "system", "content": self.system}]
+        for example in self.examples:
+            answer = example.label if self.kind == "classify" else example.reply
+            messages.append({"role": "user", "content": self.user_message(example.text)})
+            messages.append({"role": "assistant", "content": answer or ""})
+        return messages
+
+    def messages(self, text: str, history: Sequence[Message] = ()) -> list[Message]:
+        """The whole prompt for one input: fixed prefix, earlier turns, then the new user turn."""
+        return [*self.prefix_messages(), *history, {"role": "user", "content": self.user_message(text)}]
+
+
+def default_prompts_dir() -> Path:
+    """The roles that ship with edgeqwen: inside the installed package, or prompts/ in a checkout."""
+    packaged = Path(str(resources.files("edgeqwen") / "prompts"))
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "prompts"
+
+
+def _field_path(error: dict) -> str:
+    return ".".join(str(part) for part in error["loc"]) or "(top level)"
+
+
+def load_role(path: Path) -> Role:
+    """Read and validate one role file; every problem names the file and the field."""
+    name = path.stem
+    if not ROLE_NAME.match(name) or name in RESERVED_NAMES:
+        raise RoleError(f"{path}: role name {name!r} must be lowercase letters, digits, - or _ and not one of {sorted(RESERVED_NAMES)}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise RoleError(f"{path}: cannot read: {error}") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise RoleError(f"{path}: invalid YAML{line}: {getattr(error, 'problem', error)}") from None
+    if not isinstance(data, dict):
+        raise RoleError(f"{path}: must be a YAML mapping of fields (kind, system, template, ...)")
+    for reserved in ("name", "source"):
+        if reserved in data:
+            raise RoleError(f"{path}: field '{reserved}': not allowed (the role is named after its file)")
+    try:
+        return Role(name=name, source=str(path), **data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        raise RoleError(f"{path}: field '{_field_path(first)}': {message}") from None
+
+
+def load_roles(user_dir: str | Path | None = None) -> dict[str, Role]:
+    """The shipped roles, overridden and extended by the YAML files in `user_dir`."""
+    roles = _load_dir(default_prompts_dir())
+    if user_dir is not None:
+        user_path = Path(user_dir)
+        if not user_path.is_dir():
+            raise RoleError(f"{user_path}: prompts directory not found")
+        roles.update(_load_dir(user_path))
+    _check_routes(roles.values())
+    return roles
+
+
+def _load_dir(directory: Path) -> dict[str, Role]:
+    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+    roles: dict[str, Role] = {}
+    for path in files:
+        if path.stem in roles:
+            raise RoleError(f"{path}: role name {path.stem!r} clashes with {roles[path.stem].source}")
+        roles[path.stem] = load_role(path)
+    return roles
+
+
+def _check_routes(roles: Iterable[Role]) -> None:
+    roles = list(roles)
+    names = {role.name for role in roles}
+    for role in roles:
+        for index, label in enumerate(role.labels):
+            if label.routes_to is not None and label.routes_to not in names:
+                raise RoleError(f"{role.source}: field 'labels.{index}.routes_to': no role named {label.routes_to!r}")

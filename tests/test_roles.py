@@ -1,0 +1,109 @@
+"""Role files: validation errors name the file and the field; new files are new roles."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from edgeqwen.errors import RoleError
+from edgeqwen.roles import default_prompts_dir, load_role, load_roles
+
+from conftest import REPO
+
+VALID = """\
+kind: classify
+system: Classify the topic.
+template: "Text: {text}"
+labels:
+  - name: sports
+  - name: politics
+"""
+
+
+def test_shipped_roles_load():
+    roles = load_roles()
+    assert {"sentiment", "chat", "route"} <= set(roles)
+    assert roles["sentiment"].label_names == ["positive", "negative"]
+    assert roles["chat"].sampling.temperature == 0.7
+    assert roles["chat"].sampling.top_p == 0.9
+    assert roles["chat"].sampling.max_tokens == 256
+    assert {label.routes_to for label in roles["route"].labels} == {"sentiment", "chat"}
+
+
+@pytest.mark.parametrize(
+    "text, field, message",
+    [
+        (VALID + "colour: red\n", "colour", "Extra inputs are not permitted"),
+        (VALID.replace("system: Classify the topic.\n", ""), "system", "Field required"),
+        (VALID.replace('template: "Text: {text}"', "template: Text"), "template", "placeholder {text}"),
+        (VALID.replace("kind: classify", "kind: summarize"), "kind", "classify"),
+        (VALID + "sampling: {temperature: hot}\n", "sampling.temperature", "valid number"),
+        (VALID.replace("- name: politics", "- name: sports"), "(top level)", "duplicate label"),
+        (VALID.replace("- name: politics", "- name: '<|im_end|>'"), "labels.1.name", "control tokens"),
+        (VALID.replace("- name: politics", "- name: ''"), "labels.1.name", "non-empty"),
+        (VALID.replace("  - name: politics\n", ""), "(top level)", "at least two labels"),
+        (VALID + "examples:\n  - {text: hi, label: weather}\n", "(top level)", "examples.0.label"),
+    ],
+)
+def test_validation_errors_name_file_and_field(write_role, text, field, message):
+    path = write_role("topic", text)
+    with pytest.raises(RoleError) as error:
+        load_role(path)
+    line = str(error.value)
+    assert "\n" not in line
+    assert str(path) in line
+    assert f"field '{field}'" in line
+    assert message in line
+
+
+def test_invalid_yaml_names_file_and_line(write_role):
+    path = write_role("broken", "kind: classify\nsystem: [unclosed\n")
+    with pytest.raises(RoleError, match=r"broken\.yaml: invalid YAML \(line \d+\)"):
+        load_role(path)
+
+
+def test_reserved_role_name(write_role):
+    path = write_role("auto", VALID)
+    with pytest.raises(RoleError, match="role name 'auto'"):
+        load_role(path)
+
+
+def test_user_dir_adds_and_overrides(write_role, tmp_path):
+    write_role("topic", VALID)
+    write_role("chat", "kind: generate\nsystem: You are a pirate.\n")
+    roles = load_roles(tmp_path)
+    assert roles["topic"].label_names == ["sports", "politics"]
+    assert roles["chat"].system == "You are a pirate."
+    assert roles["sentiment"].source.endswith("sentiment.yaml")
+
+
+def test_missing_prompts_dir(tmp_path):
+    with pytest.raises(RoleError, match="prompts directory not found"):
+        load_roles(tmp_path / "nope")
+
+
+def test_prompt_assembly_puts_examples_in_the_fixed_prefix():
+    role = load_roles()["sentiment"]
+    messages = role.messages("great phone")
+    assert messages[0] == {"role": "system", "content": role.system}
+    assert messages[: len(role.prefix_messages())] == role.prefix_messages()
+    assert messages[-1] == {"role": "user", "content": role.template.replace("{text}", "great phone")}
+
+
+def test_default_roles_ship_inside_the_installed_package(tmp_path):
+    """`pip install .` must carry prompts/ into the package: install to a folder, import from elsewhere."""
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    code = "import edgeqwen.roles as r; print(r.default_prompts_dir()); print(sorted(r.load_roles()))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target)}, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[0].startswith(str(target))
+    assert "'chat', 'route', 'sentiment'" in out[1]
+    assert default_prompts_dir().is_dir()
