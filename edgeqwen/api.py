@@ -1,0 +1,151 @@
+"""The public Python API: one model loaded once, every role available by name."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from .engine import DEFAULT_N_CTX, Engine
+from .errors import InputError, RoleError
+from .models import resolve_model
+from .roles import Message, Role, load_roles
+from .router import RouteDecision, Router
+from .tasks import Classification, Classifier, Conversation
+
+TASKS = ("auto", "sentiment", "chat", "both")
+
+
+@dataclass
+class RunResult:
+    """What `EdgeQwen.run` did with one input."""
+
+    text: str
+    task: str
+    route: RouteDecision | None = None
+    sentiment: Classification | None = None
+    reply: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "text": self.text,
+            "task": self.task,
+            "route": self.route.to_dict() if self.route else None,
+            "label": self.sentiment.label if self.sentiment else None,
+            "display": self.sentiment.display if self.sentiment else None,
+            "confidence": round(self.sentiment.confidence, 4) if self.sentiment else None,
+            "reply": self.reply,
+            "truncated": bool(self.sentiment and self.sentiment.truncated),
+            "timings": self.timings,
+        }
+
+
+class EdgeQwen:
+    """One small Qwen model doing several jobs.
+
+    >>> eq = EdgeQwen()                                # model from EDGEQWEN_MODEL or models/
+    >>> eq.sentiment("这家餐厅的服务太差了").label
+    'negative'
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        n_ctx: int = DEFAULT_N_CTX,
+        threads: int | None = None,
+        prompts_dir: str | os.PathLike | None = None,
+        router: str = "llm",
+        verbose: bool = False,
+    ) -> None:
+        self.roles: dict[str, Role] = load_roles(prompts_dir)  # validate roles before the slow load
+        self.engine = Engine(resolve_model(model), n_ctx=n_ctx, n_threads=threads, verbose=verbose)
+        self._classifiers: dict[str, Classifier] = {}
+        self.router = Router(router, self._classifier("route") if router == "llm" else None)
+
+    # -- classify roles -------------------------------------------------------------------------
+
+    def classify(self, text: str, role: str = "sentiment") -> Classification:
+        """One label of a classify role, with its confidence (softmax over the role's labels)."""
+        return self._classifier(role).classify(text)
+
+    def sentiment(self, text: str) -> Classification:
+        return self.classify(text, "sentiment")
+
+    def route(self, text: str) -> RouteDecision:
+        return self.router.route(text)
+
+    # -- generate roles -------------------------------------------------------------------------
+
+    def conversation(self, role: str = "chat", history: Sequence[Message] = ()) -> Conversation:
+        """A multi-turn chat that keeps its history (trimmed to fit n_ctx)."""
+        return Conversation(self.engine, self._role(role, "generate"), history)
+
+    def chat(self, message: str | Sequence[Message], *, stream: bool = False, role: str = "chat") -> str | Iterator[str]:
+        """A reply to one message, or to a list of {"role", "content"} messages ending with a user turn."""
+        conversation = self._conversation_for(message, role)
+        text = message if isinstance(message, str) else message[-1]["content"]
+        return conversation.stream(text) if stream else conversation.reply(text)
+
+    # -- routed run -----------------------------------------------------------------------------
+
+    def run(
+        self,
+        text: str,
+        task: str = "auto",
+        *,
+        conversation: Conversation | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> RunResult:
+        """Route `text` (task="auto") or run the named task; `on_text` receives the reply as it streams."""
+        if task not in TASKS:
+            raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        started = time.perf_counter()
+        result = RunResult(text=text, task=task)
+        if task == "auto":
+            result.route = self.route(text)
+            result.task = task = result.route.task
+            result.timings["route_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        if task in ("sentiment", "both"):
+            result.sentiment = self.sentiment(text)
+            result.timings["sentiment_ms"] = result.sentiment.timings["total_ms"]
+        if task in ("chat", "both"):
+            conversation = conversation or self.conversation()
+            pieces = []
+            for piece in conversation.stream(text):
+                pieces.append(piece)
+                if on_text:
+                    on_text(piece)
+            result.reply = "".join(pieces)
+            result.timings.update({f"chat_{k}": v for k, v in conversation.timings.items()})
+        result.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        return result
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _role(self, name: str, kind: str) -> Role:
+        role = self.roles.get(name)
+        if role is None:
+            raise RoleError(f"no role named {name!r}; roles found: {', '.join(sorted(self.roles))}")
+        if role.kind != kind:
+            raise RoleError(f"{role.source}: role '{name}' is a {role.kind} role, not {kind}")
+        return role
+
+    def _classifier(self, name: str) -> Classifier:
+        if name not in self._classifiers:
+            self._classifiers[name] = Classifier(self.engine, self._role(name, "classify"))
+        return self._classifiers[name]
+
+    def _conversation_for(self, message: str | Sequence[Message], role_name: str) -> Conversation:
+        role = self._role(role_name, "generate")
+        if isinstance(message, str):
+            return Conversation(self.engine, role)
+        messages = list(message)
+        if not messages or messages[-1].get("role") != "user":
+            raise InputError("messages must end with a user message")
+        if messages[0].get("role") == "system":
+            role = role.model_copy(update={"system": messages[0]["content"]})
+            messages = messages[1:]
+        return Conversation(self.engine, role, messages[:-1])

@@ -1,0 +1,59 @@
+"""Routing: decide whether an input wants sentiment analysis or a conversation.
+
+Two strategies:
+- `llm`: the `route` classify role, run by the same model through the same label path.
+- `rules`: a keyword + length rule in the style of the seed project's router, kept for comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .tasks import Classifier, clean_text
+
+STRATEGIES = ("llm", "rules")
+
+# Words that ask for sentiment analysis or carry an opinion, per the seed's approach.
+_SENTIMENT_KEYWORDS = (
+    "情感", "情绪", "评价", "分析", "觉得", "喜欢", "讨厌", "太差", "很好", "不错", "失望", "满意",
+    "sentiment", "review", "opinion", "feel", "love", "hate", "terrible", "great", "awful", "amazing",
+)
+_CHAT_MAX_CHARS = 10  # very short inputs are greetings or small talk
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    task: str  # "sentiment" or "chat"
+    strategy: str
+    confidence: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rules_route(text: str) -> str:
+    """Keyword + length rule: a question mark or a short text is chat, an opinion keyword is sentiment."""
+    lowered = text.strip().lower()
+    if lowered.endswith(("?", "？")) or len(lowered) < _CHAT_MAX_CHARS:
+        return "chat"
+    return "sentiment" if any(word in lowered for word in _SENTIMENT_KEYWORDS) else "chat"
+
+
+class Router:
+    """Routes text to a role name with the chosen strategy."""
+
+    def __init__(self, strategy: str, classifier: Classifier | None = None) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown router strategy {strategy!r}; choose one of {STRATEGIES}")
+        if strategy == "llm" and classifier is None:
+            raise ValueError("the llm router needs the route classifier")
+        self.strategy = strategy
+        self._classifier = classifier
+
+    def route(self, text: str) -> RouteDecision:
+        text = clean_text(text)
+        if self.strategy == "rules":
+            return RouteDecision(task=rules_route(text), strategy="rules")
+        result = self._classifier.classify(text)
+        target = self._classifier.role.label(result.label).routes_to or result.label
+        return RouteDecision(task=target, strategy="llm", confidence=round(result.confidence, 4))

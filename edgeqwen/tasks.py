@@ -1,0 +1,180 @@
+"""Task behaviour on top of the engine: classify roles pick a label, generate roles hold a conversation.
+
+Prompts come from Role.messages (roles.py) and are fitted into the context window here: inputs
+too long are truncated, and old conversation turns are dropped before llama.cpp could overflow.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .engine import Engine, SamplingParams
+from .errors import InputError, RoleError
+from .grammar import label_grammar
+from .roles import Message, Role
+
+MIN_REPLY_TOKENS = 16  # a chat prompt is truncated rather than leave less room than this
+
+
+def clean_text(text: str) -> str:
+    """The input as the model should see it; empty or whitespace-only input is refused."""
+    if not isinstance(text, str):
+        raise InputError("text must be a string")
+    text = text.replace("\x00", "").strip()
+    if not text:
+        raise InputError("empty input: give some text to analyse")
+    return text
+
+
+@dataclass(frozen=True)
+class FittedPrompt:
+    tokens: list[int]
+    history: list[Message]
+    truncated: bool
+
+
+def fit_prompt(engine: Engine, role: Role, text: str, history: Sequence[Message] = (), reserve: int = 1) -> FittedPrompt:
+    """Tokens for `text` after `history` that leave `reserve` tokens free: oldest turns go first, then the text's tail."""
+    history = list(history)
+    while True:
+        tokens = engine.chat_tokens(role.messages(text, history))
+        if len(tokens) + reserve <= engine.n_ctx or not history:
+            break
+        history = history[2:]  # one user turn and its reply
+    limit = engine.n_ctx - min(reserve, MIN_REPLY_TOKENS)
+    if len(tokens) <= limit:
+        return FittedPrompt(tokens, history, truncated=False)
+    text_tokens = engine.tokenize(text)
+    fixed = len(tokens) - len(text_tokens)
+    room = limit - fixed - 4  # re-tokenizing the cut text may merge differently
+    if room <= 0:
+        raise InputError(f"role '{role.name}' needs {fixed} tokens of fixed prompt; n_ctx {engine.n_ctx} is too small")
+    tokens = engine.chat_tokens(role.messages(engine.detokenize(text_tokens[:room]), history))
+    return FittedPrompt(tokens, history, truncated=True)
+
+
+@dataclass
+class Classification:
+    """One label from a classify role, with its softmax probability over the role's labels."""
+
+    role: str
+    label: str
+    display: str
+    confidence: float
+    scores: dict[str, float]
+    truncated: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Classifier:
+    """Runs one classify role; the answer is always exactly one of the role's labels."""
+
+    def __init__(self, engine: Engine, role: Role) -> None:
+        if role.kind != "classify":
+            raise RoleError(f"{role.source}: role '{role.name}' is a {role.kind} role, not classify")
+        self.engine = engine
+        self.role = role
+        self._sequences = [engine.tokenize(name) for name in role.label_names]
+        first_tokens = [seq[0] for seq in self._sequences]
+        # One distinct token per label: the grammar-constrained greedy choice is the arg-max of
+        # those tokens' logits, so one evaluation decides and no grammar is needed.
+        self.single_token = all(len(seq) == 1 for seq in self._sequences) and len(set(first_tokens)) == len(first_tokens)
+        if role.calibration != "none" and not self.single_token:
+            raise RoleError(f"{role.source}: field 'calibration': needs labels that are single tokens for this model")
+        self._grammar = None if self.single_token else label_grammar(role.label_names)
+        self._bias: np.ndarray | None = None
+
+    def classify(self, text: str) -> Classification:
+        started = time.perf_counter()
+        prompt = fit_prompt(self.engine, self.role, clean_text(text))
+        if self.single_token:
+            scores = self._label_logits(prompt.tokens) - self._calibration_bias()
+            label = self.role.label_names[int(np.argmax(scores))]
+        else:
+            label = self.engine.constrained_choice(prompt.tokens, self._grammar)
+            scores = np.array([self.engine.sequence_logprob(prompt.tokens, seq) for seq in self._sequences])
+        probabilities = _softmax(scores)
+        elapsed = (time.perf_counter() - started) * 1000
+        return Classification(
+            role=self.role.name,
+            label=label,
+            display=self.role.label(label).shown,
+            confidence=float(probabilities[self.role.label_names.index(label)]),
+            scores={name: float(p) for name, p in zip(self.role.label_names, probabilities)},
+            truncated=prompt.truncated,
+            timings={"total_ms": round(elapsed, 2), "prompt_tokens": len(prompt.tokens)},
+        )
+
+    def _label_logits(self, tokens: list[int]) -> np.ndarray:
+        logits = self.engine.next_token_logits(tokens)
+        return logits[[seq[0] for seq in self._sequences]].astype(np.float64)
+
+    def _calibration_bias(self) -> np.ndarray:
+        """Content-free calibration: the label preference the model shows for an empty input."""
+        if self.role.calibration == "none":
+            return np.zeros(len(self._sequences))
+        if self._bias is None:
+            neutral = [self._label_logits(fit_prompt(self.engine, self.role, filler).tokens) for filler in ("N/A", "…")]
+            bias = np.mean(neutral, axis=0)
+            self._bias = bias - bias.mean()
+        return self._bias
+
+
+class Conversation:
+    """A multi-turn chat with one generate role; history is trimmed to fit the context window."""
+
+    def __init__(self, engine: Engine, role: Role, history: Sequence[Message] = ()) -> None:
+        if role.kind != "generate":
+            raise RoleError(f"{role.source}: role '{role.name}' is a {role.kind} role, not generate")
+        self.engine = engine
+        self.role = role
+        self.history: list[Message] = list(history)
+        self.last_truncated = False
+        self.timings: dict[str, float] = {}
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(**self.role.sampling.model_dump())
+
+    def stream(self, text: str) -> Iterator[str]:
+        """Yield the reply as it is generated; the turn joins the history even if interrupted."""
+        text = clean_text(text)
+        started = time.perf_counter()
+        prompt = fit_prompt(self.engine, self.role, text, self.history, reserve=self.sampling.max_tokens)
+        self.history, self.last_truncated = prompt.history, prompt.truncated
+        pieces: list[str] = []
+        first_token_at = None
+        try:
+            for piece in self.engine.stream(prompt.tokens, self.sampling):
+                first_token_at = first_token_at or time.perf_counter()
+                pieces.append(piece)
+                yield piece
+        finally:
+            self._record(text, "".join(pieces), started, first_token_at)
+
+    def reply(self, text: str) -> str:
+        return "".join(self.stream(text))
+
+    def reset(self) -> None:
+        self.history = []
+
+    def _record(self, text: str, reply: str, started: float, first_token_at: float | None) -> None:
+        ended = time.perf_counter()
+        self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+        self.timings = {
+            "total_ms": round((ended - started) * 1000, 2),
+            "first_token_ms": round(((first_token_at or ended) - started) * 1000, 2),
+            "reply_tokens": len(self.engine.tokenize(reply)) if reply else 0,
+        }
+
+
+def _softmax(values: np.ndarray) -> np.ndarray:
+    shifted = np.exp(values - values.max())
+    return shifted / shifted.sum()
