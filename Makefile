@@ -1,0 +1,43 @@
+# edgeqwen — every command a user needs. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODELS_DIR ?= models
+STANDIN := $(MODELS_DIR)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+
+.PHONY: help setup model demo test quantize clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/edgeqwen: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	@echo "installing edgeqwen; llama-cpp-python compiles llama.cpp the first time (~5-10 min), then pip reuses the wheel"
+	$(BIN)/pip install --progress-bar off -e '.[test]'
+	@touch $@
+
+setup: $(BIN)/edgeqwen  ## create .venv and install edgeqwen with its test tools
+
+model: setup  ## fetch the stand-in model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M) into models/, verified by sha256
+	$(BIN)/python scripts/fetch_standin.py --models-dir $(MODELS_DIR)
+
+demo: setup model  ## install, fetch the model and run both roles on a few Chinese and English inputs
+	@echo "== edgeqwen run - (each line routed to sentiment or chat) =="
+	@printf '%s\n' \
+	  '这家餐厅的服务太差了，我再也不会来了。' \
+	  'The battery life is amazing and the screen is gorgeous.' \
+	  '你好！请用两句话介绍一下长城。' \
+	  'What should I cook tonight? Give me one quick idea.' \
+	| $(BIN)/edgeqwen run -
+	@echo; echo "== edgeqwen run --task both --json (sentiment, then a chat reply) =="
+	@$(BIN)/edgeqwen run --task both --json '房间干净，早餐丰富，下次还会再来。'
+
+test: setup model  ## run the test suite against the real model
+	$(BIN)/python -m pytest -q
+
+quantize:  ## build Qwen1.5-0.5B-Chat as a 4-bit GGUF (not implemented yet: issue #3)
+	@echo "make quantize is not implemented yet (issue #3); use 'make model' for the stand-in model" >&2; exit 1
+
+clean:  ## remove the virtual environment and caches (keeps models/)
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info
