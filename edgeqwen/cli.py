@@ -202,6 +202,48 @@ def info(
         typer.echo(f"{key:<18} {value}")
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on. Default: this machine only; 0.0.0.0 opens it to the network (set --api-key).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="TCP port.")] = 8080,
+    model: ModelOption = None,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="EDGEQWEN_API_KEY", help="Require 'Authorization: Bearer KEY' on every endpoint but /health (or set $EDGEQWEN_API_KEY).")] = None,
+    prompts: PromptsOption = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads. Default: physical cores.")] = None,
+    ctx: Annotated[int, typer.Option("--ctx", min=64, help="Context window in tokens.")] = DEFAULT_N_CTX,
+    router: Annotated[str, typer.Option("--router", help="How task auto decides: llm or rules.")] = "llm",
+    queue_size: Annotated[int, typer.Option("--queue-size", min=0, help="Requests that may wait behind the running one; more get 503 + Retry-After.")] = 8,
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1024, help="Largest request body (413 above).")] = 256 * 1024,
+    max_text_chars: Annotated[int, typer.Option("--max-text-chars", min=1, help="Longest text or message (422 above).")] = 16_000,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's own log.")] = False,
+) -> None:
+    """Serve an OpenAI-compatible API and a web page (needs the extra: pip install 'edgeqwen\\[serve]').
+
+    \b
+    Examples:
+      edgeqwen serve                         # http://127.0.0.1:8080/ (page), /v1/chat/completions, ...
+      edgeqwen serve --host 0.0.0.0 --api-key "$(openssl rand -hex 16)"
+    """
+    if router not in STRATEGIES:
+        _fail(InputError(f"unknown --router {router!r}; choose one of {', '.join(STRATEGIES)}"))
+    try:
+        from .server.app import ServerConfig, serve as run_server  # the optional extra: imported only here
+    except ImportError as error:
+        _fail(EdgeQwenError(f"edgeqwen serve needs the server extra ({error.name or error} is missing): pip install 'edgeqwen[serve]'"))
+    config = ServerConfig(
+        host=host, port=port, model=str(model) if model else None, api_key=api_key or None,
+        prompts=str(prompts) if prompts else None, threads=threads, ctx=ctx, router=router, queue_size=queue_size,
+        max_body_bytes=max_body_bytes, max_text_chars=max_text_chars, log_level=log_level, verbose=verbose,
+    )
+    try:
+        run_server(config)
+    except EdgeQwenError as error:
+        _fail(error)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+
+
 def main() -> None:
     app()
 

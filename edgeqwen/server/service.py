@@ -1,0 +1,116 @@
+"""The model work behind each endpoint. Every function here runs on the inference thread (worker.py).
+
+They use the public Python API (EdgeQwen, Conversation, Classification) and stream through
+`job.emit`, which raises `Cancelled` when the client has gone: the `closing(...)` around each
+generator then stops llama.cpp's generation at once.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import closing
+from dataclasses import dataclass, field
+
+from ..api import EdgeQwen, RunResult
+from ..roles import Message, Role
+from ..tasks import Conversation, clean_text, fit_prompt
+from .worker import Job
+
+
+@dataclass
+class ChatSpec:
+    """A chat request resolved to a generate role (system prompt and sampling already applied)."""
+
+    role: Role
+    history: list[Message]
+    text: str
+
+
+@dataclass
+class Generated:
+    reply: str
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+    completion_tokens: int
+    timings: dict[str, float] = field(default_factory=dict)
+    classification: dict | None = None
+
+
+def generate(eq: EdgeQwen, spec: ChatSpec, job: Job) -> Generated:
+    """A streamed reply of a generate role; each text piece goes to `job.emit`."""
+    conversation = Conversation(eq.engine, spec.role, spec.history)
+    sampling = conversation.sampling
+    prompt = fit_prompt(eq.engine, spec.role, clean_text(spec.text), spec.history, reserve=sampling.max_tokens)
+    budget = min(sampling.max_tokens, eq.engine.n_ctx - len(prompt.tokens))
+    pieces: list[str] = []
+    with closing(conversation.stream(spec.text)) as stream:
+        for piece in stream:
+            pieces.append(piece)
+            job.emit(piece)
+    reply = "".join(pieces)
+    completion_tokens = conversation.timings.get("reply_tokens", 0)
+    # The engine stops at the end-of-turn token or at the budget; a pieces count at the budget means it was cut.
+    finish = "length" if max(len(pieces), completion_tokens) >= budget else "stop"
+    return Generated(reply, finish, len(prompt.tokens), int(completion_tokens), dict(conversation.timings))
+
+
+def classify_as_chat(eq: EdgeQwen, role: str, text: str, job: Job) -> Generated:
+    """A classify role answering a chat request: the reply is exactly one label."""
+    result = eq.classify(text, role)
+    job.emit(result.label)
+    return Generated(
+        reply=result.label,
+        finish_reason="stop",
+        prompt_tokens=int(result.timings.get("prompt_tokens", 0)),
+        completion_tokens=1,
+        timings=dict(result.timings),
+        classification=_classification(result),
+    )
+
+
+def classify_texts(eq: EdgeQwen, role: str, texts: list[str], job: Job) -> list[dict]:
+    """One classification per text, in order; stops between texts if the client went away."""
+    results = []
+    for text in texts:
+        job.check()
+        results.append(_classification(eq.classify(text, role)))
+    return results
+
+
+def run(eq: EdgeQwen, text: str, task: str, history: list[Message], job: Job) -> RunResult:
+    """What `EdgeQwen.run` does (same steps, same RunResult), with each step streamed as it finishes.
+
+    Events: ("route", {...}), ("sentiment", {...}), ("delta", "text piece"). The CLI's `run` and
+    this function must agree: tests compare their outputs' fields.
+    """
+    started = time.perf_counter()
+    result = RunResult(text=text, task=task)
+    if task == "auto":
+        result.route = eq.route(text)
+        result.task = task = result.route.task
+        result.timings["route_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        job.emit(("route", result.route.to_dict()))
+    if task in ("sentiment", "both"):
+        job.check()
+        result.sentiment = eq.sentiment(text)
+        result.timings["sentiment_ms"] = result.sentiment.timings["total_ms"]
+        job.emit(("sentiment", _classification(result.sentiment)))
+    if task in ("chat", "both"):
+        job.check()
+        conversation = eq.conversation(history=history)
+        pieces: list[str] = []
+        with closing(conversation.stream(text)) as stream:
+            for piece in stream:
+                pieces.append(piece)
+                job.emit(("delta", piece))
+        result.reply = "".join(pieces)
+        result.timings.update({f"chat_{k}": v for k, v in conversation.timings.items()})
+    result.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    return result
+
+
+def _classification(result) -> dict:
+    data = result.to_dict()
+    data["confidence"] = round(data["confidence"], 4)
+    data["scores"] = {name: round(p, 4) for name, p in data["scores"].items()}
+    return data
