@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MODELS_DIR ?= models
 STANDIN := $(MODELS_DIR)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 
-.PHONY: help setup model demo test quantize clean
+.PHONY: help setup model demo test quantize clean browser serve loadtest
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -33,8 +33,19 @@ demo: setup model  ## install, fetch the model and run both roles on a few Chine
 	@echo; echo "== edgeqwen run --task both --json (sentiment, then a chat reply) =="
 	@$(BIN)/edgeqwen run --task both --json '房间干净，早餐丰富，下次还会再来。'
 
-test: setup model  ## run the test suite against the real model
+test: setup model browser  ## run the test suite against the real model (and the web page in headless chromium)
 	$(BIN)/python -m pytest -q
+
+browser:  ## install Debian's chromium and a CJK font for the page test, unless already there (needs root)
+	@if [ -x /usr/bin/chromium ] && [ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei; \
+	else echo "the page test needs chromium: sudo apt-get install -y chromium fonts-wqy-zenhei" >&2; exit 1; fi
+
+serve: setup model  ## run edgeqwen serve on http://127.0.0.1:8080/ (API and page)
+	$(BIN)/edgeqwen serve
+
+loadtest: setup model  ## 32 concurrent clients against a local edgeqwen serve; writes tests/artifacts/load_test.json
+	$(BIN)/python scripts/load_test.py
 
 quantize:  ## build Qwen1.5-0.5B-Chat as a 4-bit GGUF (not implemented yet: issue #3)
 	@echo "make quantize is not implemented yet (issue #3); use 'make model' for the stand-in model" >&2; exit 1
