@@ -35,3 +35,11 @@ class InputError(EdgeQwenError):
 
 class ContextOverflowError(EdgeQwenError):
     """A prompt does not fit the context window; callers trim before this can happen."""
+
+
+class ConvertError(EdgeQwenError):
+    """A checkpoint cannot be converted or quantized (unsupported architecture, missing tokenizer, corrupt file)."""
+
+
+class VerificationError(EdgeQwenError):
+    """A quantized model disagrees with the unquantized one by more than the stated limit."""
