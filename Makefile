@@ -14,7 +14,7 @@ $(BIN)/edgeqwen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	@echo "installing edgeqwen; llama-cpp-python compiles llama.cpp the first time (~5-10 min), then pip reuses the wheel"
-	$(BIN)/pip install --progress-bar off -e '.[test]'
+	$(BIN)/pip install --progress-bar off -e '.[test,convert-test]'
 	@touch $@
 
 setup: $(BIN)/edgeqwen  ## create .venv and install edgeqwen with its test tools
@@ -47,8 +47,11 @@ serve: setup model  ## run edgeqwen serve on http://127.0.0.1:8080/ (API and pag
 loadtest: setup model  ## 32 concurrent clients against a local edgeqwen serve; writes tests/artifacts/load_test.json
 	$(BIN)/python scripts/load_test.py
 
-quantize:  ## build Qwen1.5-0.5B-Chat as a 4-bit GGUF (not implemented yet: issue #3)
-	@echo "make quantize is not implemented yet (issue #3); use 'make model' for the stand-in model" >&2; exit 1
+# make quantize [REPO=Qwen/Qwen1.5-0.5B] [QUANT=Q8_0] [LOCAL_DIR=folder with the repo's files] [OUT=models/x.gguf]
+REPO ?= Qwen/Qwen1.5-0.5B-Chat
+QUANT ?= Q4_K_M
+quantize: setup  ## build Qwen1.5-0.5B-Chat from the Hugging Face Hub as a verified 4-bit GGUF in models/ (no torch)
+	$(BIN)/python scripts/quantize.py --repo $(REPO) --type $(QUANT) $(if $(LOCAL_DIR),--local-dir $(LOCAL_DIR)) $(if $(OUT),--output $(OUT)) $(if $(THREADS),--threads $(THREADS))
 
 clean:  ## remove the virtual environment and caches (keeps models/)
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

@@ -195,11 +195,20 @@ def info(
     except EdgeQwenError as error:
         _fail(error)
     fields = gguf.as_dict()
+    from .convert.manifest import manifest_path, read_manifest, summary_lines
+
+    manifest = read_manifest(model)  # written beside the model by `edgeqwen quantize`
     if json_output:
+        if manifest is not None:
+            fields["manifest"] = manifest
         typer.echo(json.dumps(fields, ensure_ascii=False, indent=2, default=str))
         return
     for key, value in fields.items():
         typer.echo(f"{key:<18} {value}")
+    if manifest is not None:
+        typer.echo(f"\nmanifest ({manifest_path(model).name}):")
+        for line in summary_lines(manifest):
+            typer.echo(f"  {line}")
 
 
 @app.command()
@@ -242,6 +251,61 @@ def serve(
         _fail(error)
     except KeyboardInterrupt:
         raise typer.Exit(130)
+
+
+# Clear examples for the smoke check after `quantize`: (text, expected sentiment label).
+SMOKE_EXAMPLES = (
+    ("这家餐厅的服务太差了，我再也不会来了。", "negative"),
+    ("房间干净，早餐丰富，下次还会再来。", "positive"),
+    ("The battery life is amazing and the screen is gorgeous.", "positive"),
+    ("Terrible product: it broke after one day and support never answered.", "negative"),
+)
+
+
+@app.command()
+def quantize(
+    repo: Annotated[str, typer.Option("--repo", help="Hugging Face repo (a Qwen1.5 / Qwen2 / Qwen2.5 checkpoint).")] = "Qwen/Qwen1.5-0.5B-Chat",
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit. Default: main.")] = None,
+    local_dir: Annotated[Optional[Path], typer.Option("--local-dir", help="Use this folder instead of the Hub: the repo's files, or a Hugging Face cache.")] = None,
+    qtype: Annotated[str, typer.Option("--type", "-q", help="Q4_K_M (default), Q4_0, Q5_K_M, Q8_0 or F16.")] = "Q4_K_M",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output GGUF. Default: models/<repo name>-<type>.gguf.")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads. Default: all for quantizing, physical cores for verifying.")] = None,
+    keep_unquantized: Annotated[bool, typer.Option("--keep-unquantized", help="Also keep the unquantized GGUF beside the output.")] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Compare next-token distributions with the unquantized GGUF.")] = True,
+    smoke: Annotated[bool, typer.Option("--smoke/--no-smoke", help="Run the sentiment role on a few clear examples afterwards.")] = True,
+) -> None:
+    """Build a verified GGUF from a Hugging Face checkpoint: fetch, convert (no torch), quantize, verify.
+
+    \b
+    Examples:
+      edgeqwen quantize                                   # Qwen/Qwen1.5-0.5B-Chat -> models/qwen1.5-0.5b-chat-q4_k_m.gguf
+      edgeqwen quantize --type Q8_0 --repo Qwen/Qwen1.5-0.5B
+      edgeqwen quantize --local-dir ~/Qwen1.5-0.5B-Chat   # no network: a folder with the repo's files
+    """
+    from .convert import QuantizeOptions, run_quantize, update_manifest
+
+    options = QuantizeOptions(repo=repo, revision=revision, local_dir=local_dir, qtype=qtype, output=output,
+                              threads=threads, keep_unquantized=keep_unquantized, verify=verify,
+                              progress=sys.stderr.isatty())
+    try:
+        result = run_quantize(options, log=lambda message: typer.echo(message, err=True))
+        if smoke:
+            eq = EdgeQwen(result.output, n_ctx=512, threads=threads)
+            checks = []
+            for text, expected in SMOKE_EXAMPLES:
+                label = eq.sentiment(text)
+                checks.append({"text": text, "expected": expected, "label": label.label, "confidence": round(label.confidence, 3)})
+                typer.echo(f"sentiment {'ok ' if label.label == expected else 'MISS'} {label.label:<8} {label.confidence:.2f}  {text}")
+            correct = sum(c["label"] == c["expected"] for c in checks)
+            update_manifest(result.output, sentiment_smoke_check={"correct": correct, "total": len(checks), "results": checks})
+            if correct < len(checks):
+                typer.echo(f"warning: the sentiment smoke check got {correct}/{len(checks)} right", err=True)
+    except EdgeQwenError as error:
+        _fail(error)
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: no model was written", err=True)
+        raise typer.Exit(130)
+    typer.echo(str(result.output))
 
 
 def main() -> None:
