@@ -293,6 +293,13 @@ def _open_stream(server, body: dict):
             return conn, response
 
 
+def wait_for_queue(server, condition, message: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition(call(server, "GET", "/health")[2]["queue"]):
+        assert time.monotonic() < deadline, message
+        time.sleep(0.05)
+
+
 def test_full_queue_gets_503_and_a_disconnect_frees_the_engine(server, client):
     before = call(server, "GET", "/health")[2]["queue"]
     # A: a long generation holds the engine (the request's max_tokens overrides the role's 32).
@@ -301,14 +308,19 @@ def test_full_queue_gets_503_and_a_disconnect_frees_the_engine(server, client):
         "messages": [{"role": "user", "content": "Count from 1 to 1000, separated by commas. Do not stop early."}],
     })
     assert call(server, "GET", "/health")[2]["queue"]["busy"] is True
+    # W: waits in the queue, then its client gives up: its place is free again at once.
+    quitter = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    quitter.request("POST", "/v1/sentiment", body=json.dumps({"text": "I give up waiting."}).encode(),
+                    headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    wait_for_queue(server, lambda q: q["waiting"] == 1, "request W never queued")
+    quitter.sock.shutdown(socket.SHUT_RDWR)
+    quitter.close()
+    wait_for_queue(server, lambda q: q["waiting"] == 0, "the abandoned request kept its place in the queue")
     # B: waits in the queue (size 1).
     waiting: dict = {}
     thread = threading.Thread(target=lambda: waiting.update(result=call(server, "POST", "/v1/sentiment", {"text": "Great value, works perfectly."})))
     thread.start()
-    deadline = time.monotonic() + 30
-    while call(server, "GET", "/health")[2]["queue"]["waiting"] < 1:
-        assert time.monotonic() < deadline, "request B never queued"
-        time.sleep(0.05)
+    wait_for_queue(server, lambda q: q["waiting"] == 1, "request B never queued")
     # C: the queue is full.
     status, headers, error = call(server, "POST", "/v1/sentiment", {"text": "one more"})
     assert status == 503
@@ -328,6 +340,7 @@ def test_full_queue_gets_503_and_a_disconnect_frees_the_engine(server, client):
     assert status == 200 and result["label"] == "positive"
     assert time.monotonic() - closed_at < 60
     after = call(server, "GET", "/health")[2]["queue"]
-    assert after["cancelled"] == before["cancelled"] + 1, "the disconnected stream was cancelled, not run to 1500 tokens"
+    assert after["cancelled"] == before["cancelled"] + 2, "W was dropped and A stopped, not run to 1500 tokens"
+    assert after["served"] == before["served"] + 1
     assert after["rejected"] == before["rejected"] + 2
     assert after["busy"] is False and after["waiting"] == 0

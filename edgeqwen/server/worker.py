@@ -41,10 +41,12 @@ class QueueFull(Exception):
 class Job:
     """One unit of model work, created on the event loop and run on the inference thread."""
 
-    def __init__(self, fn: Callable[[Job], Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, fn: Callable[[Job], Any], loop: asyncio.AbstractEventLoop, on_cancel: Callable[[Job], None] = lambda job: None) -> None:
         self.fn = fn
         self.loop = loop
+        self.state = "waiting"  # → running → done, or waiting → abandoned (cancelled before it started)
         self.cancelled = threading.Event()
+        self._on_cancel = on_cancel
         self.emitted = 0
         self.value: Any = None
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -70,8 +72,10 @@ class Job:
     # -- event loop -------------------------------------------------------------------------------
 
     def cancel(self) -> None:
-        """Stop this job: it is skipped if still waiting, stopped at the next token if running."""
-        self.cancelled.set()
+        """Stop this job: if still waiting it leaves the queue at once; if running it stops at the next token."""
+        if not self.cancelled.is_set():
+            self.cancelled.set()
+            self._on_cancel(self)
 
     async def items(self) -> AsyncIterator[Any]:
         """The streamed items, then returns; raises the job's exception if it failed."""
@@ -114,7 +118,7 @@ class InferenceWorker:
 
     def submit(self, fn: Callable[[Job], Any]) -> Job:
         """Queue `fn(job)` for the inference thread, or raise QueueFull at once."""
-        job = Job(fn, asyncio.get_running_loop())
+        job = Job(fn, asyncio.get_running_loop(), self._abandon)
         with self._lock:
             if self._closed:
                 raise QueueFull(self._retry_after_locked(), self._waiting)
@@ -139,11 +143,23 @@ class InferenceWorker:
         """Stop taking jobs, cancel the running and waiting ones, and end the thread."""
         with self._lock:
             self._closed = True
-            if self._running is not None:
-                self._running.cancel()
+            running = self._running
+        if running is not None:
+            running.cancel()
         self._jobs.put(None)
 
     # -- internals --------------------------------------------------------------------------------
+
+    def _abandon(self, job: Job) -> None:
+        """A waiting job was cancelled: its place in the queue is free now, not when the thread reaches it."""
+        with self._lock:
+            abandoned = job.state == "waiting"
+            if abandoned:
+                job.state = "abandoned"
+                self._waiting -= 1
+                self.counts["cancelled"] += 1
+        if abandoned:
+            job._post("error", Cancelled())
 
     def _mean_duration(self) -> float:
         return sum(self._durations) / len(self._durations) if self._durations else 2.0
@@ -159,26 +175,25 @@ class InferenceWorker:
             if job is None:
                 return
             with self._lock:
+                if job.state == "abandoned":
+                    continue
+                job.state = "running"
                 self._waiting -= 1
                 self._running = job
                 if self._closed:
-                    job.cancel()
+                    job.cancelled.set()
             started = time.perf_counter()
-            outcome = "served"
             try:
                 job.check()
-                value = job.fn(job)
+                outcome, kind, value = "served", "result", job.fn(job)
             except Cancelled as error:
-                outcome = "cancelled"
-                job._post("error", error)
+                outcome, kind, value = "cancelled", "error", error
             except BaseException as error:  # noqa: BLE001 - every failure goes back to its request
-                outcome = "failed"
-                job._post("error", error)
-            else:
-                job._post("result", value)
-            finally:
-                with self._lock:
-                    self._running = None
-                    self.counts[outcome] += 1
-                    if outcome == "served":
-                        self._durations.append(time.perf_counter() - started)
+                outcome, kind, value = "failed", "error", error
+            with self._lock:  # book-keeping first, so /health agrees with the answer the client gets
+                job.state = "done"
+                self._running = None
+                self.counts[outcome] += 1
+                if outcome == "served":
+                    self._durations.append(time.perf_counter() - started)
+            job._post(kind, value)
