@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -27,6 +28,7 @@ def streaming_job(count: int, produced: list, gate: threading.Event | None = Non
         for i in range(count):
             if gate is not None:
                 gate.wait(5)
+            time.sleep(0.01)  # like a token: the whole stream would take count/100 seconds
             produced.append(i)
             job.emit(i)
         return count

@@ -128,6 +128,20 @@ def _api_error(error: Exception) -> ApiError:
     return ApiError(500, f"internal error: {type(error).__name__}: {error}", type="server_error", code="internal_error")
 
 
+class JobStream(StreamingResponse):
+    """An SSE response tied to its job: however the response ends (done, client gone), the job is cancelled."""
+
+    def __init__(self, content: Any, job: Job) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=SSE_HEADERS)
+        self.job = job
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel()  # no-op for a finished job; frees the engine if the client went away
+
+
 def _sse(data: Any) -> bytes:
     return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
 
@@ -218,6 +232,7 @@ class Server:
             return await job.result()
         finally:
             watcher.cancel()
+            job.cancel()  # no-op for a finished job
 
     # -- routes -----------------------------------------------------------------------------------
 
@@ -258,7 +273,7 @@ class Server:
         job = self.worker.submit(lambda job: service.run(self.eq, text, body.task, history, job))
         if not body.stream:
             return JSONResponse((await self.wait(job, request)).to_dict())
-        return StreamingResponse(self._run_events(job), media_type="text/event-stream", headers=SSE_HEADERS)
+        return JobStream(self._run_events(job), job)
 
     async def _run_events(self, job: Job):
         try:
@@ -281,7 +296,7 @@ class Server:
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(self._chat_chunks(job, meta, include_usage), media_type="text/event-stream", headers=SSE_HEADERS)
+            return JobStream(self._chat_chunks(job, meta, include_usage), job)
         result: service.Generated = await self.wait(job, request)
         response = {
             **meta,

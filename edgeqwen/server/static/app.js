@@ -138,7 +138,7 @@ async function send(text) {
     state.controller = null;
     setBusy(false);
     scrollDown();
-    refreshHealth();
+    setTimeout(refreshHealth, 500); // after a stop the server needs a moment to free the engine
   }
 }
 
