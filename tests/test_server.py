@@ -2,6 +2,7 @@
 
 One server for the whole module (one model load): API key set, a wait queue of 1 (so a test can fill
 it), small limits, and a test prompts dir whose chat role answers in at most 32 tokens at temperature 0.
+One llama.cpp thread: on a shared 2-core machine that is faster than two, and leaves a core to the rest.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def write_test_prompts(directory: Path) -> Path:
 def server(tmp_path_factory):
     prompts = write_test_prompts(tmp_path_factory.mktemp("prompts"))
     args = [
-        "--model", str(standin_path()), "--prompts", str(prompts), "--api-key", KEY, "--queue-size", "1",
+        "--model", str(standin_path()), "--prompts", str(prompts), "--api-key", KEY, "--queue-size", "1", "--threads", "1",
         "--max-body-bytes", str(MAX_BODY), "--max-text-chars", str(MAX_TEXT), "--log-level", "warning",
     ]
     with ServerProcess(*args) as running:
@@ -221,7 +222,7 @@ def test_run_routes_like_the_cli(server):
     text = "这家餐厅的服务太差了，我再也不会来了。"
     status, _, review = call(server, "POST", "/v1/run", {"text": text})
     assert status == 200
-    cli = run_cli("run", "--json", text)
+    cli = run_cli("run", "--json", "--threads", "1", text)
     assert cli.returncode == 0, cli.stderr
     expected = json.loads(cli.stdout)
     assert set(review) == set(expected)

@@ -39,7 +39,7 @@ def chromium_path() -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     prompts = write_test_prompts(tmp_path_factory.mktemp("prompts"))
-    with ServerProcess("--model", str(standin_path()), "--prompts", str(prompts), "--log-level", "warning") as running:
+    with ServerProcess("--model", str(standin_path()), "--prompts", str(prompts), "--threads", "1", "--log-level", "warning") as running:
         yield running
 
 
