@@ -1,21 +1,28 @@
 """The engine: the only module that talks to llama.cpp (load, tokenize, evaluate, logits, sample).
 
-It knows nothing of roles, YAML, the CLI or HTTP. It evaluates token sequences and keeps the KV
-cache of the last one, so a new prompt that shares a prefix with the previous one only pays for
-its new tokens.
+It knows nothing of roles, YAML, the CLI or HTTP. It drives llama.cpp's model, context and
+samplers itself, because it keeps more than one prompt in the KV cache: sequence 0 is the working
+prompt, and each fixed prompt prefix a caller marks (a role's system prompt and examples) is kept
+as its own sequence. A later prompt that starts with a kept prefix shares those cache cells
+instead of evaluating them again, across role switches too.
 """
 
 from __future__ import annotations
 
 import codecs
+import ctypes
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import llama_cpp as llama
 import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from llama_cpp import _internals as internals  # model/context/batch/sampler wrappers of the pinned version
+from llama_cpp._logger import set_verbose
 
 from .errors import ContextOverflowError, GrammarError, ModelFileError
 from .grammar import check_grammar, grammar_literals
@@ -23,6 +30,9 @@ from .models import GGUFInfo, inspect_gguf
 
 DEFAULT_N_CTX = 2048
 DEFAULT_N_BATCH = 512
+WORKING_SEQ = 0
+MAX_KEPT_PREFIXES = 4
+DEFAULT_PREFIX_BUDGET = 512  # KV cells for kept prefixes, beyond n_ctx (Qwen1.5-0.5B: 96 KiB each in f16)
 # Stand-ins for message contents while rendering a chat template, so user text can be tokenized
 # apart from the template and never becomes a control token (private-use code points).
 _SENTINEL = "\ue000{}\ue001"
@@ -42,18 +52,32 @@ class SamplingParams:
 
 
 def physical_cores() -> int:
-    """Physical cores usable by this process: llama.cpp gains nothing from SMT siblings."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """Threads worth giving llama.cpp: one per physical core, and on big.LITTLE boards only the big cores."""
+    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    capacities = [_read_int(f"/sys/devices/system/cpu/cpu{cpu}/cpu_capacity") for cpu in usable]
+    if all(c is not None for c in capacities) and len(set(capacities)) > 1:
+        return capacities.count(max(capacities))  # e.g. RK3588: the four A76 cores, not the A55s
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return usable
-    cores = set(re.findall(r"physical id\s*:\s*(\d+)[\s\S]*?core id\s*:\s*(\d+)", text))
-    return max(1, min(usable, len(cores))) if cores else usable
+        return len(usable)
+    cores = set(re.findall(r"physical id\s*:\s*(\d+)[\s\S]*?core id\s*:\s*(\d+)", text))  # x86: SMT siblings share one
+    return max(1, min(len(usable), len(cores))) if cores else len(usable)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 class Engine:
-    """One loaded GGUF model and one llama.cpp context."""
+    """One loaded GGUF model and one llama.cpp context.
+
+    `n_ctx` is the longest prompt + reply the engine accepts; the context holds `prefix_budget`
+    more cells for kept prefixes, so keeping them never shrinks what a prompt can use.
+    """
 
     def __init__(
         self,
@@ -62,6 +86,7 @@ class Engine:
         n_ctx: int = DEFAULT_N_CTX,
         n_threads: int | None = None,
         n_batch: int = DEFAULT_N_BATCH,
+        prefix_budget: int | None = None,
         verbose: bool = False,
     ) -> None:
         self.info: GGUFInfo = inspect_gguf(Path(model_path))  # raises before llama.cpp sees a bad file
@@ -69,36 +94,56 @@ class Engine:
             raise ModelFileError(f"{model_path}: the GGUF has no chat template (tokenizer.chat_template); use an instruct/chat model")
         if n_ctx < 64:
             raise ValueError("n_ctx must be at least 64")
-        from llama_cpp import Llama  # imported here: it loads the native library (~40 MB)
-
+        self.n_ctx = n_ctx
         self.n_threads = n_threads or physical_cores()
+        self.n_batch = min(n_batch, n_ctx)
+        self.prefix_budget = DEFAULT_PREFIX_BUDGET if prefix_budget is None else prefix_budget
         self.verbose = verbose
-        self._llm = Llama(
-            model_path=str(model_path),
-            n_ctx=n_ctx,
-            n_batch=min(n_batch, n_ctx),
-            n_threads=self.n_threads,
-            n_threads_batch=self.n_threads,
-            logits_all=False,  # all-position logits cost 300 MB+ with a 152k vocabulary
-            use_mmap=True,
-            verbose=verbose,
-        )
-        self.n_ctx = self._llm.n_ctx()
-        self.n_vocab = self._llm.n_vocab()
+        self._load(str(model_path))
+        self.n_vocab = llama.llama_vocab_n_tokens(self._vocab)
         self._template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(
             self.info.chat_template or ""
         )
-        self.end_of_turn = self._end_of_generation_tokens()
+        self.end_of_turn = frozenset(t for t in range(self.n_vocab) if llama.llama_vocab_is_eog(self._vocab, t))
+        self._eos_text = self._piece(llama.llama_vocab_eos(self._vocab), special=True).decode("utf-8", "replace")
+        self._working: list[int] = []  # tokens held by the working sequence
+        self._kept: OrderedDict[tuple[int, ...], int] = OrderedDict()  # prefix -> sequence id, oldest first
         self.tokens_evaluated = 0  # new tokens evaluated by the last call: what it cost
+
+    def _load(self, path: str) -> None:
+        set_verbose(self.verbose)  # llama.cpp's log goes nowhere unless asked for
+        model_params = llama.llama_model_default_params()
+        model_params.use_mmap = True
+        self._model = internals.LlamaModel(path_model=path, params=model_params, verbose=self.verbose)
+        self._vocab = self._model.vocab
+        context_params = llama.llama_context_default_params()
+        context_params.n_ctx = self.n_ctx + self.prefix_budget
+        context_params.n_batch = context_params.n_ubatch = self.n_batch
+        context_params.n_threads = context_params.n_threads_batch = self.n_threads
+        context_params.n_seq_max = MAX_KEPT_PREFIXES + 1
+        context_params.kv_unified = True  # one cell pool: sequences can share a prefix's cells
+        context_params.no_perf = True
+        self._ctx = internals.LlamaContext(model=self._model, params=context_params, verbose=self.verbose)
+        self._memory = llama.llama_get_memory(self._ctx.ctx)
+        self._batch = internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=self.verbose)
 
     # -- text <-> tokens ------------------------------------------------------------------------
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         """Tokens of `text`; with special=False, markup like <|im_end|> stays plain text."""
-        return self._llm.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=special)
+        return self._model.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return self._llm.detokenize(list(tokens)).decode("utf-8", "replace")
+        return b"".join(self._piece(t) for t in tokens).decode("utf-8", "replace")
+
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        size = 64
+        while True:
+            buffer = ctypes.create_string_buffer(size)
+            n = llama.llama_token_to_piece(self._vocab, token, buffer, size, 0, special)
+            if n >= 0:
+                return buffer.raw[:n]
+            size = -n  # the piece needs a bigger buffer
 
     def chat_tokens(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
         """Tokens of `messages` in the model's own chat template.
@@ -107,7 +152,9 @@ class Engine:
         user types can never open or close a turn.
         """
         placeholders = [{**message, "content": _SENTINEL.format(i)} for i, message in enumerate(messages)]
-        rendered = self._render(placeholders, add_generation_prompt)
+        rendered = self._template.render(
+            messages=placeholders, add_generation_prompt=add_generation_prompt, bos_token="", eos_token=self._eos_text
+        )
         pieces = _SENTINEL_PATTERN.split(rendered)
         if len(pieces) != 2 * len(messages) + 1:
             raise ModelFileError("the model's chat template rewrites message contents; edgeqwen cannot render it safely")
@@ -119,108 +166,157 @@ class Engine:
                 tokens += self.tokenize(messages[int(piece)]["content"])
         return tokens
 
-    def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-        eos = self._llm.detokenize([self._llm.token_eos()], special=True).decode("utf-8", "replace")
-        return self._template.render(
-            messages=messages, add_generation_prompt=add_generation_prompt, bos_token="", eos_token=eos
-        )
-
-    def _end_of_generation_tokens(self) -> frozenset[int]:
-        import llama_cpp
-
-        vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
-        # Control tokens sit at the end of Qwen's vocabulary; scanning every id costs ~0.1 s.
-        return frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t))
-
     # -- evaluation -----------------------------------------------------------------------------
 
-    def next_token_logits(self, tokens: Sequence[int]) -> np.ndarray:
-        """Logits for the token that follows `tokens` (a copy, shape [n_vocab])."""
-        self._evaluate(tokens)
-        row = self._llm._ctx.get_logits_ith(-1)
-        return np.ctypeslib.as_array(row, shape=(self.n_vocab,)).copy()
+    def next_token_logits(self, tokens: Sequence[int], keep_prefix: int = 0) -> np.ndarray:
+        """Logits for the token that follows `tokens` (a copy, shape [n_vocab]).
 
-    def sequence_logprob(self, prefix: Sequence[int], continuation: Sequence[int]) -> float:
+        keep_prefix: the length of a fixed prefix of `tokens` worth keeping in the cache.
+        """
+        self._evaluate(list(tokens), keep_prefix)
+        return self._last_logits().copy()
+
+    def sequence_logprob(self, prefix: Sequence[int], continuation: Sequence[int], keep_prefix: int = 0) -> float:
         """log P(continuation | prefix), one evaluation per continuation token."""
         total = 0.0
         for i, token in enumerate(continuation):
-            logits = self.next_token_logits([*prefix, *continuation[:i]])
+            logits = self.next_token_logits([*prefix, *continuation[:i]], keep_prefix)
             total += float(logits[token] - _logsumexp(logits))
         return total
 
-    def _evaluate(self, tokens: Sequence[int]) -> None:
-        """Make the KV cache hold `tokens`, reusing the longest prefix already there."""
-        tokens = list(tokens)
+    def _last_logits(self) -> np.ndarray:
+        return np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx.ctx, -1), shape=(self.n_vocab,))
+
+    def _evaluate(self, tokens: list[int], keep_prefix: int = 0) -> None:
+        """Make the working sequence hold `tokens` and leave the last one's logits ready."""
         if not tokens:
             raise ValueError("nothing to evaluate")
         if len(tokens) > self.n_ctx:
             raise ContextOverflowError(f"prompt of {len(tokens)} tokens does not fit n_ctx {self.n_ctx}")
-        llm = self._llm
-        reuse = min(_common_prefix(llm.input_ids[: llm.n_tokens], tokens), len(tokens) - 1)
-        llm.n_tokens = reuse  # eval() drops the KV cache past n_tokens
-        llm.eval(tokens[reuse:])
+        reuse = _common_prefix(self._working, tokens)
+        kept = self._longest_kept_prefix(tokens)
+        if len(kept) > reuse:
+            self._restore(kept)
+            reuse = len(kept)
+        reuse = min(reuse, len(tokens) - 1)  # the last token is evaluated again for its logits
+        self._truncate(reuse)
+        self._decode(tokens[reuse:], keep_prefix)
         self.tokens_evaluated = len(tokens) - reuse
+
+    def _decode(self, tokens: list[int], keep_prefix: int = 0) -> None:
+        """Evaluate `tokens` after the working sequence, keeping its first `keep_prefix` tokens once reached."""
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            self._batch.set_batch(chunk, n_past=len(self._working), logits_all=False)
+            self._ctx.decode(self._batch)
+            self._working += chunk
+            if keep_prefix and len(self._working) >= keep_prefix:
+                self._keep(keep_prefix)
+                keep_prefix = 0
+
+    def _truncate(self, length: int) -> None:
+        # Also drops cells an interrupted decode left past the bookkept tokens.
+        del self._working[length:]
+        llama.llama_memory_seq_rm(self._memory, WORKING_SEQ, length, -1)
+
+    def _longest_kept_prefix(self, tokens: list[int]) -> tuple[int, ...]:
+        best: tuple[int, ...] = ()
+        for prefix in self._kept:
+            if len(prefix) > len(best) and len(prefix) <= len(tokens) and tuple(tokens[: len(prefix)]) == prefix:
+                best = prefix
+        return best
+
+    def _restore(self, prefix: tuple[int, ...]) -> None:
+        """Point the working sequence at a kept prefix's cells: no evaluation, no copy."""
+        self._working = []  # bookkeeping first: an interrupt here leaves a state _truncate repairs
+        llama.llama_memory_seq_rm(self._memory, WORKING_SEQ, -1, -1)
+        llama.llama_memory_seq_cp(self._memory, self._kept[prefix], WORKING_SEQ, -1, -1)
+        self._kept.move_to_end(prefix)
+        self._working = list(prefix)
+
+    def _keep(self, length: int) -> None:
+        prefix = tuple(self._working[:length])
+        if prefix in self._kept or length > self.prefix_budget:
+            return
+        while self._kept and (len(self._kept) >= MAX_KEPT_PREFIXES or sum(map(len, self._kept)) + length > self.prefix_budget):
+            _, seq = self._kept.popitem(last=False)
+            llama.llama_memory_seq_rm(self._memory, seq, -1, -1)
+        seq = min(set(range(1, MAX_KEPT_PREFIXES + 1)) - set(self._kept.values()))
+        llama.llama_memory_seq_rm(self._memory, seq, -1, -1)  # cells an interrupted _keep may have left
+        llama.llama_memory_seq_cp(self._memory, WORKING_SEQ, seq, 0, length)
+        self._kept[prefix] = seq
 
     # -- generation -----------------------------------------------------------------------------
 
-    def stream(self, tokens: Sequence[int], sampling: SamplingParams) -> Iterator[str]:
+    def stream(self, tokens: Sequence[int], sampling: SamplingParams, keep_prefix: int = 0) -> Iterator[str]:
         """Sample a continuation of `tokens`, yielding text as it decodes; stops at end of turn."""
         budget = min(sampling.max_tokens, self.n_ctx - len(tokens))
         if budget <= 0:
             raise ContextOverflowError(f"prompt of {len(tokens)} tokens leaves no room in n_ctx {self.n_ctx}")
-        if sampling.seed is not None:
-            self._llm.set_seed(sampling.seed)
+        sampler = self._sampler(sampling)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        generator = self._llm.generate(
-            list(tokens),
-            temp=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            min_p=0.0,
-            repeat_penalty=sampling.repeat_penalty,
-        )
-        self.tokens_evaluated = 0
-        try:
-            for count, token in enumerate(generator, start=1):
-                if token in self.end_of_turn:
-                    break
-                text = decoder.decode(self._llm.detokenize([token]))
-                if text:
-                    yield text
-                if count >= budget:
-                    break
-            tail = decoder.decode(b"", final=True)
-            if tail:
-                yield tail
-        finally:
-            generator.close()
+        self._evaluate(list(tokens), keep_prefix)
+        for count in range(1, budget + 1):
+            token = sampler.sample(self._ctx, -1)  # also feeds the token to the sampler's state
+            if token in self.end_of_turn:
+                break
+            text = decoder.decode(self._piece(token))
+            if text:
+                yield text
+            if count < budget:
+                self._decode([token])
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
 
-    def constrained_choice(self, tokens: Sequence[int], grammar: str, max_tokens: int = 32) -> str:
+    def _sampler(self, sampling: SamplingParams, grammar: str | None = None):
+        sampler = internals.LlamaSampler()
+        if grammar is not None:
+            sampler.add_grammar(self._model, _Grammar(grammar))
+        if sampling.repeat_penalty != 1.0:
+            sampler.add_penalties(self.n_vocab, 64, sampling.repeat_penalty, 0.0, 0.0)
+        if sampling.temperature <= 0:
+            sampler.add_greedy()
+            return sampler
+        seed = sampling.seed if sampling.seed is not None else llama.LLAMA_DEFAULT_SEED
+        if sampling.top_k > 0:
+            sampler.add_top_k(sampling.top_k)
+        sampler.add_top_p(sampling.top_p, 1)
+        sampler.add_temp(sampling.temperature)
+        sampler.add_dist(seed)
+        return sampler
+
+    def constrained_choice(self, tokens: Sequence[int], grammar: str, max_tokens: int = 32, keep_prefix: int = 0) -> str:
         """Greedy decoding under a label grammar; returns the literal the model produced."""
         check_grammar(grammar)
         for literal in grammar_literals(grammar):
             if self.tokenize(literal, special=True) != self.tokenize(literal):
                 raise GrammarError(f"grammar rejected: literal {literal!r} contains a control token of this model")
-        from llama_cpp import LlamaGrammar
-
-        compiled = LlamaGrammar.from_string(grammar, verbose=self.verbose)
+        sampler = self._sampler(SamplingParams(temperature=0.0), grammar=grammar)
+        self._evaluate(list(tokens), keep_prefix)
         produced: list[int] = []
-        generator = self._llm.generate(list(tokens), temp=0.0, grammar=compiled)
-        try:
-            for token in generator:
-                if token in self.end_of_turn or len(produced) >= max_tokens:
-                    break
-                produced.append(token)
-        finally:
-            generator.close()
+        while len(produced) < max_tokens:
+            token = sampler.sample(self._ctx, -1)
+            if token in self.end_of_turn:
+                break
+            produced.append(token)
+            self._decode([token])
         return self.detokenize(produced)
 
 
-def _common_prefix(cached: np.ndarray, tokens: list[int]) -> int:
+@dataclass(frozen=True)
+class _Grammar:
+    """What llama-cpp-python's sampler wrapper reads from a grammar: its text and root rule."""
+
+    _grammar: str
+    _root: str = "root"
+
+
+def _common_prefix(cached: list[int], tokens: list[int]) -> int:
     n = min(len(cached), len(tokens))
     if n == 0:
         return 0
-    differs = np.flatnonzero(cached[:n] != np.asarray(tokens[:n], dtype=cached.dtype))
+    differs = np.flatnonzero(np.asarray(cached[:n]) != np.asarray(tokens[:n]))
     return int(differs[0]) if differs.size else n
 
 

@@ -35,11 +35,25 @@ class FittedPrompt:
     tokens: list[int]
     history: list[Message]
     truncated: bool
+    fixed: int = 0  # leading tokens that are the role's fixed prefix, worth keeping in the cache
 
 
-def fit_prompt(engine: Engine, role: Role, text: str, history: Sequence[Message] = (), reserve: int = 1) -> FittedPrompt:
+def fixed_prefix(engine: Engine, role: Role) -> list[int]:
+    """Tokens of the role's system prompt and examples: the same at the start of every prompt of the role."""
+    return engine.chat_tokens(role.prefix_messages(), add_generation_prompt=False)
+
+
+def fit_prompt(
+    engine: Engine, role: Role, text: str, history: Sequence[Message] = (), reserve: int = 1, prefix: Sequence[int] = ()
+) -> FittedPrompt:
     """Tokens for `text` after `history` that leave `reserve` tokens free: oldest turns go first, then the text's tail."""
-    history = list(history)
+    fitted = _fit(engine, role, text, list(history), reserve)
+    prefix = list(prefix)
+    fixed = len(prefix) if prefix and fitted.tokens[: len(prefix)] == prefix else 0
+    return FittedPrompt(fitted.tokens, fitted.history, fitted.truncated, fixed)
+
+
+def _fit(engine: Engine, role: Role, text: str, history: list[Message], reserve: int) -> FittedPrompt:
     while True:
         tokens = engine.chat_tokens(role.messages(text, history))
         if len(tokens) + reserve <= engine.n_ctx or not history:
@@ -89,17 +103,18 @@ class Classifier:
         if role.calibration != "none" and not self.single_token:
             raise RoleError(f"{role.source}: field 'calibration': needs labels that are single tokens for this model")
         self._grammar = None if self.single_token else label_grammar(role.label_names)
+        self._prefix = fixed_prefix(engine, role)
         self._bias: np.ndarray | None = None
 
     def classify(self, text: str) -> Classification:
         started = time.perf_counter()
-        prompt = fit_prompt(self.engine, self.role, clean_text(text))
+        prompt = fit_prompt(self.engine, self.role, clean_text(text), prefix=self._prefix)
         if self.single_token:
-            scores = self._label_logits(prompt.tokens) - self._calibration_bias()
+            scores = self._label_logits(prompt) - self._calibration_bias()
             label = self.role.label_names[int(np.argmax(scores))]
         else:
-            label = self.engine.constrained_choice(prompt.tokens, self._grammar)
-            scores = np.array([self.engine.sequence_logprob(prompt.tokens, seq) for seq in self._sequences])
+            label = self.engine.constrained_choice(prompt.tokens, self._grammar, keep_prefix=prompt.fixed)
+            scores = np.array([self.engine.sequence_logprob(prompt.tokens, seq, prompt.fixed) for seq in self._sequences])
         probabilities = _softmax(scores)
         elapsed = (time.perf_counter() - started) * 1000
         return Classification(
@@ -112,8 +127,8 @@ class Classifier:
             timings={"total_ms": round(elapsed, 2), "prompt_tokens": len(prompt.tokens)},
         )
 
-    def _label_logits(self, tokens: list[int]) -> np.ndarray:
-        logits = self.engine.next_token_logits(tokens)
+    def _label_logits(self, prompt: FittedPrompt) -> np.ndarray:
+        logits = self.engine.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed)
         return logits[[seq[0] for seq in self._sequences]].astype(np.float64)
 
     def _calibration_bias(self) -> np.ndarray:
@@ -121,7 +136,7 @@ class Classifier:
         if self.role.calibration == "none":
             return np.zeros(len(self._sequences))
         if self._bias is None:
-            neutral = [self._label_logits(fit_prompt(self.engine, self.role, filler).tokens) for filler in ("N/A", "…")]
+            neutral = [self._label_logits(fit_prompt(self.engine, self.role, filler, prefix=self._prefix)) for filler in ("N/A", "…")]
             bias = np.mean(neutral, axis=0)
             self._bias = bias - bias.mean()
         return self._bias
@@ -136,6 +151,7 @@ class Conversation:
         self.engine = engine
         self.role = role
         self.history: list[Message] = list(history)
+        self._prefix = fixed_prefix(engine, role)
         self.last_truncated = False
         self.timings: dict[str, float] = {}
 
@@ -147,12 +163,12 @@ class Conversation:
         """Yield the reply as it is generated; the turn joins the history even if interrupted."""
         text = clean_text(text)
         started = time.perf_counter()
-        prompt = fit_prompt(self.engine, self.role, text, self.history, reserve=self.sampling.max_tokens)
+        prompt = fit_prompt(self.engine, self.role, text, self.history, reserve=self.sampling.max_tokens, prefix=self._prefix)
         self.history, self.last_truncated = prompt.history, prompt.truncated
         pieces: list[str] = []
         first_token_at = None
         try:
-            for piece in self.engine.stream(prompt.tokens, self.sampling):
+            for piece in self.engine.stream(prompt.tokens, self.sampling, keep_prefix=prompt.fixed):
                 first_token_at = first_token_at or time.perf_counter()
                 pieces.append(piece)
                 yield piece

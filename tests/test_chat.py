@@ -19,7 +19,7 @@ def steady(model_path, tmp_path_factory):
 
 
 def test_reply_streams_in_pieces_and_stops(eq):
-    pieces = list(eq.chat("Say hello in three words.", stream=True))
+    pieces = list(eq.chat("Write one full sentence about the sea.", stream=True))
     assert len(pieces) > 1
     text = "".join(pieces)
     assert text.strip()
