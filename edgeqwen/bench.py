@@ -1,0 +1,200 @@
+"""The speed and memory benchmark behind `edgeqwen bench`: prints a table, returns figures for JSON.
+
+Every figure is measured in the same run as its reference, so ratios stay meaningful on a noisy
+machine: the compute floor (evaluating only an input's own tokens after a warm prefix) and plain
+llama-cpp-python (the naive grammar call, raw greedy decode) run on the same model and threads.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+SHORT_INPUTS = [
+    "The battery died after two days.",
+    "Best pizza in town, friendly staff.",
+    "物流很快，包装完好。",
+    "房间太小了，隔音也很差。",
+    "I would not recommend this hotel to anyone.",
+    "这本书让我受益匪浅。",
+    "Absolutely loved the soundtrack.",
+    "客服态度恶劣，再也不买了。",
+    "Works exactly as described, great value.",
+    "屏幕很清晰，运行速度也快。",
+    "The sequel is a tired copy of the original.",
+    "味道一般，价格偏贵。",
+]
+LONG_INPUTS = [
+    "We stayed four nights. The location is convenient, a short walk from the station and the old town, "
+    "but the room was tiny, the air conditioning rattled all night, the shower drained slowly and the "
+    "breakfast was the same cold buffet every morning. Staff were polite but could not fix anything.",
+    "这台笔记本电脑外观很漂亮，重量也轻，适合出差携带。屏幕色彩准确，键盘手感不错，电池续航大概八个小时，"
+    "基本能满足一天的办公需求。唯一的缺点是风扇在高负载时声音有点大，不过整体来说非常满意，推荐购买。",
+    "I went in with low expectations, but the film surprised me: the performances are subtle, the script "
+    "trusts its audience, and the final twenty minutes are some of the most moving I have seen this year. "
+    "It is slow in places, yet every scene earns its place.",
+    "酒店前台办理入住等了四十分钟，房间里有烟味，床单上还有污渍。打电话给客房服务，半个小时都没人来。"
+    "早餐种类很少，咖啡是凉的。价格却一点都不便宜，非常失望，不会再来了。",
+]
+CHAT_PROMPT = "Give me three tips for staying focused while studying."
+NAIVE_PROMPT = "Analyze the sentiment of the following text and answer Positive or Negative.\nText: {text}\nSentiment:"
+DECODE_TOKENS = 64
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def _rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _first_result_subprocess(model: Path, threads: int, n_ctx: int) -> dict:
+    """Process start → first sentiment, then a chat turn; peak RSS of a process running both roles."""
+    code = (
+        "import time,resource,json\n"
+        "from edgeqwen import EdgeQwen\n"
+        f"eq=EdgeQwen({str(model)!r},threads={threads},n_ctx={n_ctx})\n"
+        "eq.sentiment('The battery died after two days.');first=time.time()\n"
+        f"eq.chat({CHAT_PROMPT!r})\n"
+        "print(json.dumps({'first':first,'rss':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))\n"
+    )
+    started = time.time()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    inner = json.loads(out.strip().splitlines()[-1])
+    return {"process_to_first_sentiment_s": round(inner["first"] - started, 3), "peak_rss_both_roles_mb": round(inner["rss"], 1)}
+
+
+def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = 2048, repeats: int = 1, log: Callable[[str], None] = print) -> dict:
+    """Measure edgeqwen and plain llama-cpp-python on one model; returns the figures."""
+    from llama_cpp import Llama, LlamaGrammar
+
+    from .api import EdgeQwen
+    from .engine import physical_cores
+
+    threads = threads or physical_cores()
+    figures: dict = {"model": str(model), "threads": threads, "n_ctx": n_ctx}
+
+    log("process start → first result, peak RSS (subprocess)…")
+    figures.update(_first_result_subprocess(model, threads, n_ctx))
+
+    log("loading…")
+    started = time.perf_counter()
+    eq = EdgeQwen(model, threads=threads, n_ctx=n_ctx)
+    figures["load_s"] = round(time.perf_counter() - started, 3)
+    raw = Llama(str(model), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False)
+
+    log("compute floor and sentiment latency…")
+    role = eq.roles["sentiment"]
+    prefix = eq.engine.chat_tokens(role.prefix_messages(), add_generation_prompt=False)
+    floor, warm, after_chat, cold = [], [], [], []
+    for text in SHORT_INPUTS * repeats:
+        full = eq.engine.chat_tokens(role.messages(text))
+        raw.reset()
+        raw.eval(prefix)
+        floor.append(_timed(lambda: raw.eval(full[len(prefix):])))
+        eq.sentiment("warm up the role")  # role's prefix is the last thing evaluated
+        warm.append(_timed(lambda: eq.sentiment(text)))
+        eq.route(text)  # another role ran in between
+        cold.append(_timed(lambda: eq.sentiment(text)))
+    conversation = eq.conversation()
+    for text in SHORT_INPUTS[:4]:
+        conversation.reset()
+        conversation.reply("Say hello in five words.")
+        after_chat.append(_timed(lambda: eq.sentiment(text)))
+    long_times = [_timed(lambda: eq.sentiment(text)) for text in LONG_INPUTS]
+    route_times = [_timed(lambda: eq.route(text)) for text in SHORT_INPUTS]
+
+    log("plain llama-cpp-python references…")
+    naive_grammar = LlamaGrammar.from_string('root ::= "Positive" | "Negative"', verbose=False)
+    naive = [_timed(lambda: raw.create_completion(NAIVE_PROMPT.format(text=text), grammar=naive_grammar, max_tokens=4, temperature=0.0)) for text in SHORT_INPUTS]
+    label_grammar = LlamaGrammar.from_string('root ::= "positive" | "negative"', verbose=False)
+    same_prompt = [_timed(lambda: raw.create_chat_completion(role.messages(text), grammar=label_grammar, max_tokens=4, temperature=0.0)) for text in SHORT_INPUTS]
+
+    log("chat and raw decode…")
+    chat = eq.conversation()
+    chat.role = chat.role.model_copy(update={"sampling": chat.role.sampling.model_copy(update={"temperature": 0.0, "max_tokens": DECODE_TOKENS})})
+    chat.reply(CHAT_PROMPT)
+    ttft = chat.timings["first_token_ms"] / 1000
+    decode_tps = (chat.timings["reply_tokens"] - 1) / max(1e-9, chat.timings["total_ms"] / 1000 - ttft)
+    prompt = eq.engine.chat_tokens(chat.role.messages(CHAT_PROMPT))
+    raw.reset()
+    raw.eval(prompt)
+    started, count = time.perf_counter(), 0
+    for count, _ in enumerate(raw.generate(prompt, temp=0.0), start=1):
+        if count == 1:
+            started = time.perf_counter()
+        if count >= DECODE_TOKENS:
+            break
+    raw_tps = (count - 1) / (time.perf_counter() - started)
+
+    floor_p50 = statistics.median(floor)
+    figures.update({
+        "floor_p50_ms": _ms(floor_p50),
+        "sentiment_short_warm_p50_ms": _ms(statistics.median(warm)), "sentiment_short_warm_p90_ms": _p([_ms(t) for t in warm], 0.9),
+        "sentiment_short_cold_role_p50_ms": _ms(statistics.median(cold)), "sentiment_short_cold_role_p90_ms": _p([_ms(t) for t in cold], 0.9),
+        "sentiment_after_chat_p50_ms": _ms(statistics.median(after_chat)),
+        "sentiment_long_p50_ms": _ms(statistics.median(long_times)), "sentiment_long_p90_ms": _p([_ms(t) for t in long_times], 0.9),
+        "router_p50_ms": _ms(statistics.median(route_times)),
+        "naive_grammar_call_p50_ms": _ms(statistics.median(naive)),
+        "own_prompt_chat_completion_grammar_p50_ms": _ms(statistics.median(same_prompt)),
+        "chat_first_token_ms": round(chat.timings["first_token_ms"], 1),
+        "chat_decode_tok_s": round(decode_tps, 1), "raw_decode_tok_s": round(raw_tps, 1),
+        "bench_process_peak_rss_mb": _rss_mb(),
+    })
+    figures["ratios"] = {
+        "cold_role_p50_over_floor": round(statistics.median(cold) / floor_p50, 2),
+        "warm_p50_over_floor": round(statistics.median(warm) / floor_p50, 2),
+        "after_chat_p50_over_floor": round(statistics.median(after_chat) / floor_p50, 2),
+        "naive_over_cold_role": round(statistics.median(naive) / statistics.median(cold), 2),
+        "own_prompt_chat_completion_over_cold_role": round(statistics.median(same_prompt) / statistics.median(cold), 2),
+        "chat_decode_over_raw": round(decode_tps / raw_tps, 3),
+    }
+    return figures
+
+
+def format_table(figures: dict) -> str:
+    rows = [(key, value) for key, value in figures.items() if key != "ratios"]
+    rows += [(f"ratio: {key}", value) for key, value in figures.get("ratios", {}).items()]
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"| {key:<{width}} | {value} |" for key, value in rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from .models import resolve_model
+
+    parser = argparse.ArgumentParser(description="edgeqwen speed and memory benchmark")
+    parser.add_argument("--model")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--ctx", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args(argv)
+    figures = run_benchmark(resolve_model(args.model), args.threads, args.ctx, args.repeats, log=lambda m: print(m, file=sys.stderr))
+    print(format_table(figures))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
