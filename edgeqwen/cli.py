@@ -282,8 +282,14 @@ def quantize(
       edgeqwen quantize --type Q8_0 --repo Qwen/Qwen1.5-0.5B
       edgeqwen quantize --local-dir ~/Qwen1.5-0.5B-Chat   # no network: a folder with the repo's files
     """
+    import signal
+
     from .convert import QuantizeOptions, run_quantize, update_manifest
 
+    def _terminate(signum, frame):  # `kill` cleans up like Ctrl-C: temporary files go, no model is left
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
     options = QuantizeOptions(repo=repo, revision=revision, local_dir=local_dir, qtype=qtype, output=output,
                               threads=threads, keep_unquantized=keep_unquantized, verify=verify,
                               progress=sys.stderr.isatty())

@@ -47,7 +47,8 @@ def build_qwen15_shape(dest: Path, tokenizer_dir: Path) -> Path:
 
     if not (dest / "config.json").is_file():
         make_checkpoint(dest, tokenizer_dir, hidden=1024, layers=24, heads=16, kv_heads=16, ffn=2816,
-                        vocab=151936, tied=True, lm_head="equal", dtype="BF16", seed=15)
+                        vocab=151936, tied=True, lm_head="equal", dtype="BF16", seed=15,
+                        init_std=0.02)  # Qwen's initializer_range: deeper scaled-up random nets are chaotic
     return dest
 
 
@@ -162,7 +163,7 @@ def main() -> int:
         for qtype in TYPES:
             out = work / "out" / f"{name}-{qtype.lower()}.gguf"
             run = run_isolated(repo=f"bench/{name}", local_dir=cache, qtype=qtype, output=out,
-                               threads=args.threads, progress=False)
+                               threads=args.threads, progress=False, verify_strict=False)
             run.update(model=name, type=qtype)
             report["runs"].append(run)
             if not run["ok"]:
@@ -175,11 +176,12 @@ def main() -> int:
                                          for s in ("fetch", "convert", "quantize", "verify")]
                         + [f"{m['conversion']['unquantized_size_bytes'] / 1e6:.0f}", f"{m['size_bytes'] / 1e6:.1f}",
                            f"{m['conversion']['bytes_saved_unquantized'] / 1e6:.1f}",
-                           f"{v['top1_agreement']:.1%}", f"{v['mean_kl']:.4f}", f"{v['max_kl']:.3f}"])
+                           f"{v['top1_agreement']:.1%}", f"{v['mean_kl']:.4f}", f"{v['max_kl']:.3f}",
+                           "yes" if v["passed"] else f"NO (limit {v['kl_limit']})"])
         if name == "qwen1.5-shape":
             report["duplicate_kept"]["Q4_K_M"] = duplicate_kept_size(checkpoint, work, "Q4_K_M", args.threads)
     header = ["model", "type", "fetch", "convert", "quantize", "verify", "unq MB", "out MB", "saved MB",
-              "top-1", "mean KL", "max KL"]
+              "top-1", "mean KL", "max KL", "pass"]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = [" | ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
     lines.insert(1, "-+-".join("-" * w for w in widths))

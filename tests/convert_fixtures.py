@@ -148,20 +148,24 @@ def tensor_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def random_tensor(name: str, shape: tuple[int, ...], seed: int, scale: float = 1.0) -> np.ndarray:
-    """Deterministic random weights with a scale that gives logits a useful spread."""
+def random_tensor(name: str, shape: tuple[int, ...], seed: int, init_std: float | None = None) -> np.ndarray:
+    """Deterministic random weights. By default scaled so that logits get a useful spread (tests);
+    init_std gives every matrix that standard deviation instead, like a freshly initialised model."""
     rng = np.random.default_rng([seed, int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)])
     if name.endswith("norm.weight"):
         return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
     if name.endswith(".bias"):
         return (0.1 * rng.standard_normal(shape)).astype(np.float32)
-    std = 0.5 if "embed" in name or "lm_head" in name else scale / np.sqrt(shape[-1])
+    if init_std is not None:
+        return (init_std * rng.standard_normal(shape)).astype(np.float32)
+    std = 0.5 if "embed" in name or "lm_head" in name else 1.0 / np.sqrt(shape[-1])
     return (std * rng.standard_normal(shape)).astype(np.float32)
 
 
 def make_checkpoint(dest: Path, tokenizer_dir: Path, *, hidden: int = 64, layers: int = 2, heads: int = 4,
                     kv_heads: int = 2, ffn: int = 128, vocab: int = 151936, tied: bool = True,
-                    lm_head: str = "equal", dtype: str = "F32", shards: int = 1, seed: int = 0) -> Path:
+                    lm_head: str = "equal", dtype: str = "F32", shards: int = 1, seed: int = 0,
+                    init_std: float | None = None) -> Path:
     """A random Qwen2 checkpoint in hub layout. lm_head: 'equal' (a copy of the embedding), 'none', 'random'."""
     dest.mkdir(parents=True, exist_ok=True)
     config = qwen2_config(hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, ffn=ffn, vocab=vocab,
@@ -178,7 +182,7 @@ def make_checkpoint(dest: Path, tokenizer_dir: Path, *, hidden: int = 64, layers
     sources = {}
     for name, shape in shapes.items():
         source_name = "model.embed_tokens.weight" if (name == "lm_head.weight" and lm_head == "equal") else name
-        sources[name] = (dtype, shape, lambda n=source_name, s=shape: random_tensor(n, s, seed))
+        sources[name] = (dtype, shape, lambda n=source_name, s=shape: random_tensor(n, s, seed, init_std))
     names = list(sources)
     groups = [names[i::shards] for i in range(shards)] if shards > 1 else [names]
     if shards == 1:

@@ -7,6 +7,7 @@ been verified, so models/ never holds a half-written or unverified model under i
 
 from __future__ import annotations
 
+import gc
 import platform
 import re
 import shutil
@@ -45,6 +46,7 @@ class QuantizeOptions:
     keep_tied_duplicate: bool = False  # write lm_head even when it duplicates the embedding (comparison)
     verify: bool = True
     verify_prompts: tuple[str, ...] = PROMPTS
+    verify_strict: bool = True  # fail (and keep nothing) when the mean KL is over the type's limit
     progress: bool = True
     cache_dir: Path | None = None
     endpoint: str | None = None
@@ -95,6 +97,7 @@ def _reset_peak_rss() -> bool:
 
 @contextmanager
 def stage(name: str, stages: list[Stage], log: Log) -> Iterator[None]:
+    gc.collect()  # what the previous stage left behind should not count here
     exact = _reset_peak_rss()
     started = time.perf_counter()
     yield
@@ -162,7 +165,7 @@ def run_quantize(options: QuantizeOptions, log: Log = print) -> QuantizeResult:
                 log("[4/5] verifying against the unquantized GGUF (next-token distributions, zh + en prompts)")
                 with stage("verify", stages, log):
                     verification = verify_quantized(unquantized, partial, qtype, threads=options.threads,
-                                                    prompts=options.verify_prompts)
+                                                    prompts=options.verify_prompts, strict=options.verify_strict)
                 log(f"      top-1 agreement {verification.top1_agreement:.1%}, mean KL {verification.mean_kl:.4f} "
                     f"(limit {verification.kl_limit}) over {verification.positions} positions")
             log("[5/5] hashing and writing the manifest")
