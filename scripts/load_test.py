@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import sys
 import threading
 import time
@@ -107,6 +108,8 @@ def run(args: argparse.Namespace) -> dict:
     server_args = ["--queue-size", str(args.queue_size), "--log-level", "warning"]
     if args.model:
         server_args += ["--model", args.model]
+    if args.threads:
+        server_args += ["--threads", str(args.threads)]
     with ServerProcess(*server_args) as server:
         client = Client(server, args.max_tokens, args.timeout)
         for kind in ("sentiment", "chat"):  # warm-up: first evaluations, route calibration
@@ -148,6 +151,8 @@ def run(args: argparse.Namespace) -> dict:
         "requests_per_client": args.requests,
         "queue_size": args.queue_size,
         "max_tokens": args.max_tokens,
+        "threads": args.threads or "default",
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "sent": len(records),
         "not_sent_deadline": args.clients * args.requests - len(records),
         "served": len(served),
@@ -202,6 +207,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300, help="socket timeout of each request")
     parser.add_argument("--max-backoff", type=float, default=10, help="cap on honouring Retry-After")
     parser.add_argument("--model", help="GGUF file (default: as edgeqwen serve finds it)")
+    parser.add_argument("--threads", type=int, help="the server's --threads (default: physical cores)")
     parser.add_argument("--json", type=Path, default=REPO / "tests" / "artifacts" / "load_test.json")
     args = parser.parse_args()
     if not (1 <= args.clients <= 256 and 1 <= args.requests <= 100):

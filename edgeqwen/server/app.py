@@ -33,7 +33,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -116,6 +116,8 @@ def _api_error(error: Exception) -> ApiError:
         return ApiError(422, str(error), code=error.code, param=error.param)
     if isinstance(error, QueueFull):
         return ApiError(503, str(error), type="server_busy", code="queue_full", headers={"Retry-After": str(error.retry_after)})
+    if isinstance(error, ClientDisconnect):
+        return ApiError(400, "the client disconnected before the request body arrived", code="client_disconnected")
     if isinstance(error, Cancelled):
         return ApiError(503, "the request was cancelled (client gone or server stopping)", type="server_busy", code="cancelled")
     if isinstance(error, (InputError, ContextOverflowError)):
@@ -269,7 +271,10 @@ class Server:
     async def run(self, request: Request) -> Response:
         body = parse(RunRequest, await self.read_json(request))
         text = self.text(body.text, "text")
-        history = [{"role": m.role, "content": self.text(m.content, f"history.{i}.content")} for i, m in enumerate(body.history)]
+        history = [
+            {"role": m.role, "content": self.text(m.content, f"history.{i}.content") if m.role == "user" or m.content else ""}
+            for i, m in enumerate(body.history)
+        ]
         job = self.worker.submit(lambda job: service.run(self.eq, text, body.task, history, job))
         if not body.stream:
             return JSONResponse((await self.wait(job, request)).to_dict())
