@@ -3,8 +3,8 @@ checked against transformers' Qwen2 forward pass (torch CPU, test-only), quantiz
 
 Reference-match tolerance (logits of the last position, llama.cpp vs transformers in float32):
 max |difference| <= REL_TOL * max |reference logit|, and the same arg-max. llama.cpp keeps its KV cache
-in F16, so even an F32 GGUF differs by ~5e-4 relative; an F16 GGUF by ~7e-4; a BF16 GGUF (activations
-rounded to bf16 in the matmuls) by ~5e-3.
+in F16, so even an F32 GGUF differs (worst seen 6.8e-4 relative); an F16 GGUF 1.2e-3; a BF16 GGUF
+(activations rounded to bf16 in the matmuls) 5.6e-3. Logits here span about +-18.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from edgeqwen.models import inspect_gguf
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = REPO / "models" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 HUB_REPO = "Qwen/Qwen1.5-0.5B-Chat"
-REL_TOL = {"f32": 2e-3, "f16": 2e-3, "bf16": 1.5e-2}
+REL_TOL = {"f32": 2e-3, "f16": 3e-3, "bf16": 1.5e-2}
 PROMPTS = [
     "Hello world, this is a test of the converter.",
     "你好，世界！今天天气很好，我们去公园散步吧。",
