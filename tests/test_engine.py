@@ -63,3 +63,12 @@ def test_grammar_with_a_control_token_never_reaches_llama_cpp(eq):
     for grammar in ['root ::= "a" | "<|im_end|>"', 'root ::= "a" | "b', "root ::= [a-z]+", 'root ::= "a" "b" | x']:
         with pytest.raises(GrammarError):
             eq.engine.constrained_choice(tokens, grammar)
+
+
+def test_next_token_state_gives_logits_and_the_hidden_state(eq):
+    tokens = eq.engine.chat_tokens([{"role": "user", "content": "hello there"}])
+    logits, hidden = eq.engine.next_token_state(tokens)
+    assert hidden.shape == (eq.engine.n_embd,) and np.isfinite(hidden).all() and np.abs(hidden).max() > 0
+    assert np.argmax(logits) == np.argmax(eq.engine.next_token_logits(tokens))
+    again, hidden_again = eq.engine.next_token_state(tokens)
+    assert np.allclose(hidden, hidden_again, atol=1e-2 * np.abs(hidden).max())
