@@ -176,25 +176,3 @@ def format_table(figures: dict) -> str:
     rows += [(f"ratio: {key}", value) for key, value in figures.get("ratios", {}).items()]
     width = max(len(key) for key, _ in rows)
     return "\n".join(f"| {key:<{width}} | {value} |" for key, value in rows)
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    from .models import resolve_model
-
-    parser = argparse.ArgumentParser(description="edgeqwen speed and memory benchmark")
-    parser.add_argument("--model")
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--ctx", type=int, default=2048)
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--json", type=Path, help="write the figures here")
-    args = parser.parse_args(argv)
-    figures = run_benchmark(resolve_model(args.model), args.threads, args.ctx, args.repeats, log=lambda m: print(m, file=sys.stderr))
-    print(format_table(figures))
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
-
-
-if __name__ == "__main__":
-    main()

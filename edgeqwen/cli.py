@@ -253,6 +253,69 @@ def serve(
         raise typer.Exit(130)
 
 
+@app.command()
+def sentiment(
+    inputs: Annotated[Path, typer.Argument(help="JSONL (a \"text\" field per line), CSV (a \"text\" column, else the first) or plain text (one input per line).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results here: .jsonl or .csv. Default: JSONL on stdout.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run: skip inputs already in --output.")] = False,
+    role: Annotated[str, typer.Option("--role", help="Any classify role.")] = "sentiment",
+    model: ModelOption = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads. Default: physical cores.")] = None,
+    ctx: Annotated[int, typer.Option("--ctx", min=64, help="Context window in tokens.")] = DEFAULT_N_CTX,
+    prompts: PromptsOption = None,
+) -> None:
+    """Classify every text of a file, with a progress bar; results are flushed as they come, so Ctrl-C loses nothing.
+
+    \b
+    Examples:
+      edgeqwen sentiment reviews.csv -o labels.csv
+      edgeqwen sentiment reviews.jsonl -o labels.jsonl --resume   # after an interruption
+    """
+    from tqdm import tqdm
+
+    from .batch import classify_file, count_inputs
+
+    try:
+        total = count_inputs(inputs)
+        eq = EdgeQwen(model, n_ctx=ctx, threads=threads, prompts_dir=prompts, router="rules")
+        with tqdm(total=total, unit="text", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+            summary = classify_file(
+                lambda text: eq.classify(text, role), inputs, output, resume=resume, stdout=sys.stdout,
+                on_progress=lambda n: bar.update(n - bar.n),
+            )
+    except EdgeQwenError as error:
+        _fail(error)
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted: results so far are in {output or 'stdout'}" + (" (continue with --resume)" if output else ""), err=True)
+        raise typer.Exit(130)
+    typer.echo(f"{summary.done} classified ({summary.skipped} already done) in {summary.seconds:.1f} s: {summary.texts_per_second:.1f} texts/s", err=True)
+
+
+@app.command()
+def bench(
+    model: ModelOption = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads. Default: physical cores.")] = None,
+    ctx: Annotated[int, typer.Option("--ctx", min=256, help="Context window in tokens.")] = DEFAULT_N_CTX,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Repeat the short-input set this many times.")] = 1,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+) -> None:
+    """Measure load time, time to first result, sentiment/router latency, chat speed and peak RSS.
+
+    Plain llama-cpp-python (a naive grammar call, raw decode) and the compute floor are measured in
+    the same run, and the ratios printed, so figures compare on a noisy machine. Takes a few minutes.
+    """
+    from .bench import format_table, run_benchmark
+    from .models import resolve_model
+
+    try:
+        figures = run_benchmark(resolve_model(model), threads, ctx, repeats, log=lambda m: typer.echo(m, err=True))
+    except EdgeQwenError as error:
+        _fail(error)
+    typer.echo(format_table(figures))
+    if json_path:
+        json_path.write_text(json.dumps(figures, indent=2))
+
+
 # Clear examples for the smoke check after `quantize`: (text, expected sentiment label).
 SMOKE_EXAMPLES = (
     ("这家餐厅的服务太差了，我再也不会来了。", "negative"),

@@ -1,0 +1,141 @@
+"""Batch classification of a file: JSONL, CSV or plain text in; JSONL or CSV out, resumable.
+
+Each result is written and flushed as soon as it exists, so an interrupted run keeps its work and
+`resume` continues after the last input already in the output file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from .errors import InputError
+from .tasks import Classification
+
+OUTPUT_FIELDS = ("line", "text", "label", "display", "confidence", "error")
+
+
+@dataclass
+class BatchSummary:
+    done: int
+    skipped: int  # already in the output when resuming
+    seconds: float
+
+    @property
+    def texts_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+def read_inputs(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) for each input: `text` of a JSONL object or CSV row, or each non-blank line."""
+    if not path.is_file():
+        raise InputError(f"input file not found: {path}")
+    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+        if path.suffix.lower() == ".jsonl":
+            yield from _jsonl_texts(path, handle)
+        elif path.suffix.lower() == ".csv":
+            yield from _csv_texts(path, handle)
+        else:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield number, line.rstrip("\r\n")
+
+
+def _jsonl_texts(path: Path, handle: TextIO) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise InputError(f"{path}:{number}: expected an object with a \"text\" string")
+        yield number, record["text"]
+
+
+def _csv_texts(path: Path, handle: TextIO) -> Iterator[tuple[int, str]]:
+    reader = csv.reader(handle)
+    header = next(reader, None)
+    if header is None:
+        return
+    column = header.index("text") if "text" in header else 0
+    for number, row in enumerate(reader, start=2):
+        if len(row) > column and row[column].strip():
+            yield number, row[column]
+
+
+def last_done_line(output: Path) -> int:
+    """The input line number of the last complete result in `output`; drops a half-written last line."""
+    if not output.is_file() or output.stat().st_size == 0:
+        return 0
+    data = output.read_bytes()
+    if not data.endswith(b"\n"):  # interrupted mid-write: the partial record goes
+        data = data[: data.rfind(b"\n") + 1]
+        output.write_bytes(data)
+    lines = data.decode("utf-8", "replace").splitlines()
+    if not lines:
+        return 0
+    if output.suffix.lower() == ".csv":
+        rows = list(csv.reader(io.StringIO("\n".join(lines))))
+        return int(rows[-1][0]) if len(rows) > 1 else 0
+    return int(json.loads(lines[-1])["line"])
+
+
+def classify_file(
+    classify: Callable[[str], Classification],
+    inputs: Path,
+    output: Path | None,
+    *,
+    resume: bool = False,
+    stdout: TextIO | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> BatchSummary:
+    """Classify every input of `inputs`, appending a record per result to `output` (or `stdout`)."""
+    if output is not None and output.exists() and output.stat().st_size and not resume:
+        raise InputError(f"{output} exists: pass --resume to continue it, or choose another --output")
+    skip_through = last_done_line(output) if output is not None and resume else 0
+    as_csv = output is not None and output.suffix.lower() == ".csv"
+    handle = output.open("a", encoding="utf-8", newline="") if output is not None else stdout
+    writer = csv.writer(handle) if as_csv else None
+    if writer is not None and handle.tell() == 0:
+        writer.writerow(OUTPUT_FIELDS)
+    started, done, skipped = time.perf_counter(), 0, 0
+    try:
+        for number, text in read_inputs(inputs):
+            if number <= skip_through:
+                skipped += 1
+                continue
+            record = _record(classify, number, text)
+            if writer is not None:
+                writer.writerow([record[field] for field in OUTPUT_FIELDS])
+            else:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+            done += 1
+            if on_progress:
+                on_progress(done + skipped)
+    finally:
+        if output is not None:
+            handle.close()
+    return BatchSummary(done=done, skipped=skipped, seconds=time.perf_counter() - started)
+
+
+def _record(classify: Callable[[str], Classification], number: int, text: str) -> dict:
+    try:
+        result = classify(text)
+    except InputError as error:  # one bad input (e.g. empty) is reported in place; the batch goes on
+        return {"line": number, "text": text, "label": None, "display": None, "confidence": None, "error": str(error)}
+    return {"line": number, "text": text, "label": result.label, "display": result.display,
+            "confidence": round(result.confidence, 4), "error": None}
+
+
+def count_inputs(inputs: Path) -> int:
+    """How many inputs a file holds (for a progress bar's total)."""
+    return sum(1 for _ in read_inputs(inputs))
