@@ -58,10 +58,11 @@ class EdgeQwen:
         threads: int | None = None,
         prompts_dir: str | os.PathLike | None = None,
         router: str = "llm",
+        kv_cache: str = "f16",
         verbose: bool = False,
     ) -> None:
         self.roles: dict[str, Role] = load_roles(prompts_dir)  # validate roles before the slow load
-        self.engine = Engine(resolve_model(model), n_ctx=n_ctx, n_threads=threads, verbose=verbose)
+        self.engine = Engine(resolve_model(model), n_ctx=n_ctx, n_threads=threads, kv_type=kv_cache, verbose=verbose)
         self._classifiers: dict[str, Classifier] = {}
         self.router = Router(router, self._classifier("route") if router == "llm" else None)
 

@@ -53,6 +53,7 @@ def run(
     ctx: Annotated[int, typer.Option("--ctx", min=64, help="Context window in tokens (KV cache memory grows with it).")] = DEFAULT_N_CTX,
     prompts: PromptsOption = None,
     router: Annotated[str, typer.Option("--router", help="How --task auto decides: llm (the route role) or rules (keyword + length, for comparison).")] = "llm",
+    kv_cache: Annotated[str, typer.Option("--kv-cache", help="f16, or q8_0: about half the KV-cache memory (1 GB boards), slower on long prompts.")] = "f16",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's own log and timings.")] = False,
 ) -> None:
     """Answer with the right role: sentiment label or a streamed chat reply.
@@ -68,12 +69,14 @@ def run(
         _fail(InputError(f"unknown --task {task!r}; choose one of {', '.join(TASKS)}"))
     if router not in STRATEGIES:
         _fail(InputError(f"unknown --router {router!r}; choose one of {', '.join(STRATEGIES)}"))
+    if kv_cache not in ("f16", "q8_0"):
+        _fail(InputError(f"unknown --kv-cache {kv_cache!r}; choose f16 or q8_0"))
     if text is not None and text != "-" and not text.strip():
         _fail(InputError("empty input: give some text to analyse"))
     interactive = text is None and sys.stdin.isatty()
     try:
         _status("loading model…")
-        eq = EdgeQwen(model, n_ctx=ctx, threads=threads, prompts_dir=prompts, router=router, verbose=verbose)
+        eq = EdgeQwen(model, n_ctx=ctx, threads=threads, prompts_dir=prompts, router=router, kv_cache=kv_cache, verbose=verbose)
         if interactive:
             _interactive(eq, task, json_output)
         elif text is None or text == "-":
