@@ -380,6 +380,61 @@ def quantize(
     typer.echo(str(result.output))
 
 
+@app.command(name="eval")
+def eval_command(
+    data: Annotated[list[Path], typer.Argument(help="Labelled JSON Lines file(s): text + label (sentiment) or text + route (route); optional lang.")],
+    task: Annotated[str, typer.Option("--task", "-t", help="sentiment: gold field 'label' (any classify role); route: gold field 'route' (a router role).")] = "sentiment",
+    role: Annotated[Optional[str], typer.Option("--role", "-r", help="Classify role to score. Default: sentiment, or route for --task route.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the whole report (all metrics, every system) to this JSON file.")] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="Also score the seed baselines on the same texts: the seed prompt (a reconstruction) or the rules router, and the role without its head.")] = False,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N texts.")] = None,
+    include_trained: Annotated[bool, typer.Option("--include-trained", help="Keep texts the role's head was trained on (left out by default).")] = False,
+    train_head: Annotated[Optional[Path], typer.Option("--train-head", help="Train a classification head for the role on a split of DATA and write it here (.npz); reports the held-out part.")] = None,
+    train_fraction: Annotated[float, typer.Option("--train-fraction", help="With --train-head: share of each (lang, label) group used for training.")] = 0.5,
+    train_extra: Annotated[Optional[list[Path]], typer.Option("--train-extra", help="With --train-head: more labelled JSONL, always in the training part (never scored).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="With --train-head: the split's random seed.")] = 0,
+    model: ModelOption = None,
+    prompts: PromptsOption = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads. Default: physical cores.")] = None,
+    ctx: Annotated[int, typer.Option("--ctx", min=64, help="Context window in tokens.")] = DEFAULT_N_CTX,
+) -> None:
+    """Accuracy, per-class precision/recall/F1, confusion matrix, per-language split and latency of a classify role.
+
+    \b
+    Examples:
+      edgeqwen eval sentiment_en_dev.jsonl sentiment_zh_dev.jsonl --task sentiment --compare
+      edgeqwen eval router_en_dev.jsonl router_zh_dev.jsonl --task route --compare --json report.json
+      edgeqwen eval router_*.jsonl --task route --train-head my_prompts/route.head.npz
+    """
+    from .evaluate import EvalOptions, check_role, format_report, read_data, train_head as fit_head, evaluate
+
+    options = EvalOptions(data=list(data), task=task, role=role, compare=compare, limit=limit,
+                          include_trained=include_trained, progress=True)
+    try:
+        items = read_data(options.data, task, limit)  # bad data fails before the model loads
+        check_role(load_roles(prompts), task, role)
+        _status("loading model…")
+        eq = EdgeQwen(model, n_ctx=ctx, threads=threads, prompts_dir=prompts, router="rules")
+        if train_head is not None:
+            extra = read_data(train_extra, task) if train_extra else []
+            report = fit_head(eq, options, items, train_head, train_fraction, seed, extra)
+        else:
+            report = evaluate(eq, options, items)
+    except EdgeQwenError as error:
+        _fail(error)
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted", err=True)
+        raise typer.Exit(130)
+    typer.echo(format_report(report))
+    if train_head is not None:
+        typer.echo(f"\nhead written to {train_head}; name it in the role's YAML as  head: {train_head.name}")
+    if json_out is not None:
+        try:
+            json_out.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        except OSError as error:
+            _fail(EdgeQwenError(f"{json_out}: cannot write the report: {error}"))
+
+
 def main() -> None:
     app()
 

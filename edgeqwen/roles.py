@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import RoleError
 from .grammar import label_problem
@@ -78,6 +78,9 @@ class Role(_Strict):
     calibration: Literal["none", "content_free"] = Field(
         "none", description="content_free: subtract the label bias the model shows for an empty input."
     )
+    head: str | None = Field(
+        None, description="A classification head file (.npz) beside the role file, from `edgeqwen eval --train-head`."
+    )
 
     @field_validator("template")
     @classmethod
@@ -86,9 +89,23 @@ class Role(_Strict):
             raise ValueError(f"must contain the placeholder {TEXT_PLACEHOLDER}")
         return template
 
+    @field_validator("head")
+    @classmethod
+    def _head_file(cls, head: str | None, info: ValidationInfo) -> str | None:
+        if head is None:
+            return head
+        if Path(head).name != head or not head.endswith(".npz"):
+            raise ValueError("must be the name of a .npz file in the role file's folder")
+        path = Path(info.data.get("source", ".")).parent / head
+        if not path.is_file():
+            raise ValueError(f"head file not found: {path}")
+        return head
+
     @model_validator(mode="after")
     def _kind_rules(self) -> "Role":
         names = [label.name for label in self.labels]
+        if self.head is not None and self.kind != "classify":
+            raise ValueError("head: only a classify role can have a head")
         if self.kind == "classify":
             if len(names) < 2:
                 raise ValueError("labels: a classify role needs at least two labels")

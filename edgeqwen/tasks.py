@@ -15,6 +15,7 @@ import numpy as np
 from .engine import Engine, SamplingParams
 from .errors import InputError, RoleError
 from .grammar import label_grammar
+from .head import Head, head_for
 from .roles import Message, Role
 
 MIN_REPLY_TOKENS = 16  # a chat prompt is truncated rather than leave less room than this
@@ -90,7 +91,7 @@ class Classification:
 class Classifier:
     """Runs one classify role; the answer is always exactly one of the role's labels."""
 
-    def __init__(self, engine: Engine, role: Role) -> None:
+    def __init__(self, engine: Engine, role: Role, *, use_head: bool = True) -> None:
         if role.kind != "classify":
             raise RoleError(f"{role.source}: role '{role.name}' is a {role.kind} role, not classify")
         self.engine = engine
@@ -105,11 +106,17 @@ class Classifier:
         self._grammar = None if self.single_token else label_grammar(role.label_names)
         self._prefix = fixed_prefix(engine, role)
         self._bias: np.ndarray | None = None
+        # A trained head over the final hidden state, when the role names one that fits this model.
+        self.head: Head | None = head_for(engine, role) if use_head else None
 
     def classify(self, text: str) -> Classification:
         started = time.perf_counter()
         prompt = fit_prompt(self.engine, self.role, clean_text(text), prefix=self._prefix)
-        if self.single_token:
+        if self.head is not None:
+            _, hidden = self.engine.next_token_state(prompt.tokens, keep_prefix=prompt.fixed)
+            scores = self.head.scores(hidden)
+            label = self.role.label_names[int(np.argmax(scores))]
+        elif self.single_token:
             scores = self._label_logits(prompt) - self._calibration_bias()
             label = self.role.label_names[int(np.argmax(scores))]
         else:
@@ -126,6 +133,15 @@ class Classifier:
             truncated=prompt.truncated,
             timings={"total_ms": round(elapsed, 2), "prompt_tokens": len(prompt.tokens)},
         )
+
+    def features(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The final hidden state of the role's prompt (a head's input) and the calibrated label-logit
+        scores at the same position (zeros when the labels are not single tokens)."""
+        prompt = fit_prompt(self.engine, self.role, clean_text(text), prefix=self._prefix)
+        logits, hidden = self.engine.next_token_state(prompt.tokens, keep_prefix=prompt.fixed)
+        if not self.single_token:
+            return hidden, np.zeros(len(self._sequences))
+        return hidden, logits[[seq[0] for seq in self._sequences]].astype(np.float64) - self._calibration_bias()
 
     def _label_logits(self, prompt: FittedPrompt) -> np.ndarray:
         logits = self.engine.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed)

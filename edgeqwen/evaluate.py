@@ -1,0 +1,409 @@
+"""`edgeqwen eval`: accuracy, per-class precision/recall/F1, confusion matrix, per-language split,
+latency and throughput of a classify role (or the router) on labelled JSON Lines files.
+
+Data: one JSON object per line with `text` and the gold field: `label` (task sentiment, or any
+classify role scored by its label names) or `route` (task route: `sentiment` / `chat`, compared with
+the route role's `routes_to`). An optional `lang` field gives a per-language split.
+
+`--compare` scores, on the same texts in the same run, what edgeqwen replaces:
+- task sentiment: a *reconstruction* of the seed project's prompt (its code is not available; built
+  from the description in the project's measurements: a plain completion prompt, no chat template,
+  decoded under a character grammar `"Positive" | "Negative"`);
+- task route: the `rules` router (the seed's keyword + length rule, as edgeqwen re-implements it);
+- either task, when the role has a head: the same role scored by its label logits without the head.
+
+`--train-head OUT` trains a head (head.py) for the role: a fixed-seed split per language and gold
+label, the head fitted on the training part only, and every figure reported on the held-out part.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import EdgeQwenError, InputError, RoleError
+from .grammar import label_grammar
+from .head import Head, choose_l2, fit_logistic, model_identity, prompt_fingerprint, save_head, text_key
+from .router import rules_route
+from .tasks import Classifier, clean_text
+
+TASK_FIELDS = {"sentiment": "label", "route": "route"}
+DEFAULT_ROLES = {"sentiment": "sentiment", "route": "route"}
+
+# Reconstruction of the seed's sentiment prompt (its code is not available to edgeqwen): a plain
+# completion, no chat template, answer forced to "Positive" or "Negative" by a grammar.
+SEED_PROMPT = "请分析以下文本的情感倾向（Analyze the sentiment of the following text）。\n文本：{text}\n情感（Positive 或 Negative）："
+SEED_LABELS = {"Positive": "positive", "Negative": "negative"}
+
+
+class DataError(InputError):
+    """A data file cannot be read as labelled JSON Lines; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Item:
+    text: str
+    gold: str
+    lang: str | None
+    where: str  # file:line
+
+
+def read_data(paths: Sequence[str | Path], task: str, limit: int | None = None) -> list[Item]:
+    """Labelled lines from one or more JSONL files; any problem is one line naming file and line number."""
+    if task not in TASK_FIELDS:
+        raise InputError(f"unknown --task {task!r}; choose one of {', '.join(TASK_FIELDS)}")
+    gold_field = TASK_FIELDS[task]
+    items: list[Item] = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise DataError(f"{path}: data file not found")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise DataError(f"{path}: cannot read as UTF-8 text: {error}") from None
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{where}: invalid JSON: {error.msg} (column {error.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: each line must be a JSON object with 'text' and '{gold_field}'")
+            for key in ("text", gold_field):
+                if not isinstance(row.get(key), str) or not row[key].strip():
+                    raise DataError(f"{where}: field '{key}' missing or not a non-empty string (task {task} reads '{gold_field}')")
+            lang = row.get("lang")
+            items.append(Item(row["text"], row[gold_field].strip(), str(lang) if lang is not None else None, where))
+    if not items:
+        raise DataError(f"{', '.join(map(str, paths))}: no labelled lines")
+    return items[:limit] if limit else items
+
+
+# -- systems to score -------------------------------------------------------------------------
+
+
+@dataclass
+class System:
+    name: str
+    description: str
+    predict: Callable[[str], str]
+
+
+def role_system(classifier: Classifier, task: str, name: str | None = None) -> System:
+    role = classifier.role
+    if task == "route":
+        def predict(text: str) -> str:
+            label = classifier.classify(text).label
+            return role.label(label).routes_to or label
+    else:
+        def predict(text: str) -> str:
+            return classifier.classify(text).label
+    how = "head over the final hidden state" if classifier.head is not None else (
+        "label logits" + (", content-free calibration" if role.calibration != "none" else ""))
+    return System(name or f"edgeqwen role '{role.name}'", f"{role.source}; {how}", predict)
+
+
+def seed_prompt_system(engine: Any) -> System:
+    grammar = label_grammar(list(SEED_LABELS))
+
+    def predict(text: str) -> str:
+        tokens = engine.tokenize(SEED_PROMPT.replace("{text}", clean_text(text)))
+        return SEED_LABELS.get(engine.constrained_choice(tokens, grammar).strip(), "positive")
+
+    return System(
+        "seed prompt (reconstruction)",
+        "reconstructed from the measurements' description: plain completion, no chat template, grammar \"Positive\" | \"Negative\"",
+        predict,
+    )
+
+
+def rules_system() -> System:
+    return System("seed rule (rules router)", "keyword + length rule (edgeqwen --router rules, in the seed's style)",
+                  lambda text: rules_route(clean_text(text)))
+
+
+# -- scoring ----------------------------------------------------------------------------------
+
+
+def metrics(items: Sequence[Item], predicted: Sequence[str], latencies_ms: Sequence[float], wall_s: float) -> dict[str, Any]:
+    golds = [item.gold for item in items]
+    classes = sorted(set(golds) | set(predicted))
+    correct = [g == p for g, p in zip(golds, predicted)]
+    per_class = {}
+    for c in classes:
+        tp = sum(g == c and p == c for g, p in zip(golds, predicted))
+        n_pred = sum(p == c for p in predicted)
+        n_gold = sum(g == c for g in golds)
+        precision = tp / n_pred if n_pred else 0.0
+        recall = tp / n_gold if n_gold else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[c] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4), "support": n_gold}
+    confusion = {g: {p: sum(gg == g and pp == p for gg, pp in zip(golds, predicted)) for p in classes} for g in classes}
+    by_lang: dict[str, Any] = {}
+    langs = sorted({item.lang for item in items if item.lang is not None})
+    for lang in langs:
+        idx = [i for i, item in enumerate(items) if item.lang == lang]
+        by_lang[lang] = {
+            "n": len(idx),
+            "accuracy": round(sum(correct[i] for i in idx) / len(idx), 4),
+            **_latency([latencies_ms[i] for i in idx]),
+        }
+    return {
+        "n": len(items),
+        "accuracy": round(sum(correct) / len(items), 4),
+        "macro_f1": round(float(np.mean([v["f1"] for v in per_class.values()])), 4),
+        "per_class": per_class,
+        "confusion": confusion,
+        "by_lang": by_lang,
+        **_latency(latencies_ms),
+        "throughput_per_s": round(len(items) / wall_s, 2) if wall_s > 0 else None,
+    }
+
+
+def _latency(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"p50_ms": 0.0, "p90_ms": 0.0}
+    return {"p50_ms": round(float(np.percentile(values, 50)), 1), "p90_ms": round(float(np.percentile(values, 90)), 1)}
+
+
+class _Progress:
+    """A progress bar on stderr (rich, via typer) when stderr is a terminal; silent otherwise."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self._bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            console = Console(stderr=True)
+            if console.is_terminal:
+                self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeRemainingColumn(), console=console, transient=True)
+                self._bar.start()
+                self._task = self._bar.add_task("", total=total)
+
+    def describe(self, text: str) -> None:
+        if self._bar:
+            self._bar.update(self._task, description=text)
+
+    def advance(self) -> None:
+        if self._bar:
+            self._bar.advance(self._task)
+
+    def close(self) -> None:
+        if self._bar:
+            self._bar.stop()
+
+
+def score(items: Sequence[Item], systems: Sequence[System], progress: bool = True) -> list[dict[str, Any]]:
+    bar = _Progress(len(items) * len(systems), progress)
+    results = []
+    try:
+        for system in systems:
+            bar.describe(system.name)
+            predicted, latencies = [], []
+            started = time.perf_counter()
+            for item in items:
+                t0 = time.perf_counter()
+                predicted.append(system.predict(item.text))
+                latencies.append((time.perf_counter() - t0) * 1000)
+                bar.advance()
+            wall = time.perf_counter() - started
+            results.append({"system": system.name, "description": system.description,
+                            **metrics(items, predicted, latencies, wall)})
+    finally:
+        bar.close()
+    return results
+
+
+# -- the whole run ----------------------------------------------------------------------------
+
+
+@dataclass
+class EvalOptions:
+    data: list[Path]
+    task: str
+    role: str | None = None
+    compare: bool = False
+    limit: int | None = None
+    include_trained: bool = False
+    progress: bool = True
+
+
+def check_role(roles: dict, task: str, role_name: str | None) -> str:
+    name = role_name or DEFAULT_ROLES[task]
+    role = roles.get(name)
+    if role is None:
+        raise RoleError(f"no role named {name!r}; roles found: {', '.join(sorted(roles))}")
+    if role.kind != "classify":
+        raise RoleError(f"{role.source}: role '{name}' is a {role.kind} role; eval scores classify roles")
+    if task == "route" and not any(label.routes_to for label in role.labels):
+        raise RoleError(f"{role.source}: role '{name}' has no label with routes_to; --task route needs a router role")
+    return name
+
+
+def check_gold(items: Sequence[Item], task: str, role: Any) -> None:
+    allowed = sorted({label.routes_to or label.name for label in role.labels}) if task == "route" else role.label_names
+    for item in items:
+        if item.gold not in allowed:
+            raise DataError(f"{item.where}: {TASK_FIELDS[task]} {item.gold!r} is not one of {allowed} (role '{role.name}')")
+
+
+def evaluate(eq: Any, options: EvalOptions, items: Sequence[Item]) -> dict[str, Any]:
+    """Score the role (and with compare, the seed baselines) on `items`; returns the full report."""
+    name = check_role(eq.roles, options.task, options.role)
+    classifier = Classifier(eq.engine, eq.roles[name])
+    check_gold(items, options.task, classifier.role)
+    skipped = 0
+    if classifier.head is not None and classifier.head.trained_on and not options.include_trained:
+        kept = [item for item in items if text_key(clean_text(item.text)) not in classifier.head.trained_on]
+        skipped = len(items) - len(kept)
+        items = kept
+        if not items:
+            raise DataError("every text was used to train the role's head; nothing left to validate on (--include-trained scores them anyway)")
+    systems = [role_system(classifier, options.task)]
+    if options.compare:
+        if classifier.head is not None:
+            systems.append(role_system(Classifier(eq.engine, classifier.role, use_head=False), options.task,
+                                       f"edgeqwen role '{name}' without head"))
+        if options.task == "route":
+            systems.append(rules_system())
+        elif set(classifier.role.label_names) == set(SEED_LABELS.values()):
+            systems.append(seed_prompt_system(eq.engine))
+    return {
+        "data": [str(p) for p in options.data],
+        "task": options.task,
+        "role": name,
+        "model": eq.engine.info.path.name,
+        "n": len(items),
+        "skipped_trained": skipped,
+        "systems": score(items, systems, options.progress),
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    langs = sorted({lang for s in report["systems"] for lang in s["by_lang"]})
+    lines = [f"data: {', '.join(report['data'])}  ({report['n']} texts, task {report['task']}, role {report['role']}, model {report['model']})"]
+    if report.get("skipped_trained"):
+        lines.append(f"left out: {report['skipped_trained']} texts the role's head was trained on (--include-trained keeps them)")
+    if report.get("split"):
+        lines.append(f"scored on the held-out part: {report['split']}")
+    width = max(len(s["system"]) for s in report["systems"])
+    header = f"{'system':<{width}}  {'n':>5}  {'acc':>6}  " + "".join(f"{lang:>6}  " for lang in langs) + f"{'macroF1':>7}  {'p50 ms':>7}  {'p90 ms':>7}  {'texts/s':>7}"
+    lines += ["", header]
+    for s in report["systems"]:
+        per_lang = "".join(f"{_pct(s['by_lang'][lang]['accuracy']) if lang in s['by_lang'] else '-':>6}  " for lang in langs)
+        thr = s["throughput_per_s"] if s["throughput_per_s"] is not None else "-"
+        lines.append(f"{s['system']:<{width}}  {s['n']:>5}  {_pct(s['accuracy']):>6}  {per_lang}{s['macro_f1']:>7.3f}  {s['p50_ms']:>7.1f}  {s['p90_ms']:>7.1f}  {thr:>7}")
+    for s in report["systems"]:
+        lines += ["", f"{s['system']}: {s['description']}"]
+        classes = list(s["per_class"])
+        cw = max(10, *(len(c) + 2 for c in classes))
+        lines.append(f"  {'class':<{cw}} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>7}")
+        for c, m in s["per_class"].items():
+            lines.append(f"  {c:<{cw}} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} {m['support']:>7}")
+        lines.append(f"  confusion (rows gold, columns predicted): " + "  ".join(classes))
+        for g in classes:
+            lines.append(f"  {g:<{cw}} " + " ".join(f"{s['confusion'][g][p]:>{max(6, len(p))}}" for p in classes))
+        if s["by_lang"]:
+            lines.append("  by language: " + ", ".join(
+                f"{lang} {_pct(v['accuracy'])} of {v['n']} (p50 {v['p50_ms']} ms)" for lang, v in s["by_lang"].items()))
+    return "\n".join(lines)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+# -- training a head --------------------------------------------------------------------------
+
+
+def split_items(items: Sequence[Item], train_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Fixed-seed split, stratified by (lang, gold): indices of the training and held-out parts."""
+    rng = np.random.default_rng(seed)
+    groups: dict[tuple, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault((item.lang, item.gold), []).append(i)
+    train: list[int] = []
+    for key in sorted(groups, key=str):
+        members = np.array(groups[key])
+        rng.shuffle(members)
+        train += members[: int(round(len(members) * train_fraction))].tolist()
+    train_set = set(train)
+    return sorted(train_set), [i for i in range(len(items)) if i not in train_set]
+
+
+def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Path, train_fraction: float = 0.5,
+               seed: int = 0, extra: Sequence[Item] = ()) -> dict[str, Any]:
+    """Fit a head for the role on a split of `items` (plus `extra`, always in the training part);
+    report it and the label logits on the held-out part of `items` only."""
+    if not 0 < train_fraction < 1:
+        raise InputError("--train-fraction must be between 0 and 1")
+    if output.suffix != ".npz":
+        raise InputError(f"{output}: a head file must end in .npz")
+    name = check_role(eq.roles, options.task, options.role)
+    role = eq.roles[name]
+    check_gold([*items, *extra], options.task, role)
+    n_data = len(items)
+    items = [*items, *extra]
+    classifier = Classifier(eq.engine, role, use_head=False)
+    # Gold values are route targets for task route: map them back to the role's labels.
+    to_label = {(label.routes_to or label.name) if options.task == "route" else label.name: label.name for label in role.labels}
+    keys = [text_key(clean_text(item.text)) for item in items]
+    bar = _Progress(len(items), options.progress)
+    bar.describe(f"hidden states ({name})")
+    hidden, logit_scores, latencies = [], [], []
+    try:
+        for item in items:
+            t0 = time.perf_counter()
+            h, s = classifier.features(item.text)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            hidden.append(h)
+            logit_scores.append(s)
+            bar.advance()
+    finally:
+        bar.close()
+    x = np.array(hidden)
+    labels = role.label_names
+    y = np.array([labels.index(to_label[item.gold]) for item in items])
+    train, held = split_items(items[:n_data], train_fraction, seed)
+    train += list(range(n_data, len(items)))
+    if len(held) == 0 or len(set(y[train])) < 2:
+        raise DataError("too few labelled texts to split into a training and a held-out part")
+    l2, cv = choose_l2(x[train], y[train], len(labels), seed=seed)
+    w, b, mean, scale = fit_logistic(x[train], y[train], len(labels), l2)
+    head_pred = np.argmax(((x[held] - mean) / scale) @ w.T + b, axis=1)
+    logit_pred = np.argmax(np.array(logit_scores)[held], axis=1)
+    to_gold = {label: gold for gold, label in to_label.items()}
+    held_items = [items[i] for i in held]
+    lat = [latencies[i] for i in held]
+    systems = [
+        {"system": f"head (trained on {len(train)}, l2 {l2:g})", "description": f"{output}; logistic regression over the final hidden state",
+         **metrics(held_items, [to_gold[labels[k]] for k in head_pred], lat, 0.0)},
+        {"system": f"label logits of role '{name}'", "description": "the role without a head, same prompt, same texts",
+         **metrics(held_items, [to_gold[labels[k]] for k in logit_pred], lat, 0.0)},
+    ]
+    validation = {s["system"]: {"accuracy": s["accuracy"], "by_lang": {k: v["accuracy"] for k, v in s["by_lang"].items()}} for s in systems}
+    head = Head(
+        labels=tuple(labels), weight=w, bias=b, mean=mean, scale=scale,
+        model=model_identity(eq.engine), prompt_sha256=prompt_fingerprint(role),
+        trained_on=frozenset(keys[i] for i in train),
+        meta={"role": name, "task": options.task, "data": [str(p) for p in options.data], "extra": len(extra), "seed": seed,
+              "train_fraction": train_fraction, "n_train": len(train), "n_held_out": len(held), "l2": l2,
+              "cv_accuracy": {str(k): round(v, 4) for k, v in cv.items()}, "held_out": validation},
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_head(output, head)
+    return {
+        "data": [str(p) for p in options.data], "task": options.task, "role": name, "model": eq.engine.info.path.name,
+        "n": len(held), "split": f"seed {seed}, {len(train) - len(extra)} texts for training (+{len(extra)} from --train-extra), {len(held)} held out (stratified by lang and gold)",
+        "head": str(output), "l2": l2, "cv_accuracy": head.meta["cv_accuracy"], "systems": systems,
+    }

@@ -1,0 +1,212 @@
+"""Classification heads: a small logistic regression over the model's final hidden state.
+
+A classify role may name a head file (`head: route.head.npz`, beside the role's YAML). The head
+reads the hidden state the model computes at the end of the role's prompt (the vector the output
+layer turns into logits, from `Engine.next_token_state`) and scores the role's labels. It costs one
+matrix-vector product per input on top of the evaluation the label logits need anyway.
+
+A head is only valid for the model and the prompt it was trained with: the file records the model's
+identity (name, architecture, n_embd, n_vocab, file size) and a fingerprint of the role's prompt. When
+either differs, the role falls back to its label logits with a one-time warning, never applying
+weights of the wrong shape or meaning. Heads are trained with numpy only (`edgeqwen eval --train-head`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import RoleError
+
+HEAD_FORMAT = 1
+log = logging.getLogger("edgeqwen.head")
+_warned: set[tuple[str, str]] = set()
+
+
+def model_identity(engine: Any) -> dict[str, Any]:
+    """What ties a head to a model file: cheap to compute at load (no hash of the whole file)."""
+    info = engine.info
+    return {
+        "name": info.name,
+        "architecture": info.architecture,
+        "n_embd": int(engine.n_embd),
+        "n_vocab": int(engine.n_vocab),
+        "file_size": int(info.file_size),
+    }
+
+
+def prompt_fingerprint(role: Any) -> str:
+    """sha256 of what shapes the hidden state: system prompt, examples, template and labels."""
+    payload = json.dumps(
+        {"prefix": role.prefix_messages(), "template": role.template, "labels": role.label_names},
+        ensure_ascii=False,
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def text_key(text: str) -> str:
+    """A short hash of a training text, so evaluation can leave training texts out."""
+    return hashlib.sha256(text.strip().encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Head:
+    labels: tuple[str, ...]
+    weight: np.ndarray  # (n_labels, n_embd)
+    bias: np.ndarray  # (n_labels,)
+    mean: np.ndarray  # (n_embd,) standardisation applied before the weights
+    scale: np.ndarray  # (n_embd,)
+    model: dict[str, Any]
+    prompt_sha256: str
+    trained_on: frozenset[str] = frozenset()
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def scores(self, hidden: np.ndarray) -> np.ndarray:
+        """Label logits (in `labels` order) for one hidden state."""
+        z = (np.asarray(hidden, dtype=np.float64) - self.mean) / self.scale
+        return self.weight @ z + self.bias
+
+    def reordered(self, labels: list[str]) -> "Head":
+        order = [self.labels.index(name) for name in labels]
+        return Head(tuple(labels), self.weight[order], self.bias[order], self.mean, self.scale, self.model,
+                    self.prompt_sha256, self.trained_on, self.meta)
+
+    def mismatch(self, model: dict[str, Any], prompt_sha256: str, labels: list[str]) -> str | None:
+        """Why this head cannot serve the loaded model and role, or None when it can."""
+        if sorted(self.labels) != sorted(labels):
+            return f"its labels {list(self.labels)} are not the role's {labels}"
+        differs = [key for key in ("architecture", "n_embd", "n_vocab", "name", "file_size") if self.model.get(key) != model.get(key)]
+        if differs:
+            return f"it was trained on another model ({self.model.get('name')}, n_embd {self.model.get('n_embd')}; differs in {', '.join(differs)})"
+        if self.prompt_sha256 != prompt_sha256:
+            return "the role's prompt changed since it was trained (retrain it with edgeqwen eval --train-head)"
+        return None
+
+
+def save_head(path: str | Path, head: Head) -> None:
+    np.savez(
+        Path(path),
+        format=np.array(HEAD_FORMAT),
+        labels=np.array(head.labels, dtype=str),
+        weight=head.weight.astype(np.float32),
+        bias=head.bias.astype(np.float32),
+        mean=head.mean.astype(np.float32),
+        scale=head.scale.astype(np.float32),
+        model=np.array(json.dumps(head.model)),
+        prompt_sha256=np.array(head.prompt_sha256),
+        trained_on=np.array(sorted(head.trained_on), dtype=str),
+        meta=np.array(json.dumps(head.meta, ensure_ascii=False)),
+    )
+
+
+def load_head(path: str | Path) -> Head:
+    """Read a head file; a missing, broken or inconsistent file is a one-line RoleError."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if int(data["format"]) != HEAD_FORMAT:
+                raise RoleError(f"{path}: head format {int(data['format'])} is not {HEAD_FORMAT}; retrain it")
+            head = Head(
+                labels=tuple(str(x) for x in data["labels"]),
+                weight=data["weight"].astype(np.float64),
+                bias=data["bias"].astype(np.float64),
+                mean=data["mean"].astype(np.float64),
+                scale=data["scale"].astype(np.float64),
+                model=json.loads(str(data["model"])),
+                prompt_sha256=str(data["prompt_sha256"]),
+                trained_on=frozenset(str(x) for x in data["trained_on"]),
+                meta=json.loads(str(data["meta"])),
+            )
+    except RoleError:
+        raise
+    except FileNotFoundError:
+        raise RoleError(f"{path}: head file not found") from None
+    except Exception as error:  # zip, npz key or JSON problems: all mean a broken file
+        raise RoleError(f"{path}: not a valid head file ({type(error).__name__}: {error})") from None
+    n_labels, n_embd = head.weight.shape if head.weight.ndim == 2 else (0, 0)
+    if (n_labels != len(head.labels) or n_labels < 2 or head.bias.shape != (n_labels,)
+            or head.mean.shape != (n_embd,) or head.scale.shape != (n_embd,) or not np.all(head.scale > 0)):
+        raise RoleError(f"{path}: not a valid head file (inconsistent shapes)")
+    return head
+
+
+def role_head_path(role: Any) -> Path | None:
+    return Path(role.source).parent / role.head if getattr(role, "head", None) else None
+
+
+def head_for(engine: Any, role: Any) -> Head | None:
+    """The role's head when it fits the loaded model and the role's prompt; else None, warned once."""
+    path = role_head_path(role)
+    if path is None:
+        return None
+    head = load_head(path)
+    reason = head.mismatch(model_identity(engine), prompt_fingerprint(role), role.label_names)
+    if reason is None and head.weight.shape[1] != engine.n_embd:
+        reason = f"its width {head.weight.shape[1]} is not the model's n_embd {engine.n_embd}"
+    if reason is not None:
+        if (str(path), reason) not in _warned:
+            _warned.add((str(path), reason))
+            log.warning(f"warning: {path}: head not used, {reason}; role '{role.name}' uses its label logits")
+        return None
+    return head.reordered(role.label_names)
+
+
+# -- training ---------------------------------------------------------------------------------
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, steps: int = 400) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Multinomial logistic regression on standardised features, L2-penalised, full-batch gradient descent.
+
+    Returns (weight, bias, mean, scale). The loss is convex, so plain gradient descent with a step
+    size from the data's Lipschitz bound converges; a few hundred steps on a few hundred examples
+    take well under a second.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0) + 1e-6
+    z = (x - mean) / scale
+    n, d = z.shape
+    onehot = np.eye(n_classes)[y]
+    w = np.zeros((n_classes, d))
+    b = np.zeros(n_classes)
+    # Lipschitz constant of the gradient: ||Z||^2 / (2n) for softmax, plus the penalty.
+    step = 1.0 / (np.linalg.norm(z, 2) ** 2 / (2 * n) + l2 + 1e-9)
+    for _ in range(steps):
+        logits = z @ w.T + b
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        g = (p - onehot) / n
+        w -= step * (g.T @ z + l2 * w)
+        b -= step * g.sum(axis=0)
+    return w, b, mean, scale
+
+
+def predict_logistic(x: np.ndarray, w: np.ndarray, b: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return np.argmax(((np.asarray(x, dtype=np.float64) - mean) / scale) @ w.T + b, axis=1)
+
+
+def choose_l2(x: np.ndarray, y: np.ndarray, n_classes: int, grid=(0.001, 0.01, 0.1, 1.0), folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
+    """Pick the penalty by k-fold cross-validation on the training split only."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    parts = np.array_split(order, min(folds, len(y)))
+    results: dict[float, float] = {}
+    for l2 in grid:
+        correct = 0
+        for k, held in enumerate(parts):
+            train = np.concatenate([p for j, p in enumerate(parts) if j != k])
+            if len(set(y[train])) < n_classes:
+                continue
+            w, b, mean, scale = fit_logistic(x[train], y[train], n_classes, l2)
+            correct += int((predict_logistic(x[held], w, b, mean, scale) == y[held]).sum())
+        results[l2] = correct / len(y)
+    best = max(results, key=lambda l2: (results[l2], l2))  # ties: the stronger penalty
+    return best, results

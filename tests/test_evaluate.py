@@ -1,0 +1,262 @@
+"""`edgeqwen eval` and classification heads: data checks, metrics, head files, and the real model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_cli
+from edgeqwen import head as head_module
+from edgeqwen.errors import RoleError
+from edgeqwen.evaluate import DataError, EvalOptions, Item, metrics, read_data, split_items, train_head
+from edgeqwen.head import Head, fit_logistic, load_head, model_identity, predict_logistic, prompt_fingerprint, save_head
+from edgeqwen.roles import load_role, load_roles
+from edgeqwen.tasks import Classifier
+
+SENTIMENT_ROWS = [
+    {"text": "I love this phone, the screen is gorgeous.", "label": "positive", "lang": "en"},
+    {"text": "Broke after two days. Total waste of money.", "label": "negative", "lang": "en"},
+    {"text": "房间干净，服务热情，下次还来。", "label": "positive", "lang": "zh"},
+    {"text": "质量太差，客服也不理人，非常失望。", "label": "negative", "lang": "zh"},
+]
+ROUTE_ROWS = [
+    {"text": "The pasta was cold and the waiter ignored us all evening.", "route": "sentiment", "lang": "en"},
+    {"text": "Can you help me write a birthday message for my sister?", "route": "chat", "lang": "en"},
+    {"text": "这本书写得很无聊，翻了几页就看不下去了。", "route": "sentiment", "lang": "zh"},
+    {"text": "你能给我讲一个关于猫的笑话吗？", "route": "chat", "lang": "zh"},
+]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+# -- data and metrics, no model ---------------------------------------------------------------
+
+
+def test_read_data_reads_gold_field_and_lang(tmp_path):
+    items = read_data([write_jsonl(tmp_path / "s.jsonl", SENTIMENT_ROWS)], "sentiment")
+    assert [i.gold for i in items] == ["positive", "negative", "positive", "negative"]
+    assert [i.lang for i in items] == ["en", "en", "zh", "zh"]
+    assert read_data([tmp_path / "s.jsonl"], "sentiment", limit=2)[-1].gold == "negative"
+    assert len(read_data([write_jsonl(tmp_path / "r.jsonl", ROUTE_ROWS)], "route")) == 4
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"text": "fine", "label": "positive"}\n{"text": "oops", "label": \n', "bad.jsonl:2: invalid JSON"),
+        ('{"text": "fine", "label": "positive"}\n\n{"text": "no label"}\n', "bad.jsonl:3: field 'label' missing"),
+        ('["text", "label"]\n', "bad.jsonl:1: each line must be a JSON object"),
+        ("\n\n", "no labelled lines"),
+    ],
+)
+def test_bad_data_is_one_line_with_file_and_line(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError) as error:
+        read_data([path], "sentiment")
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_missing_data_file(tmp_path):
+    with pytest.raises(DataError, match="data file not found"):
+        read_data([tmp_path / "nope.jsonl"], "sentiment")
+
+
+def test_metrics_precision_recall_confusion_and_languages():
+    items = [Item("a", "pos", "en", "f:1"), Item("b", "pos", "en", "f:2"), Item("c", "neg", "zh", "f:3"), Item("d", "neg", "zh", "f:4")]
+    m = metrics(items, ["pos", "neg", "neg", "neg"], [10, 20, 30, 40], wall_s=2.0)
+    assert m["accuracy"] == 0.75 and m["n"] == 4
+    assert m["per_class"]["pos"] == {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2}
+    assert m["per_class"]["neg"]["precision"] == 0.6667 and m["per_class"]["neg"]["recall"] == 1.0
+    assert m["confusion"] == {"neg": {"neg": 2, "pos": 0}, "pos": {"neg": 1, "pos": 1}}
+    assert m["by_lang"]["en"]["accuracy"] == 0.5 and m["by_lang"]["zh"]["accuracy"] == 1.0
+    assert m["p50_ms"] == 25.0 and m["throughput_per_s"] == 2.0
+
+
+def test_split_is_stratified_fixed_and_disjoint():
+    items = [Item(str(i), "ab"[i % 2], "en" if i < 20 else "zh", "") for i in range(40)]
+    train, held = split_items(items, 0.5, seed=0)
+    assert (train, held) == split_items(items, 0.5, seed=0)
+    assert not set(train) & set(held) and len(train) + len(held) == 40
+    for lang in ("en", "zh"):
+        for gold in "ab":
+            assert sum(1 for i in train if items[i].lang == lang and items[i].gold == gold) == 5
+
+
+def test_logistic_regression_learns_a_separable_problem():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 20))
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)
+    w, b, mean, scale = fit_logistic(x[:300], y[:300], 2, l2=0.001)
+    assert (predict_logistic(x[300:], w, b, mean, scale) == y[300:]).mean() >= 0.9
+
+
+# -- head files and role validation ------------------------------------------------------------
+
+
+def make_head(n_embd=8, labels=("review", "question"), model=None, prompt="x") -> Head:
+    return Head(tuple(labels), np.ones((len(labels), n_embd)), np.zeros(len(labels)), np.zeros(n_embd), np.ones(n_embd),
+                model or {"name": "m", "n_embd": n_embd}, prompt, frozenset({"abc"}), {"note": "测试"})
+
+
+def test_head_file_round_trip_and_broken_files(tmp_path):
+    path = tmp_path / "h.npz"
+    save_head(path, make_head())
+    loaded = load_head(path)
+    assert loaded.labels == ("review", "question") and loaded.trained_on == {"abc"} and loaded.meta == {"note": "测试"}
+    assert loaded.reordered(["question", "review"]).labels == ("question", "review")
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    with pytest.raises(RoleError, match="not a valid head file"):
+        load_head(tmp_path / "broken.npz")
+    with pytest.raises(RoleError, match="head file not found"):
+        load_head(tmp_path / "missing.npz")
+
+
+ROLE = """kind: classify
+system: Review or question?
+template: "Message: {text}"
+labels:
+  - {name: review, routes_to: sentiment}
+  - {name: question, routes_to: chat}
+"""
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [("head: missing.npz\n", "head file not found"), ("head: ../h.npz\n", "name of a .npz file"), ("head: h.txt\n", "name of a .npz file")],
+)
+def test_role_head_field_is_validated(write_role, extra, message):
+    path = write_role("topic", ROLE + extra)
+    with pytest.raises(RoleError) as error:
+        load_role(path)
+    assert "field 'head'" in str(error.value) and message in str(error.value)
+
+
+def test_generate_role_cannot_have_a_head(write_role, tmp_path):
+    save_head(tmp_path / "h.npz", make_head())
+    path = write_role("talk", "kind: generate\nsystem: Chat.\nhead: h.npz\n")
+    with pytest.raises(RoleError, match="only a classify role can have a head"):
+        load_role(path)
+
+
+# -- the real model -----------------------------------------------------------------------------
+
+
+def test_trained_head_is_used_and_a_mismatched_one_falls_back(eq, tmp_path, caplog):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    role_path = prompts / "kind.yaml"
+    role_path.write_text(ROLE, encoding="utf-8")
+    rows = ROUTE_ROWS + [
+        {"text": "Worst hotel I have ever stayed in.", "route": "sentiment", "lang": "en"},
+        {"text": "What's the weather like on Mars?", "route": "chat", "lang": "en"},
+        {"text": "外卖送得很快，味道也不错。", "route": "sentiment", "lang": "zh"},
+        {"text": "帮我把这句话翻译成英文。", "route": "chat", "lang": "zh"},
+    ]
+    data = write_jsonl(tmp_path / "r.jsonl", rows)
+    roles = load_roles(prompts)
+    eq_roles, eq.roles = eq.roles, roles
+    try:
+        options = EvalOptions(data=[data], task="route", role="kind", progress=False)
+        report = train_head(eq, options, read_data([data], "route"), prompts / "kind.head.npz")
+    finally:
+        eq.roles = eq_roles
+    assert report["n"] == 4 and len(report["systems"]) == 2  # scored on the held-out half only
+    saved = load_head(prompts / "kind.head.npz")
+    assert saved.weight.shape == (2, eq.engine.n_embd) and len(saved.trained_on) == 4
+    assert saved.model == model_identity(eq.engine)
+
+    role_path.write_text(ROLE + "head: kind.head.npz\n", encoding="utf-8")
+    role = load_role(role_path)
+    assert prompt_fingerprint(role) == saved.prompt_sha256  # the head field itself is not part of the prompt
+    classifier = Classifier(eq.engine, role)
+    assert classifier.head is not None
+    assert classifier.classify("The soup was salty and the bread was stale.").label in ("review", "question")
+
+    # Trained for another model: never applied, one warning, label logits instead.
+    other = load_head(prompts / "kind.head.npz")
+    save_head(prompts / "kind.head.npz", Head(other.labels, np.ones((2, 64)), np.zeros(2), np.zeros(64), np.ones(64),
+                                              {**other.model, "n_embd": 64, "name": "other"}, other.prompt_sha256))
+    head_module._warned.clear()
+    with caplog.at_level(logging.WARNING, logger="edgeqwen.head"):
+        first = Classifier(eq.engine, role)
+        second = Classifier(eq.engine, role)
+    assert first.head is None and second.head is None
+    warnings = [r.getMessage() for r in caplog.records if "head not used" in r.getMessage()]
+    assert len(warnings) == 1 and "another model" in warnings[0]
+    assert first.classify("The soup was salty and the bread was stale.").label in ("review", "question")
+
+    # Prompt edited after training: also a fallback.
+    shutil.copy(role_path, role_path.with_suffix(".bak"))
+    save_head(prompts / "kind.head.npz", saved)
+    role_path.write_text(ROLE.replace("Review or question?", "Is it a review or a question?") + "head: kind.head.npz\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="edgeqwen.head"):
+        assert Classifier(eq.engine, load_role(role_path)).head is None
+    assert any("prompt changed" in r.getMessage() for r in caplog.records)
+
+
+# -- the command, as a subprocess ----------------------------------------------------------------
+
+
+def test_eval_sentiment_with_compare_writes_json(tmp_path):
+    data = write_jsonl(tmp_path / "s.jsonl", SENTIMENT_ROWS)
+    out = tmp_path / "report.json"
+    done = run_cli("eval", str(data), "--task", "sentiment", "--compare", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    text = done.stdout.decode()
+    assert "seed prompt (reconstruction)" in text and "confusion" in text and "precision" in text
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["n"] == 4 and report["role"] == "sentiment"
+    names = [s["system"] for s in report["systems"]]
+    assert names[0] == "edgeqwen role 'sentiment'" and "seed prompt (reconstruction)" in names
+    ours = report["systems"][0]
+    assert set(ours["by_lang"]) == {"en", "zh"} and ours["accuracy"] >= 0.75
+    assert {"p50_ms", "p90_ms", "throughput_per_s", "per_class", "confusion", "macro_f1"} <= set(ours)
+    assert set(ours["per_class"]) == {"positive", "negative"}
+
+
+def test_eval_route_compares_the_rules_router(tmp_path):
+    data = write_jsonl(tmp_path / "r.jsonl", ROUTE_ROWS)
+    out = tmp_path / "route.json"
+    done = run_cli("eval", str(data), "--task", "route", "--compare", "--limit", "3", "--json", str(out), "--include-trained")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text(encoding="utf-8"))
+    names = [s["system"] for s in report["systems"]]
+    assert report["n"] == 3 and "seed rule (rules router)" in names
+    assert set(report["systems"][0]["per_class"]) <= {"sentiment", "chat"}
+
+
+@pytest.mark.parametrize(
+    "args, content, message, code",
+    [
+        (["--task", "sentiment"], '{"text": "ok", "label": "positive"}\n{bad json}\n', "d.jsonl:2: invalid JSON", 2),
+        (["--task", "sentiment", "--role", "nosuchrole"], '{"text": "ok", "label": "positive"}\n', "no role named 'nosuchrole'", 1),
+        (["--task", "sentiment", "--role", "chat"], '{"text": "ok", "label": "positive"}\n', "generate role", 1),
+        (["--task", "topic"], '{"text": "ok", "label": "positive"}\n', "unknown --task 'topic'", 2),
+        (["--task", "sentiment"], '{"text": "ok", "label": "neutral"}\n', "d.jsonl:1: label 'neutral' is not one of", 2),
+    ],
+)
+def test_eval_bad_input_is_one_line(tmp_path, args, content, message, code):
+    data = tmp_path / "d.jsonl"
+    data.write_text(content, encoding="utf-8")
+    done = run_cli("eval", str(data), *args)
+    err = done.stderr.decode().strip()
+    assert done.returncode == code, err
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_eval_missing_file(tmp_path):
+    done = run_cli("eval", str(tmp_path / "missing.jsonl"))
+    assert done.returncode == 2 and "missing.jsonl: data file not found" in done.stderr.decode()
+
+
+def test_dev_accuracy_script_is_gone():
+    assert not (REPO / "scripts" / "dev_accuracy.py").exists()
