@@ -435,8 +435,50 @@ def eval_command(
             _fail(EdgeQwenError(f"{json_out}: cannot write the report: {error}"))
 
 
+@app.command()
+def doctor(
+    model: ModelOption = None,
+    ctx: Annotated[Optional[int], typer.Option("--ctx", min=64, help="Check this context size too (default: 2048).")] = None,
+    ram_mb: Annotated[Optional[int], typer.Option("--ram-mb", min=1, help="Plan for a board with this much available RAM (MiB) instead of this one.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check this board: RAM, cores, CPU features, the llama.cpp build, and the --ctx/--threads that fit the model.
+
+    \b
+    Examples:
+      edgeqwen doctor
+      edgeqwen doctor --ram-mb 1024 --model models/qwen1.5-0.5b-chat-q4_k_m.gguf   # plan for a 1 GB board
+    """
+    from .doctor import diagnose, format_report
+
+    report = diagnose(model, ram_bytes=ram_mb * (1 << 20) if ram_mb else None, n_ctx=ctx)
+    if json_output:
+        typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2, default=str))
+    else:
+        for line in format_report(report):
+            typer.echo(line, err=line.startswith("warning:"))
+    if report.model_error:
+        raise typer.Exit(1)
+
+
 def main() -> None:
-    app()
+    # `kill` (SIGTERM) stops every command the way Ctrl-C does: the commands' KeyboardInterrupt
+    # handling runs (partial output kept, temporary files removed), and the exit code is 143.
+    import signal
+
+    terminated = []
+
+    def _terminate(signum, frame):
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        app()
+    except SystemExit as done:
+        if terminated and done.code not in (0, None):
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise
 
 
 if __name__ == "__main__":

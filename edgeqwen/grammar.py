@@ -31,6 +31,8 @@ def label_problem(label: object) -> str | None:
         return f"must be at most {MAX_LABEL_CHARS} characters"
     if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in label):
         return "must not contain control characters"
+    if any(0xD800 <= ord(ch) < 0xE000 for ch in label):  # YAML's "\ud800" escape can make one; llama.cpp needs UTF-8
+        return "must not contain lone surrogates (not valid UTF-8)"
     if CONTROL_TOKEN_PATTERN.search(label) or "<|" in label or "|>" in label:
         return "must not contain chat-template control tokens such as <|im_end|>"
     return None

@@ -170,9 +170,13 @@ def load_role(path: Path) -> Role:
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" (line {where.line + 1})" if where else ""
-        raise RoleError(f"{path}: invalid YAML{line}: {getattr(error, 'problem', error)}") from None
+        detail = " ".join(str(getattr(error, "problem", None) or error).split())  # one line, whatever the YAML error
+        raise RoleError(f"{path}: invalid YAML{line}: {detail}") from None
     if not isinstance(data, dict):
         raise RoleError(f"{path}: must be a YAML mapping of fields (kind, system, template, ...)")
+    for key in data:
+        if not isinstance(key, str):  # `1: x` or a bare `?` would otherwise crash Role(**data)
+            raise RoleError(f"{path}: field {key!r}: not a field name (fields are words such as kind, system, labels)")
     for reserved in ("name", "source"):
         if reserved in data:
             raise RoleError(f"{path}: field '{reserved}': not allowed (the role is named after its file)")

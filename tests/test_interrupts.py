@@ -1,0 +1,119 @@
+"""Ctrl-C (SIGINT) and `kill` (SIGTERM) on the real `edgeqwen` command: during the model load, during a
+streamed reply and during a `run -` batch. Each ends cleanly: no traceback, exit code 130 (SIGINT)
+or 143 (SIGTERM), and every batch line already answered is on stdout, complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import STANDIN
+
+EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class Running:
+    """`edgeqwen ARGS` in a subprocess whose stdout is collected as it arrives."""
+
+    def __init__(self, *args: str, stdin: bool = False) -> None:
+        env = {**os.environ, "EDGEQWEN_MODEL": os.environ.get("EDGEQWEN_MODEL") or str(STANDIN)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgeqwen.cli", *args], stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        self.stdout = bytearray()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while chunk := self.proc.stdout.read1(4096):
+            self.stdout += chunk
+
+    def wait_for(self, condition, timeout: float = 240, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.proc.poll() is None, f"exited early ({self.proc.returncode}) waiting for {what}: {self.proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.02)
+
+    def maps(self) -> str:
+        try:
+            return Path(f"/proc/{self.proc.pid}/maps").read_text()
+        except OSError:
+            return ""
+
+    def stop(self, signum: int) -> tuple[int, str]:
+        self.proc.send_signal(signum)
+        try:
+            self.proc.wait(timeout=120)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self._reader.join(timeout=10)
+        return self.proc.returncode, self.proc.stderr.read().decode("utf-8", "replace")
+
+
+def assert_clean(code: int, stderr: str, signum: int) -> None:
+    assert code == EXIT[signum], (code, stderr)
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert "interrupted" in stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_model_load(signum):
+    run = Running("run", "--task", "sentiment", "The hotel was lovely.")
+    # The model file is mapped first by gguf-py's check, then by llama.cpp: the load is under way.
+    run.wait_for(lambda: str(STANDIN.resolve()) in run.maps(), what="the model file to be mapped")
+    code, stderr = run.stop(signum)
+    assert_clean(code, stderr, signum)
+    assert b"sentiment:" not in run.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_streamed_reply(signum):
+    run = Running("run", "--task", "chat", "--ctx", "512", "Write a very long story about a lighthouse keeper, at least 500 words.")
+    run.wait_for(lambda: len(run.stdout.decode("utf-8", "ignore").strip()) >= 20, what="the reply to stream")
+    code, stderr = run.stop(signum)
+    assert_clean(code, stderr, signum)
+    assert len(run.stdout) >= 20  # what was streamed stays on stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_stdin_batch_keeps_answered_lines(signum):
+    run = Running("run", "-", "--json", "--task", "sentiment", "--ctx", "512", stdin=True)
+    texts = [f"Review {i}: {'great value, works perfectly' if i % 2 else 'broke after a day, awful'}" for i in range(200)]
+    run.proc.stdin.write("".join(t + "\n" for t in texts).encode())
+    run.proc.stdin.flush()  # stdin stays open: the batch is still running when the signal comes
+    run.wait_for(lambda: run.stdout.count(b"\n") >= 3, what="three answered lines")
+    code, stderr = run.stop(signum)
+    assert_clean(code, stderr, signum)
+    lines = run.stdout.decode("utf-8").splitlines()
+    assert len(lines) >= 3
+    for text, line in zip(texts, lines):  # every printed line is a whole answer, in input order
+        result = json.loads(line)
+        assert result["text"] == text and result["label"] in ("positive", "negative")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM], ids=["SIGTERM"])
+def test_signal_during_sentiment_file_then_resume(tmp_path, signum):
+    texts = [f"Item {i}: {'excellent, would buy again' if i % 2 else 'arrived broken, terrible'}" for i in range(12)]
+    inputs = tmp_path / "reviews.jsonl"
+    inputs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    output = tmp_path / "labels.jsonl"
+    run = Running("sentiment", str(inputs), "-o", str(output), "--ctx", "512")
+    run.wait_for(lambda: output.is_file() and output.read_bytes().count(b"\n") >= 3, what="three results in the output file")
+    code, stderr = run.stop(signum)
+    assert_clean(code, stderr, signum)
+    kept = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]  # whole records only
+    assert 3 <= len(kept) < len(texts)
+    resumed = Running("sentiment", str(inputs), "-o", str(output), "--ctx", "512", "--resume")
+    assert resumed.proc.wait(timeout=600) == 0, resumed.proc.stderr.read().decode()
+    records = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert [r["text"] for r in records] == texts  # each input exactly once, in order, nothing lost
+    assert all(r["label"] in ("positive", "negative") for r in records)

@@ -1,0 +1,73 @@
+"""The engine under a hard 1 GiB memory cap, in a subprocess: sentiment and a short chat, with peak RSS.
+
+Which cap: this machine has cgroup v1 with the memory hierarchy owned by the sandbox's process
+manager and no systemd (systemd-run cannot start a scope), so no cgroup is created here. An
+address-space cap (RLIMIT_AS, `prlimit --as`) cannot hold llama.cpp at 1 GiB: the model file is
+mapped (469 MiB) *and* its Q4_K weights are repacked into anonymous memory, and thread arenas
+reserve more, so the address space peaks at ~1.2 GiB while the resident set stays near 650 MiB.
+The cap used is RLIMIT_DATA (`prlimit --data`): the kernel refuses every private allocation beyond
+1 GiB (heap, KV cache, repacked weights, compute buffers); file-backed pages (the mapped model,
+shared libraries) are not counted by it but are bounded by the file sizes. The test reports the
+peak RSS (VmHWM: everything resident, model pages included) and requires it below 1 GiB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, STANDIN
+
+CAP = 1 << 30
+CHILD = r"""
+import json, sys
+from edgeqwen import EdgeQwen
+eq = EdgeQwen(sys.argv[1], n_ctx=2048)
+label = eq.sentiment("这家餐厅的服务太差了，我再也不会来了。").label
+reply = eq.chat("Say hello in five words.")
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+kib = lambda key: int(status[key].split()[0])
+print(json.dumps({"label": label, "reply": reply, "peak_rss_kib": kib("VmHWM"), "data_kib": kib("VmData"), "peak_vm_kib": kib("VmPeak")}))
+"""
+
+
+def run_capped(limit: int, which: int = resource.RLIMIT_DATA, code: str = CHILD, *args: str) -> subprocess.CompletedProcess:
+    def cap() -> None:
+        resource.setrlimit(which, (limit, limit))
+
+    env = {**os.environ, "EDGEQWEN_MODEL": str(STANDIN)}
+    return subprocess.run([sys.executable, "-c", code, str(STANDIN), *args], capture_output=True, text=True,
+                          preexec_fn=cap, env=env, timeout=600, cwd=REPO)
+
+
+def test_engine_runs_under_a_1_gib_data_cap_and_reports_peak_rss():
+    done = run_capped(CAP)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.splitlines()[-1])
+    assert figures["label"] == "negative" and figures["reply"].strip()
+    peak = figures["peak_rss_kib"] * 1024
+    assert peak < CAP, f"peak RSS {peak / 2**20:.0f} MiB"
+    assert figures["data_kib"] * 1024 < CAP
+    from edgeqwen.doctor import estimate_bytes
+    from edgeqwen.models import inspect_gguf
+
+    estimate = estimate_bytes(inspect_gguf(STANDIN), 2048)
+    assert abs(estimate - peak) / peak < 0.3, (estimate, peak)  # doctor's estimate is close to what was measured
+    report = {"cap": "RLIMIT_DATA 1 GiB", "peak_rss_mib": round(peak / 2**20), "private_data_mib": round(figures["data_kib"] / 1024),
+              "peak_address_space_mib": round(figures["peak_vm_kib"] / 1024), "doctor_estimate_mib": round(estimate / 2**20)}
+    print(f"\nmemory under cap: {json.dumps(report)}")
+    (REPO / "tests" / "artifacts").mkdir(exist_ok=True)
+    (REPO / "tests" / "artifacts" / "memory_cap.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+@pytest.mark.xfail(strict=True, reason="engine.py bug: when llama.cpp cannot create its context (here: a 700 MiB address-space cap), "
+                   "ValueError('Failed to create llama_context') is not turned into an EdgeQwenError, so the CLI prints a traceback")
+def test_cli_too_little_memory_is_one_line():
+    code = "import sys; sys.argv = ['edgeqwen', 'run', '--task', 'sentiment', 'hello']; from edgeqwen.cli import main; main()"
+    done = run_capped(700 << 20, resource.RLIMIT_AS, code)  # 700 MiB of address space: the model maps, its context cannot
+    assert done.returncode == 1 and "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr[-500:]
