@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import closing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -99,26 +100,36 @@ class EdgeQwen:
         *,
         conversation: Conversation | None = None,
         on_text: Callable[[str], None] | None = None,
+        on_step: Callable[[str, RouteDecision | Classification], None] | None = None,
     ) -> RunResult:
-        """Route `text` (task="auto") or run the named task; `on_text` receives the reply as it streams."""
+        """Route `text` (task="auto") or run the named task.
+
+        `on_text` receives the reply as it streams; `on_step` receives ("route", RouteDecision) and
+        ("sentiment", Classification) as each is decided. An exception raised by either stops the run
+        at once, generation included.
+        """
         if task not in TASKS:
             raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        notify = on_step or (lambda kind, value: None)
         started = time.perf_counter()
         result = RunResult(text=text, task=task)
         if task == "auto":
             result.route = self.route(text)
             result.task = task = result.route.task
             result.timings["route_ms"] = round((time.perf_counter() - started) * 1000, 2)
+            notify("route", result.route)
         if task in ("sentiment", "both"):
             result.sentiment = self.sentiment(text)
             result.timings["sentiment_ms"] = result.sentiment.timings["total_ms"]
+            notify("sentiment", result.sentiment)
         if task in ("chat", "both"):
             conversation = conversation or self.conversation()
             pieces = []
-            for piece in conversation.stream(text):
-                pieces.append(piece)
-                if on_text:
-                    on_text(piece)
+            with closing(conversation.stream(text)) as stream:  # closed at once if a callback raises
+                for piece in stream:
+                    pieces.append(piece)
+                    if on_text:
+                        on_text(piece)
             result.reply = "".join(pieces)
             result.timings.update({f"chat_{k}": v for k, v in conversation.timings.items()})
         result.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 2)

@@ -7,7 +7,6 @@ generator then stops llama.cpp's generation at once.
 
 from __future__ import annotations
 
-import time
 from contextlib import closing
 from dataclasses import dataclass, field
 
@@ -78,35 +77,17 @@ def classify_texts(eq: EdgeQwen, role: str, texts: list[str], job: Job) -> list[
 
 
 def run(eq: EdgeQwen, text: str, task: str, history: list[Message], job: Job) -> RunResult:
-    """What `EdgeQwen.run` does (same steps, same RunResult), with each step streamed as it finishes.
+    """`EdgeQwen.run` with each step streamed as it finishes and the job's cancellation checked between steps.
 
-    Events: ("route", {...}), ("sentiment", {...}), ("delta", "text piece"). The CLI's `run` and
-    this function must agree: tests compare their outputs' fields.
+    Events: ("route", {...}), ("sentiment", {...}), ("delta", "text piece").
     """
-    started = time.perf_counter()
-    result = RunResult(text=text, task=task)
-    if task == "auto":
-        result.route = eq.route(text)
-        result.task = task = result.route.task
-        result.timings["route_ms"] = round((time.perf_counter() - started) * 1000, 2)
-        job.emit(("route", result.route.to_dict()))
-    if task in ("sentiment", "both"):
-        job.check()
-        result.sentiment = eq.sentiment(text)
-        result.timings["sentiment_ms"] = result.sentiment.timings["total_ms"]
-        job.emit(("sentiment", _classification(result.sentiment)))
-    if task in ("chat", "both"):
-        job.check()
-        conversation = eq.conversation(history=history)
-        pieces: list[str] = []
-        with closing(conversation.stream(text)) as stream:
-            for piece in stream:
-                pieces.append(piece)
-                job.emit(("delta", piece))
-        result.reply = "".join(pieces)
-        result.timings.update({f"chat_{k}": v for k, v in conversation.timings.items()})
-    result.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
-    return result
+
+    def step(kind: str, value) -> None:
+        job.emit((kind, value.to_dict() if kind == "route" else _classification(value)))
+
+    job.check()
+    return eq.run(text, task, conversation=eq.conversation(history=history),
+                  on_text=lambda piece: job.emit(("delta", piece)), on_step=step)
 
 
 def _classification(result) -> dict:
