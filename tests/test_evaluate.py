@@ -150,6 +150,17 @@ def test_generate_role_cannot_have_a_head(write_role, tmp_path):
 # -- the real model -----------------------------------------------------------------------------
 
 
+def test_shipped_route_head_fits_the_standin_model(eq):
+    role = eq.roles["route"]
+    assert role.head, "prompts/route.yaml names its head file"
+    classifier = Classifier(eq.engine, role)
+    assert classifier.head is not None, "the shipped head was trained on the stand-in model and the shipped prompt"
+    for text, target in [("这家酒店的早餐太难吃了，房间也很旧。", "sentiment"), ("How do I make a cup of green tea?", "chat")]:
+        result = classifier.classify(text)
+        assert role.label(result.label).routes_to == target
+        assert abs(sum(result.scores.values()) - 1) < 1e-6
+
+
 def test_trained_head_is_used_and_a_mismatched_one_falls_back(eq, tmp_path, caplog):
     prompts = tmp_path / "prompts"
     prompts.mkdir()
@@ -166,12 +177,13 @@ def test_trained_head_is_used_and_a_mismatched_one_falls_back(eq, tmp_path, capl
     eq_roles, eq.roles = eq.roles, roles
     try:
         options = EvalOptions(data=[data], task="route", role="kind", progress=False)
-        report = train_head(eq, options, read_data([data], "route"), prompts / "kind.head.npz")
+        extra = [Item("Lovely staff and a spotless room.", "sentiment", "en", "x:1"), Item("你会下棋吗？", "chat", "zh", "x:2")]
+        report = train_head(eq, options, read_data([data], "route"), prompts / "kind.head.npz", extra=extra)
     finally:
         eq.roles = eq_roles
-    assert report["n"] == 4 and len(report["systems"]) == 2  # scored on the held-out half only
+    assert report["n"] == 4 and len(report["systems"]) == 2  # scored on the held-out half only, never on extra
     saved = load_head(prompts / "kind.head.npz")
-    assert saved.weight.shape == (2, eq.engine.n_embd) and len(saved.trained_on) == 4
+    assert saved.weight.shape == (2, eq.engine.n_embd) and len(saved.trained_on) == 6 and saved.meta["extra"] == 2
     assert saved.model == model_identity(eq.engine)
 
     role_path.write_text(ROLE + "head: kind.head.npz\n", encoding="utf-8")
