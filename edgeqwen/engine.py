@@ -25,7 +25,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from llama_cpp import _internals as internals  # model/context/batch/sampler wrappers of the pinned version
 from llama_cpp._logger import set_verbose
 
-from .errors import ContextOverflowError, GrammarError, ModelFileError
+from .errors import ContextOverflowError, EngineError, GrammarError, ModelFileError
 from .grammar import check_grammar, grammar_literals
 from .models import GGUFInfo, inspect_gguf
 
@@ -129,7 +129,10 @@ class Engine:
         model_params = llama.llama_model_default_params()
         model_params.load_mode = llama.LLAMA_LOAD_MODE_MMAP if use_mmap else llama.LLAMA_LOAD_MODE_NONE
         model_params.use_extra_bufts = repack  # CPU weight repacking: faster matmuls, a second copy of the weights
-        self._model = internals.LlamaModel(path_model=path, params=model_params, verbose=self.verbose)
+        try:
+            self._model = internals.LlamaModel(path_model=path, params=model_params, verbose=self.verbose)
+        except ValueError:
+            raise ModelFileError(f"{path}: llama.cpp could not load this model (run with --verbose to see why; `edgeqwen info {path}` shows what it holds)") from None
         self._vocab = self._model.vocab
         context_params = llama.llama_context_default_params()
         context_params.n_ctx = self.n_ctx + self.prefix_budget
@@ -142,7 +145,13 @@ class Engine:
         # A quantized V cache needs flash attention in llama.cpp.
         use_flash = flash_attn or kv_type != "f16"
         context_params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if use_flash else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        self._ctx = internals.LlamaContext(model=self._model, params=context_params, verbose=self.verbose)
+        try:
+            self._ctx = internals.LlamaContext(model=self._model, params=context_params, verbose=self.verbose)
+        except ValueError:
+            raise EngineError(
+                f"llama.cpp could not create a context of {context_params.n_ctx} tokens, most likely out of memory: "
+                "try a smaller --ctx or --kv-cache q8_0 (`edgeqwen doctor` estimates what fits)"
+            ) from None
         self._memory = llama.llama_get_memory(self._ctx.ctx)
         self._batch = internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=self.verbose)
 

@@ -43,3 +43,7 @@ class ConvertError(EdgeQwenError):
 
 class VerificationError(EdgeQwenError):
     """A quantized model disagrees with the unquantized one by more than the stated limit."""
+
+
+class EngineError(EdgeQwenError):
+    """llama.cpp could not do what was asked (e.g. no memory for the context)."""
