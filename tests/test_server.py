@@ -231,7 +231,7 @@ def test_run_routes_like_the_cli(server):
     assert review["route"]["task"] == expected["route"]["task"] == "sentiment"
     assert review["confidence"] == pytest.approx(expected["confidence"], abs=0.02)
     assert review["label"] == "negative" and review["reply"] is None
-    status, _, question = call(server, "POST", "/v1/run", {"text": "Can you recommend a good book about history?"})
+    status, _, question = call(server, "POST", "/v1/run", {"text": "How do I make a cup of green tea?"})
     assert status == 200 and question["task"] == "chat" and question["label"] is None and question["reply"]
 
 
