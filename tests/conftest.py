@@ -12,6 +12,16 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = REPO / "models" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 
+# A minimal valid classify role, for tests that break it one field at a time.
+VALID_ROLE = """\
+kind: classify
+system: Classify the topic.
+template: "Text: {text}"
+labels:
+  - name: sports
+  - name: politics
+"""
+
 
 def standin_path() -> Path:
     path = Path(os.environ.get("EDGEQWEN_MODEL") or STANDIN)

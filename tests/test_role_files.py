@@ -15,16 +15,7 @@ from edgeqwen.errors import GrammarError, RoleError
 from edgeqwen.grammar import check_grammar, grammar_literals, label_grammar, label_problem
 from edgeqwen.roles import Role, load_role, load_roles
 
-from conftest import run_cli
-
-VALID = """\
-kind: classify
-system: Classify the topic.
-template: "Text: {text}"
-labels:
-  - name: sports
-  - name: politics
-"""
+from conftest import VALID_ROLE as VALID, run_cli
 
 
 def one_line_error(path, field: str | None, fragment: str) -> str:

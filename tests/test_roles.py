@@ -10,16 +10,7 @@ import pytest
 from edgeqwen.errors import RoleError
 from edgeqwen.roles import default_prompts_dir, load_role, load_roles
 
-from conftest import REPO
-
-VALID = """\
-kind: classify
-system: Classify the topic.
-template: "Text: {text}"
-labels:
-  - name: sports
-  - name: politics
-"""
+from conftest import REPO, VALID_ROLE as VALID
 
 
 def test_shipped_roles_load():
