@@ -5,8 +5,8 @@ estimates the memory a model needs from its GGUF metadata alone (gguf-py; no wei
 
     model file + KV cache (f16 K and V for every layer, per token of context) + a fixed overhead
 
-The engine allocates n_ctx + DEFAULT_PREFIX_BUDGET KV cells (the extra cells hold the roles' kept
-prompt prefixes), so the KV term uses that many tokens.
+The engine allocates n_ctx KV cells (the roles' kept prompt prefixes share them with the prompt),
+so the KV term uses that many tokens.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .engine import DEFAULT_N_CTX, DEFAULT_PREFIX_BUDGET, physical_cores
+from .engine import DEFAULT_N_CTX, physical_cores
 from .errors import EdgeQwenError
 from .models import GGUFInfo, inspect_gguf, resolve_model
 
@@ -171,10 +171,10 @@ def kv_bytes_per_token(info: GGUFInfo) -> int | None:
     return info.block_count * head_count_kv * (info.embedding_length // info.head_count) * 2 * 2
 
 
-def estimate_bytes(info: GGUFInfo, n_ctx: int, prefix_budget: int = DEFAULT_PREFIX_BUDGET) -> int:
+def estimate_bytes(info: GGUFInfo, n_ctx: int) -> int:
     """Peak memory of the engine with this model and context (see the module docstring)."""
     per_token = kv_bytes_per_token(info) or 0
-    return info.file_size + per_token * (n_ctx + prefix_budget) + OVERHEAD_BYTES
+    return info.file_size + per_token * n_ctx + OVERHEAD_BYTES
 
 
 def recommend_ctx(info: GGUFInfo, usable: int | None) -> int | None:
@@ -262,7 +262,7 @@ def format_report(report: Report) -> list[str]:
         per_token = "unknown" if e.kv_bytes_per_token is None else f"{e.kv_bytes_per_token / 1024:.0f} KiB/token"
         lines += [
             f"model          {e.path} ({e.architecture}, {e.file_type}, {mib(e.file_bytes)})",
-            f"KV cache       {per_token} (f16), n_ctx + {DEFAULT_PREFIX_BUDGET} cells allocated",
+            f"KV cache       {per_token} (f16; about half with --kv-cache q8_0), n_ctx cells allocated",
             "estimate       " + ", ".join(f"--ctx {n}: {mib(b)}" for n, b in e.estimate_bytes.items()),
         ]
     if report.recommended_ctx or report.model is None:

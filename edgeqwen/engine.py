@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import hashlib
 import os
+import tempfile
 import platform
 import re
 from collections import OrderedDict
@@ -39,7 +41,14 @@ DEFAULT_REPACK = platform.machine().lower() not in ("x86_64", "amd64", "i386", "
 WORKING_SEQ = 0
 MAX_KEPT_PREFIXES = 4
 KV_TYPES = {"f16": 1, "q8_0": 8}  # ggml type ids of the KV cache
-DEFAULT_PREFIX_BUDGET = 512  # KV cells for kept prefixes, beyond n_ctx (Qwen1.5-0.5B: 96 KiB each in f16)
+# Kept prefixes live in the same n_ctx cells as the working prompt (a long prompt evicts them), and
+# hold at most this share of them.
+PREFIX_SHARE = 0.5
+# Kept prefixes also go to disk, so a new process skips evaluating them (the bulk of its first call).
+PREFIX_FILES_KEPT = 32
+_PREFIX_MAGIC = b"edgeqwen-prefix-1\n"
+PENALTY_WINDOW = 64  # recent tokens the repeat penalty applies to (llama.cpp's usual last_n)
+_DECODE_NO_SLOT = 1  # llama_decode's return code when the KV cache has no room for the batch
 # Stand-ins for message contents while rendering a chat template, so user text can be tokenized
 # apart from the template and never becomes a control token (private-use code points).
 _SENTINEL = "\ue000{}\ue001"
@@ -72,6 +81,14 @@ def physical_cores() -> int:
     return max(1, min(len(usable), len(cores))) if cores else len(usable)
 
 
+def default_prefix_cache_dir() -> Path:
+    """Where kept prefixes are saved: $EDGEQWEN_CACHE, else $XDG_CACHE_HOME/edgeqwen, else ~/.cache/edgeqwen."""
+    if os.environ.get("EDGEQWEN_CACHE"):
+        return Path(os.environ["EDGEQWEN_CACHE"]) / "prefixes"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "edgeqwen" / "prefixes"
+
+
 def _read_int(path: str) -> int | None:
     try:
         return int(Path(path).read_text().strip())
@@ -82,8 +99,10 @@ def _read_int(path: str) -> int | None:
 class Engine:
     """One loaded GGUF model and one llama.cpp context.
 
-    `n_ctx` is the longest prompt + reply the engine accepts; the context holds `prefix_budget`
-    more cells for kept prefixes, so keeping them never shrinks what a prompt can use.
+    `n_ctx` is the longest prompt + reply the engine accepts, and the number of KV cells: kept
+    prefixes use at most `prefix_budget` of them (default half) and are evicted, oldest first,
+    when a prompt needs their room. With `prefix_cache_dir`, kept prefixes are also saved there
+    and loaded instead of evaluated by later processes (a corrupt or foreign file is ignored).
     """
 
     def __init__(
@@ -94,6 +113,7 @@ class Engine:
         n_threads: int | None = None,
         n_batch: int = DEFAULT_N_BATCH,
         prefix_budget: int | None = None,
+        prefix_cache_dir: str | os.PathLike | None = None,
         use_mmap: bool = True,
         repack: bool = DEFAULT_REPACK,
         kv_type: str = "f16",
@@ -108,7 +128,9 @@ class Engine:
         self.n_ctx = n_ctx
         self.n_threads = n_threads or physical_cores()
         self.n_batch = min(n_batch, n_ctx)
-        self.prefix_budget = DEFAULT_PREFIX_BUDGET if prefix_budget is None else prefix_budget
+        self.prefix_budget = int(n_ctx * PREFIX_SHARE) if prefix_budget is None else min(prefix_budget, n_ctx)
+        self.prefix_cache_dir = Path(prefix_cache_dir) if prefix_cache_dir is not None else None
+        self.kv_type = kv_type
         self.verbose = verbose
         if kv_type not in KV_TYPES:
             raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}")
@@ -135,7 +157,7 @@ class Engine:
             raise ModelFileError(f"{path}: llama.cpp could not load this model (run with --verbose to see why; `edgeqwen info {path}` shows what it holds)") from None
         self._vocab = self._model.vocab
         context_params = llama.llama_context_default_params()
-        context_params.n_ctx = self.n_ctx + self.prefix_budget
+        context_params.n_ctx = self.n_ctx
         context_params.n_batch = context_params.n_ubatch = self.n_batch
         context_params.n_threads = context_params.n_threads_batch = self.n_threads
         context_params.n_seq_max = MAX_KEPT_PREFIXES + 1
@@ -152,6 +174,7 @@ class Engine:
                 f"llama.cpp could not create a context of {context_params.n_ctx} tokens, most likely out of memory: "
                 "try a smaller --ctx or --kv-cache q8_0 (`edgeqwen doctor` estimates what fits)"
             ) from None
+        self._flash = use_flash
         self._memory = llama.llama_get_memory(self._ctx.ctx)
         self._batch = internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=self.verbose)
 
@@ -244,11 +267,14 @@ class Engine:
             raise ContextOverflowError(f"prompt of {len(tokens)} tokens does not fit n_ctx {self.n_ctx}")
         reuse = _common_prefix(self._working, tokens)
         kept = self._longest_kept_prefix(tokens)
+        if keep_prefix > max(reuse, len(kept)) and self._load_prefix(tuple(tokens[:keep_prefix])):
+            kept = tuple(tokens[:keep_prefix])
         if len(kept) > reuse:
             self._restore(kept)
             reuse = len(kept)
         reuse = min(reuse, len(tokens) - 1)  # the last token is evaluated again for its logits
         self._truncate(reuse)
+        self._make_room(len(tokens))
         self._decode(tokens[reuse:], keep_prefix)
         self.tokens_evaluated = len(tokens) - reuse
 
@@ -257,7 +283,10 @@ class Engine:
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
             self._batch.set_batch(chunk, n_past=len(self._working), logits_all=False)
-            self._ctx.decode(self._batch)
+            while (code := llama.llama_decode(self._ctx.ctx, self._batch.batch)) == _DECODE_NO_SLOT and self._kept:
+                self._forget(next(iter(self._kept)))  # the working prompt needs the oldest kept prefix's cells
+            if code != 0:
+                raise EngineError(f"llama.cpp could not evaluate the prompt (llama_decode returned {code})")
             self._working += chunk
             if keep_prefix and len(self._working) >= keep_prefix:
                 self._keep(keep_prefix)
@@ -285,15 +314,96 @@ class Engine:
 
     def _keep(self, length: int) -> None:
         prefix = tuple(self._working[:length])
-        if prefix in self._kept or length > self.prefix_budget:
+        seq = self._free_sequence(prefix)
+        if seq is None:
             return
-        while self._kept and (len(self._kept) >= MAX_KEPT_PREFIXES or sum(map(len, self._kept)) + length > self.prefix_budget):
-            _, seq = self._kept.popitem(last=False)
-            llama.llama_memory_seq_rm(self._memory, seq, -1, -1)
-        seq = min(set(range(1, MAX_KEPT_PREFIXES + 1)) - set(self._kept.values()))
-        llama.llama_memory_seq_rm(self._memory, seq, -1, -1)  # cells an interrupted _keep may have left
         llama.llama_memory_seq_cp(self._memory, WORKING_SEQ, seq, 0, length)
         self._kept[prefix] = seq
+        self._save_prefix(prefix, seq)
+
+    def _free_sequence(self, prefix: tuple[int, ...]) -> int | None:
+        """A cleared sequence id for `prefix`, evicting older kept prefixes; None if it should not be kept."""
+        if prefix in self._kept or len(prefix) > self.prefix_budget:
+            return None
+        while self._kept and (len(self._kept) >= MAX_KEPT_PREFIXES or sum(map(len, self._kept)) + len(prefix) > self.prefix_budget):
+            self._forget(next(iter(self._kept)))
+        seq = min(set(range(1, MAX_KEPT_PREFIXES + 1)) - set(self._kept.values()))
+        llama.llama_memory_seq_rm(self._memory, seq, -1, -1)  # cells an interrupted _keep may have left
+        return seq
+
+    def _make_room(self, length: int) -> None:
+        """Evict kept prefixes, oldest first, until a working sequence of `length` tokens fits beside them."""
+        while self._kept and length + self._cells_kept_apart() > self.n_ctx:
+            self._forget(next(iter(self._kept)))
+
+    def _cells_kept_apart(self) -> int:
+        # Cells of kept prefixes, less the longest one the working sequence starts with (those it shares).
+        shared = max((len(p) for p in self._kept if tuple(self._working[: len(p)]) == p), default=0)
+        return sum(map(len, self._kept)) - shared
+
+    def _forget(self, prefix: tuple[int, ...]) -> None:
+        llama.llama_memory_seq_rm(self._memory, self._kept.pop(prefix), -1, -1)
+
+    # -- kept prefixes on disk ------------------------------------------------------------------
+
+    def _prefix_file(self, prefix: tuple[int, ...]) -> Path | None:
+        if self.prefix_cache_dir is None:
+            return None
+        stat = os.stat(self.info.path)
+        identity = [llama.__version__, os.path.realpath(self.info.path), stat.st_size, stat.st_mtime_ns, self.kv_type, self._flash]
+        digest = hashlib.sha256(repr(identity).encode() + np.asarray(prefix, dtype="<i4").tobytes()).hexdigest()
+        return self.prefix_cache_dir / f"{digest[:32]}.kv"
+
+    def _save_prefix(self, prefix: tuple[int, ...], seq: int) -> None:
+        """Write a kept prefix's KV state to disk; a cache that cannot be written is skipped quietly."""
+        path = self._prefix_file(prefix)
+        if path is None or path.exists():
+            return
+        size = llama.llama_state_seq_get_size(self._ctx.ctx, seq)
+        buffer = (ctypes.c_uint8 * size)()
+        if llama.llama_state_seq_get_data(self._ctx.ctx, buffer, size, seq) != size:
+            return
+        payload = np.asarray(prefix, dtype="<i4").tobytes() + bytes(buffer)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as out:
+                out.write(_PREFIX_MAGIC + len(prefix).to_bytes(4, "little") + hashlib.sha256(payload).digest() + payload)
+            os.replace(out.name, path)  # readers see the whole file or none
+            _prune(path.parent, PREFIX_FILES_KEPT)
+        except OSError:
+            if "out" in locals():
+                Path(out.name).unlink(missing_ok=True)
+
+    def _load_prefix(self, prefix: tuple[int, ...]) -> bool:
+        """Load a saved prefix into a kept sequence; False when there is none or it does not check out."""
+        path = self._prefix_file(prefix) if len(prefix) <= self.prefix_budget else None
+        if path is None:
+            return False
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return False
+        header = len(_PREFIX_MAGIC) + 4 + 32
+        count = int.from_bytes(data[len(_PREFIX_MAGIC) : len(_PREFIX_MAGIC) + 4], "little")
+        payload = data[header:]
+        # Only bytes this engine wrote for exactly these tokens reach llama.cpp.
+        if (
+            not data.startswith(_PREFIX_MAGIC)
+            or count != len(prefix)
+            or hashlib.sha256(payload).digest() != data[header - 32 : header]
+            or payload[: 4 * count] != np.asarray(prefix, dtype="<i4").tobytes()
+        ):
+            return False
+        seq = self._free_sequence(prefix)
+        if seq is None:
+            return False
+        state = payload[4 * count :]
+        if llama.llama_state_seq_set_data(self._ctx.ctx, (ctypes.c_uint8 * len(state)).from_buffer_copy(state), len(state), seq) == 0:
+            llama.llama_memory_seq_rm(self._memory, seq, -1, -1)
+            return False
+        self._kept[prefix] = seq
+        os.utime(path)  # recently used files survive pruning
+        return True
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -305,6 +415,7 @@ class Engine:
         sampler = self._sampler(sampling)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._evaluate(list(tokens), keep_prefix)
+        self._make_room(len(tokens) + budget)
         for count in range(1, budget + 1):
             token = sampler.sample(self._ctx, -1)  # also feeds the token to the sampler's state
             if token in self.end_of_turn:
@@ -322,9 +433,15 @@ class Engine:
         sampler = internals.LlamaSampler()
         if grammar is not None:
             sampler.add_grammar(self._model, _Grammar(grammar))
+        greedy = sampling.temperature <= 0
         if sampling.repeat_penalty != 1.0:
-            sampler.add_penalties(self.n_vocab, 64, sampling.repeat_penalty, 0.0, 0.0)
-        if sampling.temperature <= 0:
+            # The penalty only lowers the logits of the last PENALTY_WINDOW tokens, so the k best after
+            # it are among the k + PENALTY_WINDOW best before: cutting to those first gives the same
+            # choice without the penalty sampler scanning the whole vocabulary for every token.
+            if greedy or sampling.top_k > 0:
+                sampler.add_top_k((1 if greedy else sampling.top_k) + PENALTY_WINDOW)
+            sampler.add_penalties(self.n_vocab, PENALTY_WINDOW, sampling.repeat_penalty, 0.0, 0.0)
+        if greedy:
             sampler.add_greedy()
             return sampler
         seed = sampling.seed if sampling.seed is not None else llama.LLAMA_DEFAULT_SEED
@@ -359,6 +476,13 @@ class _Grammar:
 
     _grammar: str
     _root: str = "root"
+
+
+def _prune(directory: Path, keep: int) -> None:
+    """Delete all but the `keep` most recently used prefix files."""
+    files = sorted(directory.glob("*.kv"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for stale in files[keep:]:
+        stale.unlink(missing_ok=True)
 
 
 def _common_prefix(cached: list[int], tokens: list[int]) -> int:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Saved role prefixes go to a fresh folder (subprocesses inherit it), not the user's ~/.cache.
+os.environ["EDGEQWEN_CACHE"] = tempfile.mkdtemp(prefix="edgeqwen-test-cache-")
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = REPO / "models" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"

@@ -6,7 +6,7 @@ import dataclasses
 import json
 
 from edgeqwen.doctor import cpu_features, estimate_bytes, kv_bytes_per_token, read_memory, recommend_ctx
-from edgeqwen.engine import DEFAULT_PREFIX_BUDGET, physical_cores
+from edgeqwen.engine import physical_cores
 from edgeqwen.models import inspect_gguf
 
 from conftest import STANDIN, run_cli
@@ -63,7 +63,7 @@ def test_estimate_follows_the_engine_allocation():
     info = inspect_gguf(STANDIN)
     per_token = kv_bytes_per_token(info)
     assert estimate_bytes(info, 1024) - estimate_bytes(info, 512) == 512 * per_token
-    assert estimate_bytes(info, 512) > info.file_size + (512 + DEFAULT_PREFIX_BUDGET) * per_token
+    assert estimate_bytes(info, 512) > info.file_size + 512 * per_token
     # Qwen1.5-0.5B (no grouped-query attention): 96 KiB per token, as the README says.
     qwen15 = dataclasses.replace(info, embedding_length=1024, head_count=16, head_count_kv=16, block_count=24)
     assert kv_bytes_per_token(qwen15) == 96 * 1024

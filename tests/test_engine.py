@@ -76,3 +76,89 @@ def test_next_token_state_gives_logits_and_the_hidden_state(eq):
     _, hidden_again = eq.engine.next_token_state(tokens)
     cosine = hidden @ hidden_again / (np.linalg.norm(hidden) * np.linalg.norm(hidden_again))
     assert cosine > 0.99
+
+
+# -- kept prefixes on disk, and in the same cells as the prompt --------------------------------
+
+
+def _sentiment_prompt(engine, eq, text="物流很快，包装完好。"):
+    return fit_prompt(engine, eq.roles["sentiment"], text, prefix=fixed_prefix(engine, eq.roles["sentiment"]))
+
+
+def test_a_new_engine_loads_a_saved_prefix_instead_of_evaluating_it(eq, model_path, tmp_path):
+    first = Engine(model_path, n_ctx=512, prefix_cache_dir=tmp_path)
+    prompt = _sentiment_prompt(first, eq)
+    evaluated = first.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed)
+    assert len(list(tmp_path.glob("*.kv"))) == 1
+
+    second = Engine(model_path, n_ctx=512, prefix_cache_dir=tmp_path)
+    loaded = second.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed)
+    assert second.tokens_evaluated == len(prompt.tokens) - prompt.fixed
+    top = np.argsort(evaluated)[-20:]
+    assert np.argmax(loaded) == np.argmax(evaluated)
+    assert np.max(np.abs(loaded[top] - evaluated[top])) < 0.5
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "empty", "another prefix's file"])
+def test_a_damaged_prefix_file_is_ignored(eq, model_path, tmp_path, damage):
+    engine = Engine(model_path, n_ctx=512, prefix_cache_dir=tmp_path)
+    prompt = _sentiment_prompt(engine, eq)
+    reference = engine.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed)
+    (saved,) = tmp_path.glob("*.kv")
+    data = saved.read_bytes()
+    if damage == "flip a byte":
+        saved.write_bytes(data[:-100] + bytes([data[-100] ^ 0xFF]) + data[-99:])
+    elif damage == "truncate":
+        saved.write_bytes(data[: len(data) // 2])
+    elif damage == "empty":
+        saved.write_bytes(b"")
+    else:
+        other = _sentiment_prompt(engine, eq, "x")
+        engine.next_token_logits([*other.tokens[: other.fixed - 1], 11, *other.tokens[other.fixed - 1 :]], keep_prefix=other.fixed + 1)
+        (foreign,) = set(tmp_path.glob("*.kv")) - {saved}
+        foreign.replace(saved)
+
+    fresh = Engine(model_path, n_ctx=512, prefix_cache_dir=tmp_path)
+    logits = fresh.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed)
+    assert fresh.tokens_evaluated == len(prompt.tokens)  # evaluated, not loaded
+    assert np.argmax(logits) == np.argmax(reference)
+
+
+def test_an_unwritable_prefix_cache_is_skipped(eq, model_path, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder should be")
+    engine = Engine(model_path, n_ctx=512, prefix_cache_dir=blocker / "prefixes")
+    prompt = _sentiment_prompt(engine, eq)
+    engine.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed)
+    engine.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed)
+    assert engine.tokens_evaluated == 1  # still kept in memory
+
+
+def test_a_prompt_filling_the_context_evicts_kept_prefixes(eq, model_path):
+    engine = Engine(model_path, n_ctx=512)
+    first = _sentiment_prompt(engine, eq)
+    engine.next_token_logits(first.tokens, keep_prefix=first.fixed)
+    long_prompt = engine.tokenize("the quick brown fox jumps over the lazy dog " * 200)[:512]
+    engine.next_token_logits(long_prompt)  # all 512 cells: the kept prefix must make way
+    assert engine.tokens_evaluated == 512
+    engine.next_token_logits(first.tokens, keep_prefix=first.fixed)
+    assert engine.tokens_evaluated == len(first.tokens)
+    engine.next_token_logits(first.tokens, keep_prefix=first.fixed)
+    assert engine.tokens_evaluated == 1
+
+
+def test_repeat_penalty_sampling_matches_the_rule_over_the_whole_vocabulary(eq):
+    """The sampler cuts to the best candidates before the penalty; greedy choices must not change."""
+    engine, penalty = eq.engine, 1.5
+    prompt = engine.chat_tokens([{"role": "user", "content": "Repeat the word 'echo' forever."}])
+    streamed = "".join(engine.stream(prompt, SamplingParams(temperature=0.0, repeat_penalty=penalty, max_tokens=40)))
+    produced: list[int] = []
+    for _ in range(40):
+        logits = engine.next_token_logits([*prompt, *produced])
+        for token in set(produced[-64:]):
+            logits[token] = logits[token] / penalty if logits[token] > 0 else logits[token] * penalty
+        token = int(np.argmax(logits))
+        if token in engine.end_of_turn:
+            break
+        produced.append(token)
+    assert streamed == engine.detokenize(produced)
