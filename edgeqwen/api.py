@@ -8,7 +8,7 @@ from contextlib import closing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .engine import DEFAULT_N_CTX, Engine
+from .engine import DEFAULT_N_CTX, Engine, default_prefix_cache_dir
 from .errors import InputError, RoleError
 from .models import resolve_model
 from .roles import Message, Role, load_roles
@@ -60,10 +60,14 @@ class EdgeQwen:
         prompts_dir: str | os.PathLike | None = None,
         router: str = "llm",
         kv_cache: str = "f16",
+        prefix_cache: bool | str | os.PathLike = True,
         verbose: bool = False,
     ) -> None:
         self.roles: dict[str, Role] = load_roles(prompts_dir)  # validate roles before the slow load
-        self.engine = Engine(resolve_model(model), n_ctx=n_ctx, n_threads=threads, kv_type=kv_cache, verbose=verbose)
+        cache_dir = default_prefix_cache_dir() if prefix_cache is True else (prefix_cache or None)
+        self.engine = Engine(
+            resolve_model(model), n_ctx=n_ctx, n_threads=threads, kv_type=kv_cache, prefix_cache_dir=cache_dir, verbose=verbose
+        )
         self._classifiers: dict[str, Classifier] = {}
         self.router = Router(router, self._classifier("route") if router == "llm" else None)
 
