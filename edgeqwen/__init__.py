@@ -1,11 +1,34 @@
-"""edgeqwen: one small Qwen model (4-bit GGUF, llama.cpp) doing several jobs on a small CPU-only device."""
+"""edgeqwen: one small Qwen model (4-bit GGUF, llama.cpp) doing several jobs on a small CPU-only device.
 
-from .api import EdgeQwen, RunResult
-from .engine import Engine, SamplingParams
-from .errors import EdgeQwenError
-from .roles import Role, load_roles
-from .router import RouteDecision
-from .tasks import Classification, Conversation
+The public names are imported on first use (PEP 562), so `import edgeqwen` and the `edgeqwen`
+command start without loading llama.cpp, numpy and pydantic; `from edgeqwen import EdgeQwen` works
+as before.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from .api import EdgeQwen, RunResult
+    from .engine import Engine, SamplingParams
+    from .errors import EdgeQwenError
+    from .roles import Role, load_roles
+    from .router import RouteDecision
+    from .tasks import Classification, Conversation
+
+# public name -> the submodule that defines it
+_EXPORTS = {
+    "Classification": "tasks",
+    "Conversation": "tasks",
+    "EdgeQwen": "api",
+    "EdgeQwenError": "errors",
+    "Engine": "engine",
+    "Role": "roles",
+    "RouteDecision": "router",
+    "RunResult": "api",
+    "SamplingParams": "engine",
+    "load_roles": "roles",
+}
 
 __all__ = [
     "Classification",
@@ -20,3 +43,18 @@ __all__ = [
     "load_roles",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -21,3 +21,30 @@ def test_readme_python_example_runs(tmp_path):
     assert done.returncode == 0, done.stderr
     first = done.stdout.splitlines()[0]
     assert first.startswith("negative 负面 negative")
+
+
+def test_public_names_load_on_first_use():
+    # `import edgeqwen` (and so the `edgeqwen` command's entry point) loads none of llama.cpp, numpy or
+    # pydantic; every name of __all__ still imports, from the module that defines it.
+    code = """
+import sys
+import edgeqwen
+heavy = {"llama_cpp", "numpy", "pydantic", "typer"} & set(sys.modules)
+assert not heavy, heavy
+from edgeqwen import *
+assert all(name in globals() for name in edgeqwen.__all__)
+assert set(edgeqwen.__all__) <= set(dir(edgeqwen))
+from edgeqwen import EdgeQwen, Engine, EdgeQwenError, load_roles
+from edgeqwen.api import EdgeQwen as defined
+assert EdgeQwen is defined and edgeqwen.EdgeQwen is defined
+try:
+    edgeqwen.no_such_name
+except AttributeError as error:
+    assert "no_such_name" in str(error)
+else:
+    raise AssertionError("no AttributeError")
+print(sorted(edgeqwen.__all__))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "EdgeQwen" in done.stdout and "load_roles" in done.stdout
