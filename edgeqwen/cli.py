@@ -462,23 +462,13 @@ def doctor(
 
 
 def main() -> None:
-    # `kill` (SIGTERM) stops every command the way Ctrl-C does: the commands' KeyboardInterrupt
-    # handling runs (partial output kept, temporary files removed), and the exit code is 143.
-    import signal
+    """`python -m edgeqwen.cli`; the `edgeqwen` command enters through edgeqwen.console.main, which sets
+    up the same handling before this module's heavy imports. `kill` (SIGTERM) stops every command the
+    way Ctrl-C does: the commands' KeyboardInterrupt handling runs (partial output kept, temporary
+    files removed), and the exit code is 143."""
+    from .console import catch_sigterm, run as run_app
 
-    terminated = []
-
-    def _terminate(signum, frame):
-        terminated.append(signum)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        app()
-    except SystemExit as done:
-        if terminated and done.code not in (0, None):
-            raise SystemExit(128 + signal.SIGTERM) from None
-        raise
+    run_app(app, catch_sigterm())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Ctrl-C (SIGINT) and `kill` (SIGTERM) on the real `edgeqwen` command: during the model load, during a
-streamed reply and during a `run -` batch. Each ends cleanly: no traceback, exit code 130 (SIGINT)
-or 143 (SIGTERM), and every batch line already answered is on stdout, complete."""
+streamed reply and during a `run -` batch, and on the installed console script while Python is still
+importing the CLI. Each ends cleanly: no traceback, exit code 130 (SIGINT) or 143 (SIGTERM), and
+every batch line already answered is on stdout, complete."""
 
 from __future__ import annotations
 
@@ -117,3 +118,75 @@ def test_signal_during_sentiment_file_then_resume(tmp_path, signum):
     records = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
     assert [r["text"] for r in records] == texts  # each input exactly once, in order, nothing lost
     assert all(r["label"] in ("positive", "negative") for r in records)
+
+
+def console_script() -> str:
+    """The `edgeqwen` command pip installed beside this Python (pyproject.toml, [project.scripts])."""
+    script = Path(sys.executable).with_name("edgeqwen")
+    if not script.is_file():
+        pytest.fail(f"{script} is missing: install edgeqwen into this environment (pip install -e .)")
+    return str(script)
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether the process has its own SIGTERM handler (SigCgt, the mask of caught signals, in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next((line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), "0")
+    return bool(int(mask, 16) >> (signal.SIGTERM - 1) & 1)
+
+
+def start_console_script(*args: str) -> subprocess.Popen:
+    """`edgeqwen ARGS` through the console script, returned once edgeqwen's own code runs: the first
+    thing it does (edgeqwen.console.main) is install its SIGTERM handler. Before that is only the
+    interpreter's own start-up, about 10 ms, where no code of edgeqwen can run."""
+    env = {**os.environ, "EDGEQWEN_MODEL": os.environ.get("EDGEQWEN_MODEL") or str(STANDIN)}
+    proc = subprocess.Popen([console_script(), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 30
+    while not catches_sigterm(proc.pid):
+        assert proc.poll() is None, f"exited ({proc.returncode}) before installing its handler: {proc.stderr.read().decode()}"
+        assert time.monotonic() < deadline, "no SIGTERM handler after 30 s"
+        time.sleep(0.001)
+    return proc
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_while_the_console_script_imports(signum):
+    command = ("run", "--task", "sentiment", "The hotel was lovely.")
+    model = str(Path(os.environ.get("EDGEQWEN_MODEL") or STANDIN).resolve())
+    # How long this machine takes from the handler to the model check (gguf-py maps the file):
+    # importing the CLI (typer, pydantic, numpy, llama.cpp), about 0.3 s, then the role files.
+    proc = start_console_script(*command)
+    started = time.monotonic()
+    try:
+        while model not in Path(f"/proc/{proc.pid}/maps").read_text():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.002)
+        start_up = time.monotonic() - started
+    finally:
+        proc.kill()
+        proc.wait()
+    # Signals spread over that time, before the model load: a signal during llama.cpp's load is
+    # test_signal_during_model_load's case.
+    mid_import = []
+    for fraction in (0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+        proc = start_console_script(*command)
+        try:
+            time.sleep(fraction * start_up)
+            maps = Path(f"/proc/{proc.pid}/maps").read_text()
+            proc.send_signal(signum)
+            stdout, stderr = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        mid_import.append("libllama" not in maps)  # llama.cpp's library not loaded yet: the CLI was still importing
+        stderr = stderr.decode("utf-8", "replace")
+        assert proc.returncode == EXIT[signum], (fraction, start_up, proc.returncode, stderr)
+        assert "Traceback" not in stderr and "Exception ignored" not in stderr, (fraction, stderr)
+        assert len([line for line in stderr.splitlines() if line.strip()]) <= 1, (fraction, stderr)  # "interrupted", or nothing
+        assert b"sentiment:" not in stdout
+    assert sum(mid_import) >= 3, f"only {sum(mid_import)} signals arrived while the CLI was importing"

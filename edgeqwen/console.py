@@ -1,0 +1,64 @@
+"""The `edgeqwen` console script: signal handling first, then the CLI.
+
+Importing the CLI pulls in typer, pydantic, numpy and llama.cpp (about 0.3 s on a small board). A
+Ctrl-C or `kill` in that time must end the way one during a command does: exit code 130 (SIGINT)
+or 143 (SIGTERM), one line on stderr at most, no traceback. So this module imports nothing but
+built-in modules (`_signal` is the already loaded core of `signal`, which would import enum and
+functools first) and takes over before anything heavy is imported; `edgeqwen/__init__.py` is lazy
+for the same reason. What remains unguarded is the interpreter's own start-up and the import of this
+module, about 10 ms in all: a SIGINT there ends Python's default way.
+"""
+
+from __future__ import annotations
+
+import _signal
+import sys
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: start-up time is the point here
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import NoReturn
+
+INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+TERMINATED = 128 + _signal.SIGTERM  # 143
+
+
+def main() -> None:
+    """Entry point of the `edgeqwen` command (pyproject.toml, [project.scripts])."""
+    terminated: list[int] = []
+    try:
+        catch_sigterm(terminated)
+        from .cli import app
+    except KeyboardInterrupt:
+        _interrupted(terminated)
+    run(app, terminated)
+
+
+def catch_sigterm(terminated: list[int] | None = None) -> list[int]:
+    """Make `kill` (SIGTERM) raise KeyboardInterrupt, as Ctrl-C does; the returned list records that it came."""
+    terminated = [] if terminated is None else terminated
+
+    def _terminate(signum: int, frame: object) -> None:
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    _signal.signal(_signal.SIGTERM, _terminate)
+    return terminated
+
+
+def run(app: Callable[[], object], terminated: list[int]) -> None:
+    """Run the typer app. The commands' KeyboardInterrupt handling runs for SIGTERM too (partial
+    output kept, temporary files removed); the exit code then says which signal it was."""
+    try:
+        app()
+    except KeyboardInterrupt:  # outside typer's own handling: while it builds the command, or after
+        _interrupted(terminated)
+    except SystemExit as done:
+        if terminated and done.code not in (0, None):
+            raise SystemExit(TERMINATED) from None
+        raise
+
+
+def _interrupted(terminated: list[int]) -> NoReturn:
+    sys.stderr.write("interrupted\n")
+    raise SystemExit(TERMINATED if terminated else INTERRUPTED) from None
