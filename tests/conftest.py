@@ -58,6 +58,14 @@ def write_role(tmp_path):
     return write
 
 
+def console_script() -> str:
+    """The `edgeqwen` command pip installed beside this Python (pyproject.toml, [project.scripts])."""
+    script = Path(sys.executable).with_name("edgeqwen")
+    if not script.is_file():
+        pytest.fail(f"{script} is missing: install edgeqwen into this environment (pip install -e .)")
+    return str(script)
+
+
 def run_cli(*args: str, input: bytes | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """The real `edgeqwen` command in a subprocess."""
     full_env = {**os.environ, **(env or {})}

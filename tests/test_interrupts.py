@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import STANDIN
+from conftest import STANDIN, console_script
 
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -118,14 +118,6 @@ def test_signal_during_sentiment_file_then_resume(tmp_path, signum):
     records = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
     assert [r["text"] for r in records] == texts  # each input exactly once, in order, nothing lost
     assert all(r["label"] in ("positive", "negative") for r in records)
-
-
-def console_script() -> str:
-    """The `edgeqwen` command pip installed beside this Python (pyproject.toml, [project.scripts])."""
-    script = Path(sys.executable).with_name("edgeqwen")
-    if not script.is_file():
-        pytest.fail(f"{script} is missing: install edgeqwen into this environment (pip install -e .)")
-    return str(script)
 
 
 def catches_sigterm(pid: int) -> bool:
