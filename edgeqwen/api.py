@@ -13,7 +13,7 @@ from .errors import InputError, RoleError
 from .models import resolve_model
 from .roles import Message, Role, load_roles
 from .router import RouteDecision, Router
-from .tasks import Classification, Classifier, Conversation
+from .tasks import Classification, Classifier, Conversation, check_labels
 
 TASKS = ("auto", "sentiment", "chat", "both")
 
@@ -68,6 +68,7 @@ class EdgeQwen:
         self.engine = Engine(
             resolve_model(model), n_ctx=n_ctx, n_threads=threads, kv_type=kv_cache, prefix_cache_dir=cache_dir, verbose=verbose
         )
+        check_labels(self.engine, self.roles.values())  # labels that are control tokens of this model
         self._classifiers: dict[str, Classifier] = {}
         self.router = Router(router, self._classifier("route") if router == "llm" else None)
 

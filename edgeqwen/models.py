@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 from gguf import GGUFReader
-from gguf.constants import GGMLQuantizationType, GGUFEndian, GGUFValueType, Keys, LlamaFileType
+from gguf.constants import GGMLQuantizationType, GGUFEndian, GGUFValueType, Keys, LlamaFileType, TokenType
 
 from edgeqwen.errors import ModelFetchError, ModelFileError, ModelNotFoundError
 
@@ -322,11 +322,16 @@ class GGUFInfo:
     has_chat_template: bool
     chat_template: str | None
     tied_embeddings: bool
+    # Ids of the vocabulary entries that are not plain text (tokenizer.ggml.token_type): control
+    # tokens such as <|im_end|>, and added ones such as Qwen2.5's <tool_call>, which llama.cpp
+    # matches even in text tokenized without special tokens.
+    special_tokens: frozenset[int] = frozenset()
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly summary; the template text is left out because it is long."""
+        """JSON-friendly summary; the template text and the special token ids are left out because they are long."""
         d = asdict(self)
         del d["chat_template"]
+        del d["special_tokens"]
         d["path"] = str(self.path)
         return d
 
@@ -531,4 +536,16 @@ def _info(reader: GGUFReader, path: Path, size: int, expect_arch: tuple[str, ...
         has_chat_template=bool(template),
         chat_template=template,
         tied_embeddings=all(t.name != "output.weight" for t in reader.tensors),
+        special_tokens=_special_tokens(reader),
     )
+
+
+def _special_tokens(reader: GGUFReader) -> frozenset[int]:
+    """Ids whose token type is neither normal text nor a raw byte."""
+    field = reader.get_field(Keys.Tokenizer.TOKEN_TYPE)
+    if field is None or field.types[:1] != [GGUFValueType.ARRAY] or not field.data:
+        return frozenset()
+    # One view of the whole array from _StrictReader, one per element from the stock parser.
+    types = np.concatenate([np.atleast_1d(field.parts[i]) for i in field.data])
+    plain = np.isin(types, (TokenType.NORMAL, TokenType.BYTE))
+    return frozenset(int(i) for i in np.flatnonzero(~plain))

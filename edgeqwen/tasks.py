@@ -7,7 +7,7 @@ too long are truncated, and old conversation turns are dropped before llama.cpp 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -72,6 +72,31 @@ def _fit(engine: Engine, role: Role, text: str, history: list[Message], reserve:
     return FittedPrompt(tokens, history, truncated=True)
 
 
+def label_token_problem(engine: Engine, label: str) -> str | None:
+    """Why the loaded model cannot produce `label` as plain text, or None.
+
+    Role files are checked for chat markup such as <|im_end|> when they are read (roles.py); which
+    other strings are control tokens is known only once the model is: Qwen2.5's <tool_call> is one,
+    and llama.cpp matches it even in text tokenized without special tokens.
+    """
+    tokens = engine.tokenize(label, special=True)
+    if tokens == engine.tokenize(label) and not engine.info.special_tokens.intersection(tokens):
+        return None
+    return "is a control token of this model" if len(tokens) == 1 else "contains a control token of this model"
+
+
+def check_labels(engine: Engine, roles: Iterable[Role]) -> None:
+    """Refuse a classify role with a label that is (or contains) a control token of the loaded model,
+    in one line naming the role file and the field."""
+    for role in roles:
+        if role.kind != "classify":
+            continue
+        for index, name in enumerate(role.label_names):
+            problem = label_token_problem(engine, name)
+            if problem:
+                raise RoleError(f"{role.source}: field 'labels.{index}.name': label {name!r} {problem}; pick plain words")
+
+
 @dataclass
 class Classification:
     """One label from a classify role, with its softmax probability over the role's labels."""
@@ -94,6 +119,7 @@ class Classifier:
     def __init__(self, engine: Engine, role: Role, *, use_head: bool = True) -> None:
         if role.kind != "classify":
             raise RoleError(f"{role.source}: role '{role.name}' is a {role.kind} role, not classify")
+        check_labels(engine, [role])
         self.engine = engine
         self.role = role
         self._sequences = [engine.tokenize(name) for name in role.label_names]

@@ -5,6 +5,7 @@ choke on. (tests/test_roles.py has the basic validation cases.)"""
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 import yaml
@@ -15,7 +16,7 @@ from edgeqwen.errors import GrammarError, RoleError
 from edgeqwen.grammar import check_grammar, grammar_literals, label_grammar, label_problem
 from edgeqwen.roles import Role, load_role, load_roles
 
-from conftest import VALID_ROLE as VALID, run_cli
+from conftest import STANDIN, VALID_ROLE as VALID, console_script, run_cli
 
 
 def one_line_error(path, field: str | None, fragment: str) -> str:
@@ -117,6 +118,56 @@ def test_cli_reports_a_bad_label_in_one_line(tmp_path):
         stderr = done.stderr.decode()
         assert done.returncode == 1 and stderr.count("\n") == 1, stderr
         assert "topic.yaml: field 'labels.1.name'" in stderr and "Traceback" not in stderr
+
+
+# A label can be plain text to the YAML check and still a control token of the model: Qwen2.5's
+# <tool_call> (an added token, which llama.cpp matches even in text tokenized without special tokens).
+# Refused when the roles meet the model, naming the file and the field.
+CONTROL_TOKEN_LABELS = [("<tool_call>", "is"), ("</tool_call>", "is"), ("call <tool_call> now", "contains")]
+
+
+def control_token_role(directory, label: str):
+    path = directory / "topic.yaml"
+    path.write_text(VALID.replace("- name: politics", f"- name: '{label}'"), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("label, verb", CONTROL_TOKEN_LABELS)
+def test_label_that_is_a_control_token_is_refused_when_edgeqwen_loads(tmp_path, model_path, label, verb):
+    from edgeqwen import EdgeQwen
+
+    path = control_token_role(tmp_path, label)
+    load_roles(tmp_path)  # the role file alone is valid: the model decides
+    with pytest.raises(RoleError) as error:
+        EdgeQwen(model_path, n_ctx=256, prompts_dir=tmp_path, router="rules", prefix_cache=False)
+    message = str(error.value)
+    assert "\n" not in message, message
+    assert message == f"{path}: field 'labels.1.name': label {label!r} {verb} a control token of this model; pick plain words"
+
+
+def test_control_token_labels_by_the_model_tokenizer(eq):
+    from edgeqwen.tasks import Classifier, check_labels, label_token_problem
+
+    engine = eq.engine
+    for label, verb in [*CONTROL_TOKEN_LABELS, ("<|fim_prefix|>", "is"), ("<|im_end|>", "is")]:
+        assert label_token_problem(engine, label) == f"{verb} a control token of this model", label
+    for label in ["positive", "正面", "tool_call", "<tool_call", "<think>", "[PAD]", "a < b > c"]:
+        assert label_token_problem(engine, label) is None, label
+    check_labels(engine, eq.roles.values())  # the shipped roles pass
+    role = Role(name="topic", source="x/topic.yaml", kind="classify", system="s", labels=[{"name": "a"}, {"name": "</tool_call>"}])
+    with pytest.raises(RoleError, match=r"^x/topic\.yaml: field 'labels\.1\.name': label '</tool_call>' is a control token"):
+        Classifier(engine, role)  # also when a Classifier is built directly
+
+
+def test_cli_refuses_a_control_token_label_in_one_line(tmp_path):
+    path = control_token_role(tmp_path, "<tool_call>")
+    env = {**os.environ, "EDGEQWEN_MODEL": os.environ.get("EDGEQWEN_MODEL") or str(STANDIN)}
+    done = subprocess.run([console_script(), "run", "--task", "sentiment", "--ctx", "256", "--prompts", str(tmp_path), "hello"],
+                          capture_output=True, env=env, timeout=300)
+    stderr = done.stderr.decode()
+    assert done.returncode == 1 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    assert stderr == f"error: {path}: field 'labels.1.name': label '<tool_call>' is a control token of this model; pick plain words\n"
+    assert done.stdout == b""
 
 
 # --------------------------------------------------------------------------- fuzz: YAML -> role -> prompt -> grammar
