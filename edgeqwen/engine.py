@@ -13,11 +13,13 @@ import codecs
 import ctypes
 import hashlib
 import os
-import tempfile
 import platform
 import re
+import signal
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +48,6 @@ KV_TYPES = {"f16": 1, "q8_0": 8}  # ggml type ids of the KV cache
 PREFIX_SHARE = 0.5
 # Kept prefixes also go to disk, so a new process skips evaluating them (the bulk of its first call).
 PREFIX_FILES_KEPT = 32
-_PREFIX_MAGIC = b"edgeqwen-prefix-1\n"
 PENALTY_WINDOW = 64  # recent tokens the repeat penalty applies to (llama.cpp's usual last_n)
 _DECODE_NO_SLOT = 1  # llama_decode's return code when the KV cache has no room for the batch
 # Stand-ins for message contents while rendering a chat template, so user text can be tokenized
@@ -134,7 +135,8 @@ class Engine:
         self.verbose = verbose
         if kv_type not in KV_TYPES:
             raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}")
-        self._load(str(model_path), use_mmap, repack, kv_type, flash_attn)
+        with _signals_held():
+            self._load(str(model_path), use_mmap, repack, kv_type, flash_attn)
         self.n_vocab = llama.llama_vocab_n_tokens(self._vocab)
         self.n_embd = llama.llama_model_n_embd(self._model.model)
         self._template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(
@@ -346,59 +348,50 @@ class Engine:
 
     # -- kept prefixes on disk ------------------------------------------------------------------
 
-    def _prefix_file(self, prefix: tuple[int, ...]) -> Path | None:
-        if self.prefix_cache_dir is None:
-            return None
+    def _prefix_key(self, prefix: tuple[int, ...]) -> str:
         stat = os.stat(self.info.path)
         identity = [llama.__version__, os.path.realpath(self.info.path), stat.st_size, stat.st_mtime_ns, self.kv_type, self._flash]
-        digest = hashlib.sha256(repr(identity).encode() + np.asarray(prefix, dtype="<i4").tobytes()).hexdigest()
-        return self.prefix_cache_dir / f"{digest[:32]}.kv"
+        return hashlib.sha256(repr(identity).encode() + np.asarray(prefix, dtype="<i4").tobytes()).hexdigest()[:32]
 
     def _save_prefix(self, prefix: tuple[int, ...], seq: int) -> None:
-        """Write a kept prefix's KV state to disk; a cache that cannot be written is skipped quietly."""
-        path = self._prefix_file(prefix)
-        if path is None or path.exists():
+        """Write a kept prefix's KV state to disk; a cache that cannot be written is skipped quietly.
+
+        llama.cpp streams the state to the file layer by layer (no copy of it in memory); the file's
+        name ends in its own hash, so a damaged or half-written file never matches.
+        """
+        if self.prefix_cache_dir is None:
             return
-        size = llama.llama_state_seq_get_size(self._ctx.ctx, seq)
-        buffer = (ctypes.c_uint8 * size)()
-        if llama.llama_state_seq_get_data(self._ctx.ctx, buffer, size, seq) != size:
+        key = self._prefix_key(prefix)
+        if any(self.prefix_cache_dir.glob(f"{key}-*.kv")):
             return
-        payload = np.asarray(prefix, dtype="<i4").tobytes() + bytes(buffer)
+        tokens = (llama.llama_token * len(prefix))(*prefix)
+        temporary = self.prefix_cache_dir / f".{key}.tmp{os.getpid()}"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as out:
-                out.write(_PREFIX_MAGIC + len(prefix).to_bytes(4, "little") + hashlib.sha256(payload).digest() + payload)
-            os.replace(out.name, path)  # readers see the whole file or none
-            _prune(path.parent, PREFIX_FILES_KEPT)
+            self.prefix_cache_dir.mkdir(parents=True, exist_ok=True)
+            if llama.llama_state_seq_save_file(self._ctx.ctx, str(temporary).encode(), seq, tokens, len(prefix)) == 0:
+                raise OSError("llama.cpp could not write the state")
+            os.replace(temporary, self.prefix_cache_dir / f"{key}-{_file_digest(temporary)}.kv")
+            _prune(self.prefix_cache_dir, PREFIX_FILES_KEPT)
         except OSError:
-            if "out" in locals():
-                Path(out.name).unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
 
     def _load_prefix(self, prefix: tuple[int, ...]) -> bool:
         """Load a saved prefix into a kept sequence; False when there is none or it does not check out."""
-        path = self._prefix_file(prefix) if len(prefix) <= self.prefix_budget else None
-        if path is None:
+        if self.prefix_cache_dir is None or len(prefix) > self.prefix_budget:
             return False
+        key = self._prefix_key(prefix)
         try:
-            data = path.read_bytes()
-        except OSError:
-            return False
-        header = len(_PREFIX_MAGIC) + 4 + 32
-        count = int.from_bytes(data[len(_PREFIX_MAGIC) : len(_PREFIX_MAGIC) + 4], "little")
-        payload = data[header:]
-        # Only bytes this engine wrote for exactly these tokens reach llama.cpp.
-        if (
-            not data.startswith(_PREFIX_MAGIC)
-            or count != len(prefix)
-            or hashlib.sha256(payload).digest() != data[header - 32 : header]
-            or payload[: 4 * count] != np.asarray(prefix, dtype="<i4").tobytes()
-        ):
+            # Only a file whose bytes match the hash in its name reaches llama.cpp.
+            path = next(f for f in self.prefix_cache_dir.glob(f"{key}-*.kv") if f.stem.split("-", 1)[1] == _file_digest(f))
+        except (OSError, StopIteration):
             return False
         seq = self._free_sequence(prefix)
         if seq is None:
             return False
-        state = payload[4 * count :]
-        if llama.llama_state_seq_set_data(self._ctx.ctx, (ctypes.c_uint8 * len(state)).from_buffer_copy(state), len(state), seq) == 0:
+        tokens = (llama.llama_token * len(prefix))()
+        count = ctypes.c_size_t(0)
+        loaded = llama.llama_state_seq_load_file(self._ctx.ctx, str(path).encode(), seq, tokens, len(prefix), ctypes.byref(count))
+        if loaded == 0 or tuple(tokens[: count.value]) != prefix:
             llama.llama_memory_seq_rm(self._memory, seq, -1, -1)
             return False
         self._kept[prefix] = seq
@@ -470,12 +463,43 @@ class Engine:
         return self.detokenize(produced)
 
 
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while llama.cpp loads, and deliver them right after.
+
+    llama.cpp logs through a Python callback even when quiet; a KeyboardInterrupt raised inside
+    that callback cannot leave it, so an interrupt during loading would be lost. Meanwhile the
+    handlers only note the signal.
+    """
+    signals = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: received.append(signum)) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if received:
+            signal.raise_signal(received[0])
+
+
 @dataclass(frozen=True)
 class _Grammar:
     """What llama-cpp-python's sampler wrapper reads from a grammar: its text and root rule."""
 
     _grammar: str
     _root: str = "root"
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def _prune(directory: Path, keep: int) -> None:

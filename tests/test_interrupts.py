@@ -182,3 +182,40 @@ def test_signal_while_the_console_script_imports(signum):
         assert len([line for line in stderr.splitlines() if line.strip()]) <= 1, (fraction, stderr)  # "interrupted", or nothing
         assert b"sentiment:" not in stdout
     assert sum(mid_import) >= 3, f"only {sum(mid_import)} signals arrived while the CLI was importing"
+
+
+# Sends SIGINT to its own process at 25 ms steps into Engine(...), from a thread that does not take
+# it, and counts where each KeyboardInterrupt surfaced.
+_LOAD_INTERRUPT_SCRIPT = """
+import gc, os, signal, sys, threading, time
+from edgeqwen.engine import Engine
+inside = lost = 0
+for step in range(1, 13):
+    def kill_later(delay=0.025 * step):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        time.sleep(delay)
+        os.kill(os.getpid(), signal.SIGINT)
+    killer = threading.Thread(target=kill_later)
+    loading = True
+    try:
+        killer.start()
+        engine = Engine(sys.argv[1], n_ctx=256)
+        loading = False
+        killer.join()
+        time.sleep(0.2)
+        lost += 1
+    except KeyboardInterrupt:
+        inside += loading
+    killer.join()
+    engine = None
+    gc.collect()
+print(inside, lost)
+"""
+
+
+def test_ctrl_c_while_llama_cpp_loads_is_never_lost():
+    """llama.cpp logs through a Python callback; an interrupt raised inside it used to vanish."""
+    done = subprocess.run([sys.executable, "-c", _LOAD_INTERRUPT_SCRIPT, str(STANDIN)], capture_output=True, timeout=300)
+    inside, lost = map(int, done.stdout.split())
+    assert lost == 0 and "Exception ignored" not in done.stderr.decode(), done.stderr.decode()
+    assert inside >= 6  # most signals land during the load itself
