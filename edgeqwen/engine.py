@@ -19,7 +19,7 @@ import signal
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -362,18 +362,19 @@ class Engine:
         if self.prefix_cache_dir is None:
             return
         key = self._prefix_key(prefix)
-        if any(self.prefix_cache_dir.glob(f"{key}-*.kv")):
-            return
         tokens = (llama.llama_token * len(prefix))(*prefix)
         temporary = self.prefix_cache_dir / f".{key}.tmp{os.getpid()}"
         try:
+            if any(self.prefix_cache_dir.glob(f"{key}-*.kv")):
+                return
             self.prefix_cache_dir.mkdir(parents=True, exist_ok=True)
             if llama.llama_state_seq_save_file(self._ctx.ctx, str(temporary).encode(), seq, tokens, len(prefix)) == 0:
                 raise OSError("llama.cpp could not write the state")
             os.replace(temporary, self.prefix_cache_dir / f"{key}-{_file_digest(temporary)}.kv")
             _prune(self.prefix_cache_dir, PREFIX_FILES_KEPT)
         except OSError:
-            temporary.unlink(missing_ok=True)
+            with suppress(OSError):
+                temporary.unlink(missing_ok=True)
 
     def _load_prefix(self, prefix: tuple[int, ...]) -> bool:
         """Load a saved prefix into a kept sequence; False when there is none or it does not check out."""
