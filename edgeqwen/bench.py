@@ -8,9 +8,11 @@ llama-cpp-python (the naive grammar call, raw greedy decode) run on the same mod
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,7 +69,7 @@ def _rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _first_result_subprocess(model: Path, threads: int, n_ctx: int) -> dict:
+def _first_result_subprocess(model: Path, threads: int, n_ctx: int, cache_dir: Path) -> dict:
     """Process start → first sentiment, then a chat turn; peak RSS of a process running both roles."""
     code = (
         "import time,resource,json\n"
@@ -78,9 +80,42 @@ def _first_result_subprocess(model: Path, threads: int, n_ctx: int) -> dict:
         "print(json.dumps({'first':first,'rss':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))\n"
     )
     started = time.time()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    env = {**os.environ, "EDGEQWEN_CACHE": str(cache_dir)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     inner = json.loads(out.strip().splitlines()[-1])
-    return {"process_to_first_sentiment_s": round(inner["first"] - started, 3), "peak_rss_both_roles_mb": round(inner["rss"], 1)}
+    return {"first_s": round(inner["first"] - started, 3), "rss_mb": round(inner["rss"], 1)}
+
+
+def _raw_decode_tps(raw, prompt: list[int], **sampling) -> float:
+    """Plain llama-cpp-python's decode speed after `prompt`, first token excluded."""
+    raw.reset()
+    raw.eval(prompt)
+    started, count = time.perf_counter(), 0
+    for count, _ in enumerate(raw.generate(prompt, **sampling), start=1):
+        if count == 1:
+            started = time.perf_counter()
+        if count >= DECODE_TOKENS:
+            break
+    return (count - 1) / (time.perf_counter() - started)
+
+
+def _bare_decode_tps(engine, prompt: list[int]) -> float:
+    """llama_decode + arg-max in a bare loop on the engine's own context and settings: what our layers add to."""
+    import llama_cpp as llama
+    import numpy as np
+
+    logits = engine.next_token_logits(prompt)
+    ctx = engine._ctx.ctx  # positions follow sequence 0, the engine's working sequence
+    token = (llama.llama_token * 1)(int(np.argmax(logits)))
+    started = time.perf_counter()
+    for _ in range(DECODE_TOKENS - 1):
+        batch = llama.llama_batch_get_one(token, 1)
+        llama.llama_decode(ctx, batch)
+        row = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx, -1), shape=(engine.n_vocab,))
+        token[0] = int(np.argmax(row))
+    elapsed = time.perf_counter() - started
+    engine._truncate(0)  # the engine's bookkeeping did not see these tokens
+    return (DECODE_TOKENS - 1) / elapsed
 
 
 def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = 2048, repeats: int = 1, log: Callable[[str], None] = print) -> dict:
@@ -93,8 +128,15 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = 2048, re
     threads = threads or physical_cores()
     figures: dict = {"model": str(model), "threads": threads, "n_ctx": n_ctx}
 
-    log("process start → first result, peak RSS (subprocess)…")
-    figures.update(_first_result_subprocess(model, threads, n_ctx))
+    log("process start → first result, peak RSS (two subprocesses: no saved prefixes, then saved)…")
+    with tempfile.TemporaryDirectory(prefix="edgeqwen-bench-cache-") as cache_dir:
+        unsaved = _first_result_subprocess(model, threads, n_ctx, Path(cache_dir))
+        saved = _first_result_subprocess(model, threads, n_ctx, Path(cache_dir))
+    figures.update({
+        "process_to_first_sentiment_s": saved["first_s"],
+        "process_to_first_sentiment_no_saved_prefix_s": unsaved["first_s"],
+        "peak_rss_both_roles_mb": max(saved["rss_mb"], unsaved["rss_mb"]),
+    })
 
     log("loading…")
     started = time.perf_counter()
@@ -128,23 +170,28 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = 2048, re
     naive = [_timed(lambda: raw.create_completion(NAIVE_PROMPT.format(text=text), grammar=naive_grammar, max_tokens=4, temperature=0.0)) for text in SHORT_INPUTS]
     label_grammar = LlamaGrammar.from_string('root ::= "positive" | "negative"', verbose=False)
     same_prompt = [_timed(lambda: raw.create_chat_completion(role.messages(text), grammar=label_grammar, max_tokens=4, temperature=0.0)) for text in SHORT_INPUTS]
+    chat_messages = [{"role": "user", "content": "Say hello in five words."}]
+    same_prompt_after_chat = []
+    for text in SHORT_INPUTS[:4]:
+        raw.create_chat_completion(chat_messages, max_tokens=8, temperature=0.0)  # another role ran in between
+        same_prompt_after_chat.append(_timed(lambda: raw.create_chat_completion(role.messages(text), grammar=label_grammar, max_tokens=4, temperature=0.0)))
 
     log("chat and raw decode…")
     chat = eq.conversation()
     chat.role = chat.role.model_copy(update={"sampling": chat.role.sampling.model_copy(update={"temperature": 0.0, "max_tokens": DECODE_TOKENS})})
-    chat.reply(CHAT_PROMPT)
-    ttft = chat.timings["first_token_ms"] / 1000
-    decode_tps = (chat.timings["reply_tokens"] - 1) / max(1e-9, chat.timings["total_ms"] / 1000 - ttft)
     prompt = eq.engine.chat_tokens(chat.role.messages(CHAT_PROMPT))
-    raw.reset()
-    raw.eval(prompt)
-    started, count = time.perf_counter(), 0
-    for count, _ in enumerate(raw.generate(prompt, temp=0.0), start=1):
-        if count == 1:
-            started = time.perf_counter()
-        if count >= DECODE_TOKENS:
-            break
-    raw_tps = (count - 1) / (time.perf_counter() - started)
+    penalty = chat.role.sampling.repeat_penalty
+    ttfts, ours_tps, raw_tps, raw_same_tps, bare_tps = [], [], [], [], []
+    for _ in range(3):  # interleaved, so drifts in machine load hit all three alike
+        chat.reset()
+        chat.reply(CHAT_PROMPT)
+        ttft = chat.timings["first_token_ms"] / 1000
+        ttfts.append(ttft)
+        ours_tps.append((chat.timings["reply_tokens"] - 1) / max(1e-9, chat.timings["total_ms"] / 1000 - ttft))
+        raw_tps.append(_raw_decode_tps(raw, prompt, temp=0.0))
+        raw_same_tps.append(_raw_decode_tps(raw, prompt, temp=0.0, repeat_penalty=penalty))
+        bare_tps.append(_bare_decode_tps(eq.engine, prompt))
+    decode_tps, raw_tps_p50, raw_same_p50, bare_p50 = (statistics.median(x) for x in (ours_tps, raw_tps, raw_same_tps, bare_tps))
 
     floor_p50 = statistics.median(floor)
     figures.update({
@@ -156,8 +203,11 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = 2048, re
         "router_p50_ms": _ms(statistics.median(route_times)),
         "naive_grammar_call_p50_ms": _ms(statistics.median(naive)),
         "own_prompt_chat_completion_grammar_p50_ms": _ms(statistics.median(same_prompt)),
-        "chat_first_token_ms": round(chat.timings["first_token_ms"], 1),
-        "chat_decode_tok_s": round(decode_tps, 1), "raw_decode_tok_s": round(raw_tps, 1),
+        "own_prompt_chat_completion_grammar_after_chat_p50_ms": _ms(statistics.median(same_prompt_after_chat)),
+        "chat_first_token_ms": _ms(statistics.median(ttfts)),
+        "chat_decode_tok_s": round(decode_tps, 1), "raw_decode_tok_s": round(raw_tps_p50, 1),
+        f"raw_decode_repeat_penalty_{penalty}_tok_s": round(raw_same_p50, 1),
+        "bare_llama_decode_same_context_tok_s": round(bare_p50, 1),
         "bench_process_peak_rss_mb": _rss_mb(),
     })
     figures["ratios"] = {
@@ -166,7 +216,10 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = 2048, re
         "after_chat_p50_over_floor": round(statistics.median(after_chat) / floor_p50, 2),
         "naive_over_cold_role": round(statistics.median(naive) / statistics.median(cold), 2),
         "own_prompt_chat_completion_over_cold_role": round(statistics.median(same_prompt) / statistics.median(cold), 2),
-        "chat_decode_over_raw": round(decode_tps / raw_tps, 3),
+        "own_prompt_chat_completion_after_chat_over_ours_after_chat": round(statistics.median(same_prompt_after_chat) / statistics.median(after_chat), 2),
+        "chat_decode_over_raw": round(decode_tps / raw_tps_p50, 3),
+        "chat_decode_over_raw_same_penalty": round(decode_tps / raw_same_p50, 3),
+        "chat_decode_over_bare_llama_decode": round(decode_tps / bare_p50, 3),
     }
     return figures
 

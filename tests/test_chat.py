@@ -6,6 +6,7 @@ import pytest
 
 from edgeqwen import EdgeQwen
 from edgeqwen.errors import InputError
+from edgeqwen.tasks import fit_prompt
 
 STEADY_CHAT = "kind: generate\nsystem: You are a helpful assistant. Answer briefly.\nsampling: {temperature: 0.0, max_tokens: 48}\n"
 
@@ -57,8 +58,11 @@ def test_overflowing_history_drops_oldest_turns_and_keeps_system(model_path, tmp
     for i in range(8):
         conversation.reply(f"Remember the number {i}. " + "Lorem ipsum dolor sit amet. " * 6)
     assert len(conversation.history) < 16
-    prompt = small.engine.chat_tokens(conversation.role.messages("next", conversation.history))
-    assert len(prompt) + 48 <= 256 or len(conversation.history) == 2
+    # What the next turn sends: the oldest turns dropped until the prompt leaves max_tokens free.
+    fitted = fit_prompt(small.engine, conversation.role, "next", conversation.history, reserve=48)
+    prompt = fitted.tokens
+    assert len(prompt) + 48 <= 256 or not fitted.history
+    assert len(fitted.history) < len(conversation.history)
     assert small.engine.detokenize(prompt).lstrip().startswith("system") or "helpful assistant" in small.engine.detokenize(prompt[:30])
 
 
