@@ -22,9 +22,11 @@ from .errors import EdgeQwenError
 from .models import GGUFInfo, inspect_gguf, resolve_model
 
 MiB = 1 << 20
-# Python, numpy, llama.cpp's compute buffers and logits, beyond the model file and the KV cache:
-# measured peak RSS minus those two on x86 (stand-in model: 669 MB peak, 491 MB file, 30 MB KV).
-OVERHEAD_BYTES = 160 * MiB
+# Python, numpy, llama.cpp's vocabulary, compute buffers and logits, beyond the model file and the KV
+# cache: measured peak RSS minus those two on x86, n_ctx 2048, both roles run (stand-in: 582 MiB
+# peak, 469 MiB file, 24 MiB KV → 89 MiB; Qwen1.5-shaped: 581 MiB, 305 MiB file, 192 MiB KV →
+# 84 MiB), with room to spare.
+OVERHEAD_BYTES = 110 * MiB
 HEADROOM = 0.8  # recommend a context whose estimate stays within this share of the available RAM
 CTX_CHOICES = (2048, 1024, 512, 256)  # the default (2048) at most: longer prompts are slow on these boards
 # CPU flags worth knowing for llama.cpp: x86 from /proc/cpuinfo "flags", ARM from "Features".
