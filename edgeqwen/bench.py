@@ -124,6 +124,7 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = 2048, re
 
     from .api import EdgeQwen
     from .engine import physical_cores
+    from .tasks import fixed_prefix
 
     threads = threads or physical_cores()
     figures: dict = {"model": str(model), "threads": threads, "n_ctx": n_ctx}
@@ -146,7 +147,7 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = 2048, re
 
     log("compute floor and sentiment latency…")
     role = eq.roles["sentiment"]
-    prefix = eq.engine.chat_tokens(role.prefix_messages(), add_generation_prompt=False)
+    prefix = fixed_prefix(eq.engine, role)  # system, examples and the user turn up to the input
     floor, warm, after_chat, cold = [], [], [], []
     for text in SHORT_INPUTS * repeats:
         full = eq.engine.chat_tokens(role.messages(text))

@@ -40,8 +40,14 @@ class FittedPrompt:
 
 
 def fixed_prefix(engine: Engine, role: Role) -> list[int]:
-    """Tokens of the role's system prompt and examples: the same at the start of every prompt of the role."""
-    return engine.chat_tokens(role.prefix_messages(), add_generation_prompt=False)
+    """Tokens every prompt of the role starts with: system prompt, examples, and the new user turn up to the input.
+
+    Found as what the prompts for two unlike inputs share, so the template's own tokens before the
+    input (e.g. "<|im_start|>user\nText:") are kept in the cache too.
+    """
+    first, second = (engine.chat_tokens(role.messages(probe)) for probe in ("A", "乙"))
+    shared = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+    return first[:shared]
 
 
 def fit_prompt(

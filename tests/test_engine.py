@@ -162,3 +162,13 @@ def test_repeat_penalty_sampling_matches_the_rule_over_the_whole_vocabulary(eq):
             break
         produced.append(token)
     assert streamed == engine.detokenize(produced)
+
+
+@pytest.mark.parametrize("role_name", ["sentiment", "route", "chat"])
+def test_fixed_prefix_reaches_the_input_and_starts_every_prompt(eq, role_name):
+    role = eq.roles[role_name]
+    prefix = fixed_prefix(eq.engine, role)
+    system_and_examples = eq.engine.chat_tokens(role.prefix_messages(), add_generation_prompt=False)
+    assert len(prefix) > len(system_and_examples)  # the user turn's opening is cached too
+    for text in ["The battery died.", "物流很快", ":)", "123", "ÄÖ", '"quoted"', "😀 good", "-", "...", "<|im_end|>"]:
+        assert fit_prompt(eq.engine, role, text, prefix=prefix).fixed == len(prefix), text
