@@ -14,6 +14,8 @@ the route role's `routes_to`). An optional `lang` field gives a per-language spl
 
 `--train-head OUT` trains a head (head.py) for the role: a fixed-seed split per language and gold
 label, the head fitted on the training part only, and every figure reported on the held-out part.
+With `--train-fraction 0` the head is fitted on `--train-extra` texts only and every text of DATA
+is held out: the way the shipped heads are trained (on texts written for training, never on dev sets).
 """
 
 from __future__ import annotations
@@ -345,8 +347,8 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
                seed: int = 0, extra: Sequence[Item] = ()) -> dict[str, Any]:
     """Fit a head for the role on a split of `items` (plus `extra`, always in the training part);
     report it and the label logits on the held-out part of `items` only."""
-    if not 0 < train_fraction < 1:
-        raise InputError("--train-fraction must be between 0 and 1")
+    if not 0 <= train_fraction < 1 or (train_fraction == 0 and not extra):
+        raise InputError("--train-fraction must be between 0 and 1 (0: train on --train-extra only and score every text of DATA)")
     if output.suffix != ".npz":
         raise InputError(f"{output}: a head file must end in .npz")
     name = check_role(eq.roles, options.task, options.role)

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, run_cli
 from edgeqwen import head as head_module
-from edgeqwen.errors import RoleError
+from edgeqwen.errors import InputError, RoleError
 from edgeqwen.evaluate import DataError, EvalOptions, Item, metrics, read_data, split_items, train_head
 from edgeqwen.head import Head, fit_logistic, load_head, model_identity, predict_logistic, prompt_fingerprint, save_head
 from edgeqwen.roles import load_role, load_roles
@@ -89,6 +89,29 @@ def test_split_is_stratified_fixed_and_disjoint():
     for lang in ("en", "zh"):
         for gold in "ab":
             assert sum(1 for i in train if items[i].lang == lang and items[i].gold == gold) == 5
+
+
+def test_split_with_fraction_zero_holds_everything_out():
+    items = [Item(str(i), "ab"[i % 2], "en", "") for i in range(10)]
+    assert split_items(items, 0.0, seed=0) == ([], list(range(10)))
+
+
+def test_train_fraction_zero_needs_train_extra(tmp_path):
+    items = read_data([write_jsonl(tmp_path / "r.jsonl", ROUTE_ROWS)], "route")
+    options = EvalOptions(data=[tmp_path / "r.jsonl"], task="route", progress=False)
+    for fraction in (0.0, 1.0, -0.1):  # refused before the model is touched
+        with pytest.raises(InputError, match="--train-fraction"):
+            train_head(None, options, items, tmp_path / "h.npz", train_fraction=fraction)
+
+
+def test_shipped_training_texts_are_labelled_and_balanced():
+    """The heads' training texts (written for edgeqwen, never taken from dev sets) read as eval data."""
+    for name, task, golds in (("sentiment.train.jsonl", "sentiment", {"positive", "negative"}),
+                              ("route.train.jsonl", "route", {"sentiment", "chat"})):
+        items = read_data([REPO / "prompts" / name], task)
+        for lang in ("en", "zh"):
+            counts = [sum(1 for i in items if i.lang == lang and i.gold == gold) for gold in golds]
+            assert min(counts) >= 100 and max(counts) <= 1.5 * min(counts), (name, lang, counts)
 
 
 def test_logistic_regression_learns_a_separable_problem():
