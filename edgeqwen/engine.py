@@ -31,7 +31,7 @@ from llama_cpp._logger import set_verbose
 
 from .errors import ContextOverflowError, EngineError, GrammarError, ModelFileError
 from .grammar import check_grammar, grammar_literals
-from .models import GGUFInfo, inspect_gguf
+from .models import GGUFInfo, inspect_gguf, sha256_file
 
 DEFAULT_N_CTX = 2048
 # Measured on the Qwen1.5-0.5B-shaped Q4_K_M (x86, a 1,900-token prompt): n_batch 128 needs ~80 MB
@@ -190,6 +190,12 @@ class Engine:
         """Tokens of `text`; with special=False, markup like <|im_end|> stays plain text."""
         return self._model.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=special)
 
+    def is_plain_text(self, text: str) -> bool:
+        """True when `text` holds no control token of this model, even one llama.cpp matches in plain
+        text (an added token such as Qwen2.5's <tool_call>)."""
+        tokens = self.tokenize(text, special=True)
+        return tokens == self.tokenize(text) and not self.info.special_tokens.intersection(tokens)
+
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self._piece(t) for t in tokens).decode("utf-8", "replace")
 
@@ -271,7 +277,7 @@ class Engine:
             raise ValueError("nothing to evaluate")
         if len(tokens) > self.n_ctx:
             raise ContextOverflowError(f"prompt of {len(tokens)} tokens does not fit n_ctx {self.n_ctx}")
-        reuse = _common_prefix(self._working, tokens)
+        reuse = common_prefix_length(self._working, tokens)
         kept = self._longest_kept_prefix(tokens)
         if keep_prefix > max(reuse, len(kept)) and self._load_prefix(tuple(tokens[:keep_prefix])):
             kept = tuple(tokens[:keep_prefix])
@@ -454,7 +460,7 @@ class Engine:
         """Greedy decoding under a label grammar; returns the literal the model produced."""
         check_grammar(grammar)
         for literal in grammar_literals(grammar):
-            if self.tokenize(literal, special=True) != self.tokenize(literal):
+            if not self.is_plain_text(literal):
                 raise GrammarError(f"grammar rejected: literal {literal!r} contains a control token of this model")
         sampler = self._sampler(SamplingParams(temperature=0.0), grammar=grammar)
         self._evaluate(list(tokens), keep_prefix)
@@ -500,11 +506,7 @@ class _Grammar:
 
 
 def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return sha256_file(path)[:16]  # enough to tell a damaged file from the one written
 
 
 def _prune(directory: Path, keep: int) -> None:
@@ -514,7 +516,8 @@ def _prune(directory: Path, keep: int) -> None:
         stale.unlink(missing_ok=True)
 
 
-def _common_prefix(cached: list[int], tokens: list[int]) -> int:
+def common_prefix_length(cached: Sequence[int], tokens: Sequence[int]) -> int:
+    """How many leading tokens two token lists share."""
     n = min(len(cached), len(tokens))
     if n == 0:
         return 0

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .engine import Engine, SamplingParams
+from .engine import Engine, SamplingParams, common_prefix_length
 from .errors import InputError, RoleError
 from .grammar import label_grammar
 from .head import Head, head_for
@@ -46,8 +46,7 @@ def fixed_prefix(engine: Engine, role: Role) -> list[int]:
     input (e.g. "<|im_start|>user\nText:") are kept in the cache too.
     """
     first, second = (engine.chat_tokens(role.messages(probe)) for probe in ("A", "乙"))
-    shared = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
-    return first[:shared]
+    return first[: common_prefix_length(first, second)]
 
 
 def fit_prompt(
@@ -85,10 +84,9 @@ def label_token_problem(engine: Engine, label: str) -> str | None:
     other strings are control tokens is known only once the model is: Qwen2.5's <tool_call> is one,
     and llama.cpp matches it even in text tokenized without special tokens.
     """
-    tokens = engine.tokenize(label, special=True)
-    if tokens == engine.tokenize(label) and not engine.info.special_tokens.intersection(tokens):
+    if engine.is_plain_text(label):
         return None
-    return "is a control token of this model" if len(tokens) == 1 else "contains a control token of this model"
+    return "is a control token of this model" if len(engine.tokenize(label, special=True)) == 1 else "contains a control token of this model"
 
 
 def check_labels(engine: Engine, roles: Iterable[Role]) -> None:
@@ -129,10 +127,10 @@ class Classifier:
         self.engine = engine
         self.role = role
         self._sequences = [engine.tokenize(name) for name in role.label_names]
-        first_tokens = [seq[0] for seq in self._sequences]
+        self._label_ids = [seq[0] for seq in self._sequences]  # each label's first token
         # One distinct token per label: the grammar-constrained greedy choice is the arg-max of
         # those tokens' logits, so one evaluation decides and no grammar is needed.
-        self.single_token = all(len(seq) == 1 for seq in self._sequences) and len(set(first_tokens)) == len(first_tokens)
+        self.single_token = all(len(seq) == 1 for seq in self._sequences) and len(set(self._label_ids)) == len(self._label_ids)
         if role.calibration != "none" and not self.single_token:
             raise RoleError(f"{role.source}: field 'calibration': needs labels that are single tokens for this model")
         self._grammar = None if self.single_token else label_grammar(role.label_names)
@@ -173,11 +171,11 @@ class Classifier:
         logits, hidden = self.engine.next_token_state(prompt.tokens, keep_prefix=prompt.fixed)
         if not self.single_token:
             return hidden, np.zeros(len(self._sequences))
-        return hidden, logits[[seq[0] for seq in self._sequences]].astype(np.float64) - self._calibration_bias()
+        return hidden, logits[self._label_ids].astype(np.float64) - self._calibration_bias()
 
     def _label_logits(self, prompt: FittedPrompt) -> np.ndarray:
         logits = self.engine.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed)
-        return logits[[seq[0] for seq in self._sequences]].astype(np.float64)
+        return logits[self._label_ids].astype(np.float64)
 
     def _calibration_bias(self) -> np.ndarray:
         """Content-free calibration: the label preference the model shows for an empty input."""
