@@ -239,27 +239,6 @@ class Engine:
         self._evaluate(list(tokens), keep_prefix)
         return self._last_logits().copy()
 
-    def next_token_state(self, tokens: Sequence[int], keep_prefix: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and the final hidden state (after the output norm) at the last token: copies.
-
-        The hidden state is what the output layer turns into logits, a cheap input for a small
-        classification head. Only the last token is decoded with embeddings on, so llama.cpp does
-        not compute outputs for every prompt token.
-        """
-        tokens = list(tokens)
-        if len(tokens) > 1:
-            self._evaluate(tokens[:-1], keep_prefix)
-        else:
-            self._truncate(0)
-        llama.llama_set_embeddings(self._ctx.ctx, True)
-        try:
-            self._decode(tokens[-1:])
-            hidden = np.ctypeslib.as_array(llama.llama_get_embeddings_ith(self._ctx.ctx, -1), shape=(self.n_embd,)).copy()
-        finally:
-            llama.llama_set_embeddings(self._ctx.ctx, False)
-        self.tokens_evaluated += 1
-        return self._last_logits().copy(), hidden
-
     def sequence_logprob(self, prefix: Sequence[int], continuation: Sequence[int], keep_prefix: int = 0) -> float:
         """log P(continuation | prefix), one evaluation per continuation token."""
         total = 0.0

@@ -31,7 +31,8 @@ import numpy as np
 
 from .errors import EdgeQwenError, InputError, RoleError
 from .grammar import label_grammar
-from .head import Head, choose_l2, fit_logistic, model_identity, prompt_fingerprint, save_head, text_key
+from .head import Head, HiddenFromLogits, choose_blend, choose_l2, fit_logistic, log_softmax, model_identity, prompt_fingerprint, save_head, text_key
+from .models import output_matrix
 from .router import rules_route
 from .tasks import Classifier, clean_text
 
@@ -360,20 +361,22 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
     # Gold values are route targets for task route: map them back to the role's labels.
     to_label = {(label.routes_to or label.name) if options.task == "route" else label.name: label.name for label in role.labels}
     keys = [text_key(clean_text(item.text)) for item in items]
+    basis = HiddenFromLogits(output_matrix(eq.engine.info.path))
     bar = _Progress(len(items), options.progress)
     bar.describe(f"hidden states ({name})")
-    hidden, logit_scores, latencies = [], [], []
+    moments, logit_scores, latencies = [], [], []
     try:
         for item in items:
             t0 = time.perf_counter()
-            h, s = classifier.features(item.text)
+            logits, scores = classifier.features(item.text)
             latencies.append((time.perf_counter() - t0) * 1000)
-            hidden.append(h)
-            logit_scores.append(s)
+            moments.append(basis.moments(logits))
+            logit_scores.append(scores)
             bar.advance()
     finally:
         bar.close()
-    x = np.array(hidden)
+    x = basis.hidden(np.array(moments))
+    logit_scores = np.array(logit_scores)
     labels = role.label_names
     y = np.array([labels.index(to_label[item.gold]) for item in items])
     train, held = split_items(items[:n_data], train_fraction, seed)
@@ -381,31 +384,37 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
     if len(held) == 0 or len(set(y[train])) < 2:
         raise DataError("too few labelled texts to split into a training and a held-out part")
     l2, cv = choose_l2(x[train], y[train], len(labels), seed=seed)
+    blend, cv_blend = (choose_blend(x[train], y[train], logit_scores[train], len(labels), l2, seed=seed)
+                       if classifier.single_token else (1.0, {}))
     w, b, mean, scale = fit_logistic(x[train], y[train], len(labels), l2)
-    head_pred = np.argmax(((x[held] - mean) / scale) @ w.T + b, axis=1)
-    logit_pred = np.argmax(np.array(logit_scores)[held], axis=1)
+    weight, bias = basis.fold(w, b, mean, scale)
+    head = Head(
+        labels=tuple(labels), weight=weight, bias=bias, blend=blend,
+        model=model_identity(eq.engine), prompt_sha256=prompt_fingerprint(role),
+        trained_on=frozenset(keys[i] for i in train),
+    )
+    head_pred = np.argmax(blend * log_softmax(((x[held] - mean) / scale) @ w.T + b) + (1 - blend) * log_softmax(logit_scores[held]), axis=1)
+    logit_pred = np.argmax(logit_scores[held], axis=1)
     to_gold = {label: gold for gold, label in to_label.items()}
     held_items = [items[i] for i in held]
     lat = [latencies[i] for i in held]
+    mix = "" if blend == 1 else f", blended {blend:g} with the label logits"
     systems = [
-        {"system": f"head (trained on {len(train)}, l2 {l2:g})", "description": f"{output}; logistic regression over the final hidden state",
+        {"system": f"head (trained on {len(train)}, l2 {l2:g}{mix})", "description": f"{output}; logistic regression over the final hidden state",
          **metrics(held_items, [to_gold[labels[k]] for k in head_pred], lat, 0.0)},
         {"system": f"label logits of role '{name}'", "description": "the role without a head, same prompt, same texts",
          **metrics(held_items, [to_gold[labels[k]] for k in logit_pred], lat, 0.0)},
     ]
     validation = {s["system"]: {"accuracy": s["accuracy"], "by_lang": {k: v["accuracy"] for k, v in s["by_lang"].items()}} for s in systems}
-    head = Head(
-        labels=tuple(labels), weight=w, bias=b, mean=mean, scale=scale,
-        model=model_identity(eq.engine), prompt_sha256=prompt_fingerprint(role),
-        trained_on=frozenset(keys[i] for i in train),
-        meta={"role": name, "task": options.task, "data": [str(p) for p in options.data], "extra": len(extra), "seed": seed,
-              "train_fraction": train_fraction, "n_train": len(train), "n_held_out": len(held), "l2": l2,
-              "cv_accuracy": {str(k): round(v, 4) for k, v in cv.items()}, "held_out": validation},
-    )
+    head.meta.update({"role": name, "task": options.task, "data": [str(p) for p in options.data], "extra": len(extra), "seed": seed,
+                      "train_fraction": train_fraction, "n_train": len(train), "n_held_out": len(held), "l2": l2,
+                      "cv_accuracy": {str(k): round(v, 4) for k, v in cv.items()},
+                      "cv_blend_accuracy": {str(k): round(v, 4) for k, v in cv_blend.items()}, "held_out": validation})
     output.parent.mkdir(parents=True, exist_ok=True)
     save_head(output, head)
     return {
         "data": [str(p) for p in options.data], "task": options.task, "role": name, "model": eq.engine.info.path.name,
         "n": len(held), "split": f"seed {seed}, {len(train) - len(extra)} texts for training (+{len(extra)} from --train-extra), {len(held)} held out (stratified by lang and gold)",
-        "head": str(output), "l2": l2, "cv_accuracy": head.meta["cv_accuracy"], "systems": systems,
+        "head": str(output), "l2": l2, "blend": blend, "cv_accuracy": head.meta["cv_accuracy"],
+        "cv_blend_accuracy": head.meta["cv_blend_accuracy"], "systems": systems,
     }

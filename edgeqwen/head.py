@@ -1,9 +1,15 @@
-"""Classification heads: a small logistic regression over the model's final hidden state.
+"""Classification heads: a small logistic regression over the model's final hidden state, applied
+through the next-token logits.
 
-A classify role may name a head file (`head: route.head.npz`, beside the role's YAML). The head
-reads the hidden state the model computes at the end of the role's prompt (the vector the output
-layer turns into logits, from `Engine.next_token_state`) and scores the role's labels. It costs one
-matrix-vector product per input on top of the evaluation the label logits need anyway.
+A classify role may name a head file (`head: route.head.npz`, beside the role's YAML). The head is
+trained on the hidden state h the model computes at the end of the role's prompt, but it is stored and
+applied as weights over the logits: llama.cpp's logits are W @ h (the output layer, no bias), so h is
+the least-squares solution of W h = logits, and the regression folds into one (n_labels, n_vocab)
+matrix. A head then costs one matrix-vector product (under a millisecond) on the logits the label
+decision computes anyway. Reading the hidden state itself needs embeddings on, with which llama.cpp
+outputs every token of a batch, so the last token had to be decoded alone: +15 % per call, measured.
+A head may be blended with the role's label logits, at a weight chosen by cross-validation on the
+training texts.
 
 A head is only valid for the model and the prompt it was trained with: the file records the model's
 identity (name, architecture, n_embd, n_vocab, file size) and a fingerprint of the role's prompt. When
@@ -24,7 +30,7 @@ import numpy as np
 
 from .errors import RoleError
 
-HEAD_FORMAT = 1
+HEAD_FORMAT = 2  # 1: weights over the hidden state (retired: it cost a second decode)
 log = logging.getLogger("edgeqwen.head")
 _warned: set[tuple[str, str]] = set()
 
@@ -59,24 +65,26 @@ def text_key(text: str) -> str:
 @dataclass(frozen=True)
 class Head:
     labels: tuple[str, ...]
-    weight: np.ndarray  # (n_labels, n_embd)
+    weight: np.ndarray  # (n_labels, n_vocab), over the next-token logits
     bias: np.ndarray  # (n_labels,)
-    mean: np.ndarray  # (n_embd,) standardisation applied before the weights
-    scale: np.ndarray  # (n_embd,)
+    blend: float  # weight of the head's log-probabilities against the label logits' (1: the head alone)
     model: dict[str, Any]
     prompt_sha256: str
     trained_on: frozenset[str] = frozenset()
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def scores(self, hidden: np.ndarray) -> np.ndarray:
-        """Label logits (in `labels` order) for one hidden state."""
-        z = (np.asarray(hidden, dtype=np.float64) - self.mean) / self.scale
-        return self.weight @ z + self.bias
+    def scores(self, logits: np.ndarray, label_scores: np.ndarray | None = None) -> np.ndarray:
+        """Label scores (in `labels` order) from the next-token logits, blended with the role's own
+        label scores (its label tokens' logits) when `blend` < 1."""
+        head = self.weight @ np.asarray(logits, dtype=np.float64) + self.bias
+        if self.blend >= 1 or label_scores is None:
+            return head
+        return self.blend * log_softmax(head) + (1 - self.blend) * log_softmax(np.asarray(label_scores, dtype=np.float64))
 
     def reordered(self, labels: list[str]) -> "Head":
         order = [self.labels.index(name) for name in labels]
-        return Head(tuple(labels), self.weight[order], self.bias[order], self.mean, self.scale, self.model,
-                    self.prompt_sha256, self.trained_on, self.meta)
+        return Head(tuple(labels), self.weight[order], self.bias[order], self.blend, self.model, self.prompt_sha256,
+                    self.trained_on, self.meta)
 
     def mismatch(self, model: dict[str, Any], prompt_sha256: str, labels: list[str]) -> str | None:
         """Why this head cannot serve the loaded model and role, or None when it can."""
@@ -97,8 +105,7 @@ def save_head(path: str | Path, head: Head) -> None:
         labels=np.array(head.labels, dtype=str),
         weight=head.weight.astype(np.float32),
         bias=head.bias.astype(np.float32),
-        mean=head.mean.astype(np.float32),
-        scale=head.scale.astype(np.float32),
+        blend=np.array(head.blend),
         model=np.array(json.dumps(head.model)),
         prompt_sha256=np.array(head.prompt_sha256),
         trained_on=np.array(sorted(head.trained_on), dtype=str),
@@ -117,8 +124,7 @@ def load_head(path: str | Path) -> Head:
                 labels=tuple(str(x) for x in data["labels"]),
                 weight=data["weight"].astype(np.float64),
                 bias=data["bias"].astype(np.float64),
-                mean=data["mean"].astype(np.float64),
-                scale=data["scale"].astype(np.float64),
+                blend=float(data["blend"]),
                 model=json.loads(str(data["model"])),
                 prompt_sha256=str(data["prompt_sha256"]),
                 trained_on=frozenset(str(x) for x in data["trained_on"]),
@@ -130,10 +136,9 @@ def load_head(path: str | Path) -> Head:
         raise RoleError(f"{path}: head file not found") from None
     except Exception as error:  # zip, npz key or JSON problems: all mean a broken file
         raise RoleError(f"{path}: not a valid head file ({type(error).__name__}: {error})") from None
-    n_labels, n_embd = head.weight.shape if head.weight.ndim == 2 else (0, 0)
-    if (n_labels != len(head.labels) or n_labels < 2 or head.bias.shape != (n_labels,)
-            or head.mean.shape != (n_embd,) or head.scale.shape != (n_embd,) or not np.all(head.scale > 0)):
-        raise RoleError(f"{path}: not a valid head file (inconsistent shapes)")
+    n_labels = head.weight.shape[0] if head.weight.ndim == 2 else 0
+    if n_labels != len(head.labels) or n_labels < 2 or head.bias.shape != (n_labels,) or not 0 <= head.blend <= 1:
+        raise RoleError(f"{path}: not a valid head file (inconsistent shapes or blend)")
     return head
 
 
@@ -148,8 +153,8 @@ def head_for(engine: Any, role: Any) -> Head | None:
         return None
     head = load_head(path)
     reason = head.mismatch(model_identity(engine), prompt_fingerprint(role), role.label_names)
-    if reason is None and head.weight.shape[1] != engine.n_embd:
-        reason = f"its width {head.weight.shape[1]} is not the model's n_embd {engine.n_embd}"
+    if reason is None and head.weight.shape[1] != engine.n_vocab:
+        reason = f"its width {head.weight.shape[1]} is not the model's n_vocab {engine.n_vocab}"
     if reason is not None:
         if (str(path), reason) not in _warned:
             _warned.add((str(path), reason))
@@ -210,3 +215,61 @@ def choose_l2(x: np.ndarray, y: np.ndarray, n_classes: int, grid=(0.001, 0.01, 0
         results[l2] = correct / len(y)
     best = max(results, key=lambda l2: (results[l2], l2))  # ties: the stronger penalty
     return best, results
+
+
+def choose_blend(x: np.ndarray, y: np.ndarray, label_scores: np.ndarray, n_classes: int, l2: float,
+                 grid=(0.0, 0.25, 0.5, 0.75, 1.0), folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
+    """Pick the head's weight against the label logits by k-fold cross-validation on the training
+    split only: out-of-fold head scores, blended with the label scores at each weight in `grid`."""
+    rng = np.random.default_rng(seed)
+    parts = np.array_split(rng.permutation(len(y)), min(folds, len(y)))
+    head_scores = np.zeros((len(y), n_classes))
+    for k, held in enumerate(parts):
+        train = np.concatenate([p for j, p in enumerate(parts) if j != k])
+        w, b, mean, scale = fit_logistic(x[train], y[train], n_classes, l2)
+        head_scores[held] = ((x[held] - mean) / scale) @ w.T + b
+    results = {}
+    for blend in grid:
+        blended = blend * log_softmax(head_scores) + (1 - blend) * log_softmax(np.asarray(label_scores, dtype=np.float64))
+        results[blend] = float((np.argmax(blended, axis=1) == y).mean())
+    best = max(results, key=lambda blend: (results[blend], blend))  # ties: more of the head
+    return best, results
+
+
+class HiddenFromLogits:
+    """Recovers the final hidden state from next-token logits, and folds a head trained on it into
+    weights over the logits.
+
+    `output` is the model's output layer W (n_vocab x n_embd, from models.output_matrix): logits =
+    W @ hidden up to llama.cpp's rounding (it quantizes the hidden state for the product, about 1 %
+    relative error here), so hidden = (W^T W)^-1 W^T logits. Training on this recovered state rather
+    than on llama.cpp's own makes training and use see exactly the same numbers.
+    """
+
+    def __init__(self, output: np.ndarray, chunk: int = 16384) -> None:
+        self.output = output
+        n_embd = output.shape[1]
+        self.gram = np.zeros((n_embd, n_embd))
+        for start in range(0, output.shape[0], chunk):  # W^T W in float64 without a float64 copy of W
+            rows = output[start:start + chunk].astype(np.float64)
+            self.gram += rows.T @ rows
+
+    def moments(self, logits: np.ndarray) -> np.ndarray:
+        """W^T logits: n_embd numbers that keep all a head needs from one text's logits."""
+        return self.output.T @ np.asarray(logits, dtype=np.float32)
+
+    def hidden(self, moments: np.ndarray) -> np.ndarray:
+        """The hidden states (rows) whose logits gave these moments (rows)."""
+        return np.linalg.solve(self.gram, np.asarray(moments, dtype=np.float64).T).T
+
+    def fold(self, weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A head over standardised hidden states as (weight over the logits, bias)."""
+        per_unit = weight / scale
+        through_gram = np.linalg.solve(self.gram, per_unit.T)
+        return (self.output @ through_gram.astype(np.float32)).T.astype(np.float64), bias - per_unit @ mean
+
+
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    shifted = scores - scores.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))

@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 import numpy as np
 from gguf import GGUFReader
-from gguf.constants import GGMLQuantizationType, GGUFEndian, GGUFValueType, Keys, LlamaFileType, TokenType
+from gguf.constants import TENSOR_NAMES, GGMLQuantizationType, GGUFEndian, GGUFValueType, Keys, LlamaFileType, MODEL_TENSOR, TokenType
+from gguf.quants import dequantize
 
 from edgeqwen.errors import ModelFetchError, ModelFileError, ModelNotFoundError
 
@@ -549,3 +550,18 @@ def _special_tokens(reader: GGUFReader) -> frozenset[int]:
     types = np.concatenate([np.atleast_1d(field.parts[i]) for i in field.data])
     plain = np.isin(types, (TokenType.NORMAL, TokenType.BYTE))
     return frozenset(int(i) for i in np.flatnonzero(~plain))
+
+
+def output_matrix(path: Path) -> np.ndarray:
+    """The output layer W (n_vocab x n_embd, float32, dequantized): llama.cpp's logits are W @ hidden.
+
+    Models with tied embeddings have no output tensor and use the token embedding. This takes
+    n_vocab * n_embd * 4 bytes (545 MB for a 0.5B Qwen), so only head training reads it.
+    """
+    reader = _read(Path(path))
+    tensors = {t.name: t for t in reader.tensors}
+    for kind in (MODEL_TENSOR.OUTPUT, MODEL_TENSOR.TOKEN_EMBD):
+        tensor = tensors.get(f"{TENSOR_NAMES[kind]}.weight")
+        if tensor is not None:
+            return dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
+    raise ModelFileError(f"model file has neither an output nor a token-embedding tensor: {path} ({REBUILD_HINT})")

@@ -143,11 +143,11 @@ class Classifier:
         started = time.perf_counter()
         prompt = fit_prompt(self.engine, self.role, clean_text(text), prefix=self._prefix)
         if self.head is not None:
-            _, hidden = self.engine.next_token_state(prompt.tokens, keep_prefix=prompt.fixed)
-            scores = self.head.scores(hidden)
+            logits = self.engine.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed)
+            scores = self.head.scores(logits, self._label_scores(logits) if self.single_token else None)
             label = self.role.label_names[int(np.argmax(scores))]
         elif self.single_token:
-            scores = self._label_logits(prompt) - self._calibration_bias()
+            scores = self._label_scores(self.engine.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed))
             label = self.role.label_names[int(np.argmax(scores))]
         else:
             label = self.engine.constrained_choice(prompt.tokens, self._grammar, keep_prefix=prompt.fixed)
@@ -165,25 +165,24 @@ class Classifier:
         )
 
     def features(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """The final hidden state of the role's prompt (a head's input) and the calibrated label-logit
-        scores at the same position (zeros when the labels are not single tokens)."""
+        """What a head is trained on: the next-token logits at the end of the role's prompt, and the
+        calibrated label scores at the same position (zeros when the labels are not single tokens)."""
         prompt = fit_prompt(self.engine, self.role, clean_text(text), prefix=self._prefix)
-        logits, hidden = self.engine.next_token_state(prompt.tokens, keep_prefix=prompt.fixed)
-        if not self.single_token:
-            return hidden, np.zeros(len(self._sequences))
-        return hidden, logits[self._label_ids].astype(np.float64) - self._calibration_bias()
-
-    def _label_logits(self, prompt: FittedPrompt) -> np.ndarray:
         logits = self.engine.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed)
-        return logits[self._label_ids].astype(np.float64)
+        return logits, self._label_scores(logits) if self.single_token else np.zeros(len(self._sequences))
+
+    def _label_scores(self, logits: np.ndarray) -> np.ndarray:
+        """The label tokens' logits, minus the role's calibration bias."""
+        return logits[self._label_ids].astype(np.float64) - self._calibration_bias()
 
     def _calibration_bias(self) -> np.ndarray:
         """Content-free calibration: the label preference the model shows for an empty input."""
         if self.role.calibration == "none":
             return np.zeros(len(self._sequences))
         if self._bias is None:
-            neutral = [self._label_logits(fit_prompt(self.engine, self.role, filler, prefix=self._prefix)) for filler in ("N/A", "…")]
-            bias = np.mean(neutral, axis=0)
+            prompts = [fit_prompt(self.engine, self.role, filler, prefix=self._prefix) for filler in ("N/A", "…")]
+            neutral = [self.engine.next_token_logits(p.tokens, keep_prefix=p.fixed)[self._label_ids] for p in prompts]
+            bias = np.mean(neutral, axis=0, dtype=np.float64)
             self._bias = bias - bias.mean()
         return self._bias
 

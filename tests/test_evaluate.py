@@ -14,7 +14,9 @@ from conftest import REPO, run_cli
 from edgeqwen import head as head_module
 from edgeqwen.errors import InputError, RoleError
 from edgeqwen.evaluate import DataError, EvalOptions, Item, metrics, read_data, split_items, train_head
-from edgeqwen.head import Head, fit_logistic, load_head, model_identity, predict_logistic, prompt_fingerprint, save_head
+from edgeqwen.head import (Head, HiddenFromLogits, choose_blend, fit_logistic, load_head, model_identity, predict_logistic,
+                           prompt_fingerprint, save_head)
+from edgeqwen.models import output_matrix
 from edgeqwen.roles import load_role, load_roles
 from edgeqwen.tasks import Classifier
 
@@ -122,12 +124,35 @@ def test_logistic_regression_learns_a_separable_problem():
     assert (predict_logistic(x[300:], w, b, mean, scale) == y[300:]).mean() >= 0.9
 
 
+
+def test_hidden_state_is_recovered_from_logits_and_a_head_folds_into_them():
+    rng = np.random.default_rng(2)
+    output = rng.normal(size=(500, 12)).astype(np.float32)
+    hidden = rng.normal(size=(40, 12))
+    logits = hidden @ output.T
+    basis = HiddenFromLogits(output, chunk=64)
+    recovered = basis.hidden(np.array([basis.moments(row) for row in logits]))
+    assert np.allclose(recovered, hidden, atol=1e-3)
+    y = (hidden[:, 0] > 0).astype(int)
+    w, b, mean, scale = fit_logistic(recovered, y, 2, l2=0.01)
+    weight, bias = basis.fold(w, b, mean, scale)
+    assert np.allclose(logits @ weight.T + bias, ((recovered - mean) / scale) @ w.T + b, atol=1e-3)
+
+
+def test_blend_weight_follows_the_better_scorer():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 10))
+    y = (x[:, 0] > 0).astype(int)
+    assert choose_blend(x, y, rng.normal(size=(300, 2)), 2, l2=0.01)[0] >= 0.75  # label scores are noise
+    telling = np.stack([-x[:, 0], x[:, 0]], axis=1) * 10
+    assert choose_blend(rng.normal(size=(300, 10)), y, telling, 2, l2=0.01)[0] <= 0.25  # the head's input is noise
+
 # -- head files and role validation ------------------------------------------------------------
 
 
-def make_head(n_embd=8, labels=("review", "question"), model=None, prompt="x") -> Head:
-    return Head(tuple(labels), np.ones((len(labels), n_embd)), np.zeros(len(labels)), np.zeros(n_embd), np.ones(n_embd),
-                model or {"name": "m", "n_embd": n_embd}, prompt, frozenset({"abc"}), {"note": "测试"})
+def make_head(n_vocab=8, labels=("review", "question"), model=None, prompt="x", blend=0.75) -> Head:
+    return Head(tuple(labels), np.ones((len(labels), n_vocab)), np.zeros(len(labels)), blend,
+                model or {"name": "m", "n_vocab": n_vocab}, prompt, frozenset({"abc"}), {"note": "测试"})
 
 
 def test_head_file_round_trip_and_broken_files(tmp_path):
@@ -135,6 +160,7 @@ def test_head_file_round_trip_and_broken_files(tmp_path):
     save_head(path, make_head())
     loaded = load_head(path)
     assert loaded.labels == ("review", "question") and loaded.trained_on == {"abc"} and loaded.meta == {"note": "测试"}
+    assert loaded.blend == 0.75
     assert loaded.reordered(["question", "review"]).labels == ("question", "review")
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
     with pytest.raises(RoleError, match="not a valid head file"):
@@ -184,6 +210,14 @@ def test_shipped_route_head_fits_the_standin_model(eq):
         assert abs(sum(result.scores.values()) - 1) < 1e-6
 
 
+
+def test_standin_logits_are_its_output_layer_times_a_hidden_state(eq):
+    basis = HiddenFromLogits(output_matrix(eq.engine.info.path))
+    assert basis.output.shape == (eq.engine.n_vocab, eq.engine.n_embd)
+    logits = eq.engine.next_token_logits(eq.engine.chat_tokens([{"role": "user", "content": "hello there"}]))
+    rebuilt = basis.output @ basis.hidden(basis.moments(logits)[None])[0]
+    assert np.linalg.norm(rebuilt - logits) / np.linalg.norm(logits) < 0.05  # llama.cpp rounds the hidden state to 8 bits
+
 def test_trained_head_is_used_and_a_mismatched_one_falls_back(eq, tmp_path, caplog):
     prompts = tmp_path / "prompts"
     prompts.mkdir()
@@ -206,7 +240,8 @@ def test_trained_head_is_used_and_a_mismatched_one_falls_back(eq, tmp_path, capl
         eq.roles = eq_roles
     assert report["n"] == 4 and len(report["systems"]) == 2  # scored on the held-out half only, never on extra
     saved = load_head(prompts / "kind.head.npz")
-    assert saved.weight.shape == (2, eq.engine.n_embd) and len(saved.trained_on) == 6 and saved.meta["extra"] == 2
+    assert saved.weight.shape == (2, eq.engine.n_vocab) and len(saved.trained_on) == 6 and saved.meta["extra"] == 2
+    assert 0 <= saved.blend <= 1 and report["blend"] == saved.blend
     assert saved.model == model_identity(eq.engine)
 
     role_path.write_text(ROLE + "head: kind.head.npz\n", encoding="utf-8")
@@ -218,8 +253,8 @@ def test_trained_head_is_used_and_a_mismatched_one_falls_back(eq, tmp_path, capl
 
     # Trained for another model: never applied, one warning, label logits instead.
     other = load_head(prompts / "kind.head.npz")
-    save_head(prompts / "kind.head.npz", Head(other.labels, np.ones((2, 64)), np.zeros(2), np.zeros(64), np.ones(64),
-                                              {**other.model, "n_embd": 64, "name": "other"}, other.prompt_sha256))
+    save_head(prompts / "kind.head.npz", Head(other.labels, np.ones((2, 64)), np.zeros(2), 1.0,
+                                              {**other.model, "n_vocab": 64, "name": "other"}, other.prompt_sha256))
     head_module._warned.clear()
     with caplog.at_level(logging.WARNING, logger="edgeqwen.head"):
         first = Classifier(eq.engine, role)
