@@ -48,8 +48,11 @@ def test_long_input_is_truncated_not_crashed(eq):
 
 
 def test_grammar_path_agrees_with_the_single_token_path(eq):
-    """Where every label is one token, the grammar-constrained greedy label is the arg-max of the label logits."""
-    classifier = eq._classifier("sentiment")
+    """Where every label is one token, the grammar-constrained greedy label is the arg-max of the label
+    logits (the role without its head, which also weighs the rest of the logits)."""
+    from edgeqwen.tasks import Classifier
+
+    classifier = Classifier(eq.engine, eq.roles["sentiment"], use_head=False)
     assert classifier.single_token
     grammar = label_grammar(classifier.role.label_names)
     for text, _ in CLEAR[:4]:
