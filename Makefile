@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MODELS_DIR ?= models
 STANDIN := $(MODELS_DIR)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 
-.PHONY: help setup model demo test quantize clean browser serve loadtest
+.PHONY: help setup model demo test quantize heads clean browser serve loadtest
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -52,6 +52,15 @@ REPO ?= Qwen/Qwen1.5-0.5B-Chat
 QUANT ?= Q4_K_M
 quantize: setup  ## build Qwen1.5-0.5B-Chat from the Hugging Face Hub as a verified 4-bit GGUF in models/ (no torch)
 	$(BIN)/python scripts/quantize.py --repo $(REPO) --type $(QUANT) $(if $(LOCAL_DIR),--local-dir $(LOCAL_DIR)) $(if $(OUT),--output $(OUT)) $(if $(THREADS),--threads $(THREADS))
+
+# make heads MODEL=models/qwen1.5-0.5b-chat-q4_k_m.gguf: the shipped roles' heads for that model, trained
+# on the shipped training texts (80 %; the other 20 % scored), written to models/<model stem>.heads/
+heads: setup  ## train the sentiment and route heads for MODEL= (e.g. what make quantize built); needs ~1 GB RAM
+	@test -n "$(MODEL)" || { echo "usage: make heads MODEL=models/your-model.gguf" >&2; exit 2; }
+	$(BIN)/edgeqwen eval prompts/route.train.jsonl --task route --model $(MODEL) --train-fraction 0.8 \
+	    --train-head $(basename $(MODEL)).heads/route.head.npz $(if $(THREADS),--threads $(THREADS))
+	$(BIN)/edgeqwen eval prompts/sentiment.train.jsonl --task sentiment --model $(MODEL) --train-fraction 0.8 \
+	    --train-head $(basename $(MODEL)).heads/sentiment.head.npz $(if $(THREADS),--threads $(THREADS))
 
 clean:  ## remove the virtual environment and caches (keeps models/)
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

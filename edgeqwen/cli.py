@@ -405,6 +405,7 @@ def eval_command(
       edgeqwen eval sentiment_en_dev.jsonl sentiment_zh_dev.jsonl --task sentiment --compare
       edgeqwen eval router_en_dev.jsonl router_zh_dev.jsonl --task route --compare --json report.json
       edgeqwen eval router_*.jsonl --task route --train-head my_prompts/route.head.npz
+      edgeqwen eval prompts/route.train.jsonl --task route -m models/x.gguf --train-fraction 0.8 --train-head models/x.heads/route.head.npz
     """
     from .evaluate import EvalOptions, check_role, format_report, read_data, train_head as fit_head, evaluate
 
@@ -427,7 +428,7 @@ def eval_command(
         raise typer.Exit(130)
     typer.echo(format_report(report))
     if train_head is not None:
-        typer.echo(f"\nhead written to {train_head}; name it in the role's YAML as  head: {train_head.name}")
+        typer.echo(f"\nhead written to {train_head}; {_head_hint(train_head, report['model_path'])}")
     if json_out is not None:
         try:
             json_out.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
@@ -461,6 +462,14 @@ def doctor(
         raise typer.Exit(1)
 
 
+def _head_hint(path: Path, model_path: str) -> str:
+    from .head import model_heads_dir
+
+    if path.parent.resolve() == model_heads_dir(model_path).resolve():
+        return f"roles naming  head: {path.name}  use it whenever this model runs"
+    return f"name it in the role's YAML as  head: {path.name}"
+
+
 def main() -> None:
     """`python -m edgeqwen.cli`; the `edgeqwen` command enters through edgeqwen.console.main, which sets
     up the same handling before this module's heavy imports. `kill` (SIGTERM) stops every command the
@@ -473,3 +482,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+

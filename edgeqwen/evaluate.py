@@ -414,7 +414,7 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
     save_head(output, head)
     return {
         "data": [str(p) for p in options.data], "task": options.task, "role": name, "model": eq.engine.info.path.name,
-        "n": len(held), "split": f"seed {seed}, {len(train) - len(extra)} texts for training (+{len(extra)} from --train-extra), {len(held)} held out (stratified by lang and gold)",
+        "model_path": str(eq.engine.info.path), "n": len(held), "split": f"seed {seed}, {len(train) - len(extra)} texts for training (+{len(extra)} from --train-extra), {len(held)} held out (stratified by lang and gold)",
         "head": str(output), "l2": l2, "blend": blend, "cv_accuracy": head.meta["cv_accuracy"],
         "cv_blend_accuracy": head.meta["cv_blend_accuracy"], "systems": systems,
     }

@@ -146,21 +146,33 @@ def role_head_path(role: Any) -> Path | None:
     return Path(role.source).parent / role.head if getattr(role, "head", None) else None
 
 
+def model_heads_dir(model_path: str | Path) -> Path:
+    """Where heads trained for one model file live, so they need no edit of the roles: beside the
+    model, `<model stem>.heads/` (`make heads MODEL=...` writes them there)."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.stem + ".heads")
+
+
 def head_for(engine: Any, role: Any) -> Head | None:
-    """The role's head when it fits the loaded model and the role's prompt; else None, warned once."""
+    """The role's head that fits the loaded model and the role's prompt: first the one trained for
+    this model file (in its heads folder), then the one beside the role. None when neither fits,
+    warned once."""
     path = role_head_path(role)
     if path is None:
         return None
-    head = load_head(path)
-    reason = head.mismatch(model_identity(engine), prompt_fingerprint(role), role.label_names)
-    if reason is None and head.weight.shape[1] != engine.n_vocab:
-        reason = f"its width {head.weight.shape[1]} is not the model's n_vocab {engine.n_vocab}"
-    if reason is not None:
-        if (str(path), reason) not in _warned:
-            _warned.add((str(path), reason))
-            log.warning(f"warning: {path}: head not used, {reason}; role '{role.name}' uses its label logits")
-        return None
-    return head.reordered(role.label_names)
+    for candidate in (model_heads_dir(engine.info.path) / path.name, path):
+        if candidate == path or candidate.exists():
+            head = load_head(candidate)
+            reason = head.mismatch(model_identity(engine), prompt_fingerprint(role), role.label_names)
+            if reason is None and head.weight.shape[1] != engine.n_vocab:
+                reason = f"its width {head.weight.shape[1]} is not the model's n_vocab {engine.n_vocab}"
+            if reason is None:
+                return head.reordered(role.label_names)
+    if (str(path), reason) not in _warned:
+        _warned.add((str(path), reason))
+        log.warning(f"warning: {path}: head not used, {reason}; role '{role.name}' uses its label logits "
+                    f"(train heads for this model: make heads MODEL={engine.info.path})")
+    return None
 
 
 # -- training ---------------------------------------------------------------------------------

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, STANDIN, run_cli
 from edgeqwen import head as head_module
+from edgeqwen.engine import Engine
 from edgeqwen.errors import InputError, RoleError
 from edgeqwen.evaluate import DataError, EvalOptions, Item, metrics, read_data, split_items, train_head
-from edgeqwen.head import (Head, HiddenFromLogits, choose_blend, fit_logistic, load_head, model_identity, predict_logistic,
-                           prompt_fingerprint, save_head)
+from edgeqwen.head import (Head, HiddenFromLogits, choose_blend, fit_logistic, load_head, model_heads_dir, model_identity,
+                           predict_logistic, prompt_fingerprint, save_head)
 from edgeqwen.models import output_matrix
 from edgeqwen.roles import load_role, load_roles
 from edgeqwen.tasks import Classifier
@@ -272,6 +273,36 @@ def test_trained_head_is_used_and_a_mismatched_one_falls_back(eq, tmp_path, capl
         assert Classifier(eq.engine, load_role(role_path)).head is None
     assert any("prompt changed" in r.getMessage() for r in caplog.records)
 
+
+
+def test_a_head_trained_for_a_model_file_is_found_beside_it(eq, tmp_path, caplog):
+    """`make heads MODEL=x.gguf` writes x.heads/NAME.npz: used for that file without editing the role,
+    ahead of the role's own head; another model file keeps the role's head (here: unusable, warned)."""
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "kind.yaml").write_text(ROLE + "head: kind.head.npz\n", encoding="utf-8")
+    save_head(prompts / "kind.head.npz", make_head(n_vocab=64, model={"name": "other", "n_vocab": 64}))
+    model = tmp_path / "my-model.gguf"
+    model.symlink_to(STANDIN.resolve())  # the stand-in under another name, as a model built by make quantize
+    roles = load_roles(prompts)
+    rows = ROUTE_ROWS + [
+        {"text": "Worst hotel I have ever stayed in.", "route": "sentiment", "lang": "en"},
+        {"text": "帮我把这句话翻译成英文。", "route": "chat", "lang": "zh"},
+    ]
+    data = write_jsonl(tmp_path / "r.jsonl", rows)
+    eq_roles, eq.roles = eq.roles, roles
+    try:
+        options = EvalOptions(data=[data], task="route", role="kind", progress=False)
+        train_head(eq, options, read_data([data], "route"), model_heads_dir(model) / "kind.head.npz")
+    finally:
+        eq.roles = eq_roles
+    assert (tmp_path / "my-model.heads" / "kind.head.npz").is_file()
+    head_module._warned.clear()
+    with caplog.at_level(logging.WARNING, logger="edgeqwen.head"):
+        assert Classifier(Engine(model, n_ctx=256), roles["kind"]).head is not None
+        assert Classifier(eq.engine, roles["kind"]).head is None
+    warnings = [r.getMessage() for r in caplog.records if "head not used" in r.getMessage()]
+    assert len(warnings) == 1 and "another model" in warnings[0] and "make heads MODEL=" in warnings[0]
 
 # -- the command, as a subprocess ----------------------------------------------------------------
 
