@@ -482,4 +482,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import EdgeQwenError, InputError, RoleError
 from .grammar import label_grammar
-from .head import Head, HiddenFromLogits, choose_blend, choose_l2, fit_logistic, log_softmax, model_identity, prompt_fingerprint, save_head, text_key
+from .head import Head, HiddenFromLogits, blend_scores, choose_blend, choose_l2, fit_logistic, model_identity, prompt_fingerprint, save_head, text_key
 from .models import output_matrix
 from .router import rules_route
 from .tasks import Classifier, clean_text
@@ -393,7 +393,7 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
         model=model_identity(eq.engine), prompt_sha256=prompt_fingerprint(role),
         trained_on=frozenset(keys[i] for i in train),
     )
-    head_pred = np.argmax(blend * log_softmax(((x[held] - mean) / scale) @ w.T + b) + (1 - blend) * log_softmax(logit_scores[held]), axis=1)
+    head_pred = np.argmax(blend_scores(((x[held] - mean) / scale) @ w.T + b, logit_scores[held], blend), axis=1)
     logit_pred = np.argmax(logit_scores[held], axis=1)
     to_gold = {label: gold for gold, label in to_label.items()}
     held_items = [items[i] for i in held]

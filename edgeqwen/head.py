@@ -79,7 +79,7 @@ class Head:
         head = self.weight @ np.asarray(logits, dtype=np.float64) + self.bias
         if self.blend >= 1 or label_scores is None:
             return head
-        return self.blend * log_softmax(head) + (1 - self.blend) * log_softmax(np.asarray(label_scores, dtype=np.float64))
+        return blend_scores(head, label_scores, self.blend)
 
     def reordered(self, labels: list[str]) -> "Head":
         order = [self.labels.index(name) for name in labels]
@@ -242,8 +242,7 @@ def choose_blend(x: np.ndarray, y: np.ndarray, label_scores: np.ndarray, n_class
         head_scores[held] = ((x[held] - mean) / scale) @ w.T + b
     results = {}
     for blend in grid:
-        blended = blend * log_softmax(head_scores) + (1 - blend) * log_softmax(np.asarray(label_scores, dtype=np.float64))
-        results[blend] = float((np.argmax(blended, axis=1) == y).mean())
+        results[blend] = float((np.argmax(blend_scores(head_scores, label_scores, blend), axis=1) == y).mean())
     best = max(results, key=lambda blend: (results[blend], blend))  # ties: more of the head
     return best, results
 
@@ -279,6 +278,11 @@ class HiddenFromLogits:
         per_unit = weight / scale
         through_gram = np.linalg.solve(self.gram, per_unit.T)
         return (self.output @ through_gram.astype(np.float32)).T.astype(np.float64), bias - per_unit @ mean
+
+
+def blend_scores(head_scores: np.ndarray, label_scores: np.ndarray, blend: float) -> np.ndarray:
+    """The head's and the label logits' log-probabilities, weighted `blend` and 1 - `blend` (rows or one vector)."""
+    return blend * log_softmax(head_scores) + (1 - blend) * log_softmax(label_scores)
 
 
 def log_softmax(scores: np.ndarray) -> np.ndarray:
