@@ -5,17 +5,18 @@ Ctrl-C or `kill` in that time must end the way one during a command does: exit c
 or 143 (SIGTERM), one line on stderr at most, no traceback. So this module imports nothing but
 built-in modules (`_signal` is the already loaded core of `signal`, which would import enum and
 functools first) and takes over before anything heavy is imported; `edgeqwen/__init__.py` is lazy
-for the same reason. During the imports a signal is only noted and acted on once they finish: raised
-at once, a KeyboardInterrupt can land in importlib's weakref callback, where Python prints
-"Exception ignored" and drops it, and the command then ran to the end (seen in CI). What remains
-unguarded is the interpreter's own start-up and the import of this module, about 10 ms in all: a
-SIGINT there ends Python's default way.
+for the same reason. The imports run with signals held (edgeqwen.signals): raised at once, a
+KeyboardInterrupt can land in importlib's weakref callback, where Python drops it, and the command
+then ran to the end (seen in CI). What remains unguarded is the interpreter's own start-up and the
+import of this module, about 10 ms in all: a SIGINT there ends Python's default way.
 """
 
 from __future__ import annotations
 
 import _signal
 import sys
+
+from .signals import held_signals
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: start-up time is the point here
 if TYPE_CHECKING:
@@ -28,14 +29,12 @@ TERMINATED = 128 + _signal.SIGTERM  # 143
 
 def main() -> None:
     """Entry point of the `edgeqwen` command (pyproject.toml, [project.scripts])."""
-    received: list[int] = []
-    for signum in (_signal.SIGINT, _signal.SIGTERM):
-        _signal.signal(signum, lambda signum, _frame: received.append(signum))
-    from .cli import app
-
-    _signal.signal(_signal.SIGINT, _signal.default_int_handler)
-    terminated = catch_sigterm([s for s in received if s == _signal.SIGTERM])
-    if received:
+    terminated: list[int] = []
+    try:
+        catch_sigterm(terminated)
+        with held_signals():  # a signal during the imports is delivered once they finish
+            from .cli import app
+    except KeyboardInterrupt:
         _interrupted(terminated)
     run(app, terminated)
 

@@ -15,11 +15,9 @@ import hashlib
 import os
 import platform
 import re
-import signal
-import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from llama_cpp._logger import set_verbose
 from .errors import ContextOverflowError, EngineError, GrammarError, ModelFileError
 from .grammar import check_grammar, grammar_literals
 from .models import GGUFInfo, inspect_gguf, sha256_file
+from .signals import held_signals
 
 DEFAULT_N_CTX = 2048
 # Measured on the Qwen1.5-0.5B-shaped Q4_K_M (x86, a 1,900-token prompt): n_batch 128 needs ~80 MB
@@ -139,7 +138,7 @@ class Engine:
         self.verbose = verbose
         if kv_type not in KV_TYPES:
             raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}")
-        with _signals_held():
+        with held_signals():  # llama.cpp logs through a Python callback during the load
             self._load(str(model_path), use_mmap, repack, kv_type, flash_attn)
         self.n_vocab = llama.llama_vocab_n_tokens(self._vocab)
         self.n_embd = llama.llama_model_n_embd(self._model.model)
@@ -451,29 +450,6 @@ class Engine:
             produced.append(token)
             self._decode([token])
         return self.detokenize(produced)
-
-
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM while llama.cpp loads, and deliver them right after.
-
-    llama.cpp logs through a Python callback even when quiet; a KeyboardInterrupt raised inside
-    that callback cannot leave it, so an interrupt during loading would be lost. Meanwhile the
-    handlers only note the signal.
-    """
-    signals = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, _frame: received.append(signum)) for s in signals}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if received:
-            signal.raise_signal(received[0])
 
 
 @dataclass(frozen=True)
