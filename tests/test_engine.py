@@ -159,3 +159,21 @@ def test_fixed_prefix_reaches_the_input_and_starts_every_prompt(eq, role_name):
     assert len(prefix) > len(system_and_examples)  # the user turn's opening is cached too
     for text in ["The battery died.", "物流很快", ":)", "123", "ÄÖ", '"quoted"', "😀 good", "-", "...", "<|im_end|>"]:
         assert fit_prompt(eq.engine, role, text, prefix=prefix).fixed == len(prefix), text
+
+
+def test_layer_states_cover_the_input_and_never_depend_on_the_previous_call(eq):
+    engine = eq.engine
+    prefix = engine.chat_tokens([{"role": "system", "content": "Classify the text."}, {"role": "user", "content": "Text:"}])[:-3]
+    first = prefix + engine.tokenize(" The room was clean and quiet.")
+    other = prefix + engine.tokenize(" The room was dirty.")
+    engine.layer_states(other, 10, keep_prefix=len(prefix))  # keeps the prefix: from here on, batches hold the input only
+    logits, states = engine.layer_states(first, 10, keep_prefix=len(prefix))
+    assert states.shape == (len(first) - len(prefix), engine.n_embd) and np.isfinite(states).all()
+    engine.next_token_logits(other, keep_prefix=len(prefix))  # shares "The room was" with `first`
+    again_logits, again = engine.layer_states(first, 10, keep_prefix=len(prefix))
+    assert np.array_equal(again, states) and np.array_equal(again_logits, logits)
+    plain = engine.next_token_logits(first)  # evaluates only the last token again: other kernels, close numbers
+    assert np.linalg.norm(plain - logits) / np.linalg.norm(plain) < 0.03 and plain.argmax() == logits.argmax()
+    assert not np.allclose(engine.layer_states(first, 11, keep_prefix=len(prefix))[1], states)
+    with pytest.raises(ValueError, match="layer must be between 0 and"):
+        engine.layer_states(first, engine.n_layer - 1)
