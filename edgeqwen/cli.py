@@ -393,6 +393,7 @@ def eval_command(
     train_fraction: Annotated[float, typer.Option("--train-fraction", help="With --train-head: share of each (lang, label) group used for training.")] = 0.5,
     train_extra: Annotated[Optional[list[Path]], typer.Option("--train-extra", help="With --train-head: more labelled JSONL, always in the training part (never scored).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="With --train-head: the split's random seed.")] = 0,
+    head_layer: Annotated[Optional[int], typer.Option("--head-layer", min=0, help="With --train-head: read transformer block N's output (mean over the input, and its last token) instead of the final state; the shipped router reads block 18 of 24.")] = None,
     model: ModelOption = None,
     prompts: PromptsOption = None,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads. Default: physical cores.")] = None,
@@ -404,7 +405,7 @@ def eval_command(
     Examples:
       edgeqwen eval sentiment_en_dev.jsonl sentiment_zh_dev.jsonl --task sentiment --compare
       edgeqwen eval router_en_dev.jsonl router_zh_dev.jsonl --task route --compare --json report.json
-      edgeqwen eval router_*.jsonl --task route --train-head my_prompts/route.head.npz
+      edgeqwen eval router_*.jsonl --task route --train-head my_prompts/route.head.npz --head-layer 18
       edgeqwen eval prompts/route.train.jsonl --task route -m models/x.gguf --train-fraction 0.8 --train-head models/x.heads/route.head.npz
     """
     from .evaluate import EvalOptions, check_role, format_report, read_data, train_head as fit_head, evaluate
@@ -418,7 +419,7 @@ def eval_command(
         eq = EdgeQwen(model, n_ctx=ctx, threads=threads, prompts_dir=prompts, router="rules")
         if train_head is not None:
             extra = read_data(train_extra, task) if train_extra else []
-            report = fit_head(eq, options, items, train_head, train_fraction, seed, extra)
+            report = fit_head(eq, options, items, train_head, train_fraction, seed, extra, head_layer)
         else:
             report = evaluate(eq, options, items)
     except EdgeQwenError as error:

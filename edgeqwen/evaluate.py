@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import EdgeQwenError, InputError, RoleError
 from .grammar import label_grammar
-from .head import Head, HiddenFromLogits, blend_scores, choose_blend, choose_l2, fit_logistic, model_identity, prompt_fingerprint, save_head, text_key
+from .head import Head, HiddenFromLogits, blend_scores, choose_blend, choose_l2, fit_logistic, model_identity, prompt_fingerprint, save_head, text_key, unstandardize
 from .models import output_matrix
 from .router import rules_route
 from .tasks import Classifier, clean_text
@@ -109,7 +109,9 @@ def role_system(classifier: Classifier, task: str, name: str | None = None) -> S
     else:
         def predict(text: str) -> str:
             return classifier.classify(text).label
-    how = "head over the final hidden state" if classifier.head is not None else (
+    head = classifier.head
+    state = "the final hidden state" if head is None or head.layer is None else f"block {head.layer}'s output"
+    how = f"head over {state}" if head is not None else (
         "label logits" + (", content-free calibration" if role.calibration != "none" else ""))
     return System(name or f"edgeqwen role '{role.name}'", f"{role.source}; {how}", predict)
 
@@ -345,13 +347,16 @@ def split_items(items: Sequence[Item], train_fraction: float, seed: int) -> tupl
 
 
 def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Path, train_fraction: float = 0.5,
-               seed: int = 0, extra: Sequence[Item] = ()) -> dict[str, Any]:
+               seed: int = 0, extra: Sequence[Item] = (), layer: int | None = None) -> dict[str, Any]:
     """Fit a head for the role on a split of `items` (plus `extra`, always in the training part);
-    report it and the label logits on the held-out part of `items` only."""
+    report it and the label logits on the held-out part of `items` only. The head reads the final
+    state, or with `layer` that block's output (head.layer_features)."""
     if not 0 <= train_fraction < 1 or (train_fraction == 0 and not extra):
         raise InputError("--train-fraction must be between 0 and 1 (0: train on --train-extra only and score every text of DATA)")
     if output.suffix != ".npz":
         raise InputError(f"{output}: a head file must end in .npz")
+    if layer is not None and not 0 <= layer < eq.engine.n_layer - 1:
+        raise InputError(f"--head-layer must be between 0 and {eq.engine.n_layer - 2}: the model has {eq.engine.n_layer} blocks, and the last one's output is the final state (the default)")
     name = check_role(eq.roles, options.task, options.role)
     role = eq.roles[name]
     check_gold([*items, *extra], options.task, role)
@@ -361,21 +366,22 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
     # Gold values are route targets for task route: map them back to the role's labels.
     to_label = {(label.routes_to or label.name) if options.task == "route" else label.name: label.name for label in role.labels}
     keys = [text_key(clean_text(item.text)) for item in items]
-    basis = HiddenFromLogits(output_matrix(eq.engine.info.path))
+    # The final state is recovered from the logits; a block's output is read directly.
+    basis = HiddenFromLogits(output_matrix(eq.engine.info.path)) if layer is None else None
     bar = _Progress(len(items), options.progress)
     bar.describe(f"hidden states ({name})")
-    moments, logit_scores, latencies = [], [], []
+    rows, logit_scores, latencies = [], [], []
     try:
         for item in items:
             t0 = time.perf_counter()
-            logits, scores = classifier.features(item.text)
+            features, scores = classifier.features(item.text, layer)
             latencies.append((time.perf_counter() - t0) * 1000)
-            moments.append(basis.moments(logits))
+            rows.append(features if basis is None else basis.moments(features))
             logit_scores.append(scores)
             bar.advance()
     finally:
         bar.close()
-    x = basis.hidden(np.array(moments))
+    x = np.array(rows) if basis is None else basis.hidden(np.array(rows))
     logit_scores = np.array(logit_scores)
     labels = role.label_names
     y = np.array([labels.index(to_label[item.gold]) for item in items])
@@ -387,10 +393,10 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
     blend, cv_blend = (choose_blend(x[train], y[train], logit_scores[train], len(labels), l2, seed=seed)
                        if classifier.single_token else (1.0, {}))
     w, b, mean, scale = fit_logistic(x[train], y[train], len(labels), l2)
-    weight, bias = basis.fold(w, b, mean, scale)
+    weight, bias = unstandardize(w, b, mean, scale) if basis is None else basis.fold(w, b, mean, scale)
     head = Head(
         labels=tuple(labels), weight=weight, bias=bias, blend=blend,
-        model=model_identity(eq.engine), prompt_sha256=prompt_fingerprint(role),
+        model=model_identity(eq.engine), prompt_sha256=prompt_fingerprint(role), layer=layer,
         trained_on=frozenset(keys[i] for i in train),
     )
     head_pred = np.argmax(blend_scores(((x[held] - mean) / scale) @ w.T + b, logit_scores[held], blend), axis=1)
@@ -399,8 +405,9 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
     held_items = [items[i] for i in held]
     lat = [latencies[i] for i in held]
     mix = "" if blend == 1 else f", blended {blend:g} with the label logits"
+    state = "the final hidden state" if layer is None else f"block {layer}'s output (mean over the input, last token)"
     systems = [
-        {"system": f"head (trained on {len(train)}, l2 {l2:g}{mix})", "description": f"{output}; logistic regression over the final hidden state",
+        {"system": f"head (trained on {len(train)}, l2 {l2:g}{mix})", "description": f"{output}; logistic regression over {state}",
          **metrics(held_items, [to_gold[labels[k]] for k in head_pred], lat, 0.0)},
         {"system": f"label logits of role '{name}'", "description": "the role without a head, same prompt, same texts",
          **metrics(held_items, [to_gold[labels[k]] for k in logit_pred], lat, 0.0)},
@@ -415,6 +422,6 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
     return {
         "data": [str(p) for p in options.data], "task": options.task, "role": name, "model": eq.engine.info.path.name,
         "model_path": str(eq.engine.info.path), "n": len(held), "split": f"seed {seed}, {len(train) - len(extra)} texts for training (+{len(extra)} from --train-extra), {len(held)} held out (stratified by lang and gold)",
-        "head": str(output), "l2": l2, "blend": blend, "cv_accuracy": head.meta["cv_accuracy"],
+        "head": str(output), "layer": layer, "l2": l2, "blend": blend, "cv_accuracy": head.meta["cv_accuracy"],
         "cv_blend_accuracy": head.meta["cv_blend_accuracy"], "systems": systems,
     }

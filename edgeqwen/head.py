@@ -11,6 +11,11 @@ outputs every token of a batch, so the last token had to be decoded alone: +15 %
 A head may be blended with the role's label logits, at a weight chosen by cross-validation on the
 training texts.
 
+A head may instead read a middle block's output (`edgeqwen eval --train-head ... --head-layer N`):
+the mean of its rows over the input's tokens and its last row, which llama.cpp computes anyway and
+the engine copies out mid-decode. On the stand-in, the router's head reads better there than at the
+final state, which is shaped for predicting the next token.
+
 A head is only valid for the model and the prompt it was trained with: the file records the model's
 identity (name, architecture, n_embd, n_vocab, file size) and a fingerprint of the role's prompt. When
 either differs, the role falls back to its label logits with a one-time warning, never applying
@@ -22,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,8 @@ import numpy as np
 
 from .errors import RoleError
 
-HEAD_FORMAT = 2  # 1: weights over the hidden state (retired: it cost a second decode)
+HEAD_FORMAT = 3  # 1: weights over the hidden state (retired: it cost a second decode); 2: no layer heads
+READABLE_FORMATS = (2, 3)
 log = logging.getLogger("edgeqwen.head")
 _warned: set[tuple[str, str]] = set()
 
@@ -65,26 +71,27 @@ def text_key(text: str) -> str:
 @dataclass(frozen=True)
 class Head:
     labels: tuple[str, ...]
-    weight: np.ndarray  # (n_labels, n_vocab), over the next-token logits
+    weight: np.ndarray  # (n_labels, n_vocab) over the next-token logits, or (n_labels, 2 n_embd) over layer_features
     bias: np.ndarray  # (n_labels,)
     blend: float  # weight of the head's log-probabilities against the label logits' (1: the head alone)
     model: dict[str, Any]
     prompt_sha256: str
+    layer: int | None = None  # the block whose output the head reads; None: the final state, through the logits
     trained_on: frozenset[str] = frozenset()
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def scores(self, logits: np.ndarray, label_scores: np.ndarray | None = None) -> np.ndarray:
-        """Label scores (in `labels` order) from the next-token logits, blended with the role's own
-        label scores (its label tokens' logits) when `blend` < 1."""
-        head = self.weight @ np.asarray(logits, dtype=np.float64) + self.bias
+    def scores(self, features: np.ndarray, label_scores: np.ndarray | None = None) -> np.ndarray:
+        """Label scores (in `labels` order) from what the head reads (the next-token logits, or
+        layer_features for a layer head), blended with the role's own label scores (its label
+        tokens' logits) when `blend` < 1."""
+        head = self.weight @ np.asarray(features, dtype=np.float64) + self.bias
         if self.blend >= 1 or label_scores is None:
             return head
         return blend_scores(head, label_scores, self.blend)
 
     def reordered(self, labels: list[str]) -> "Head":
         order = [self.labels.index(name) for name in labels]
-        return Head(tuple(labels), self.weight[order], self.bias[order], self.blend, self.model, self.prompt_sha256,
-                    self.trained_on, self.meta)
+        return replace(self, labels=tuple(labels), weight=self.weight[order], bias=self.bias[order])
 
     def mismatch(self, model: dict[str, Any], prompt_sha256: str, labels: list[str]) -> str | None:
         """Why this head cannot serve the loaded model and role, or None when it can."""
@@ -108,6 +115,7 @@ def save_head(path: str | Path, head: Head) -> None:
         blend=np.array(head.blend),
         model=np.array(json.dumps(head.model)),
         prompt_sha256=np.array(head.prompt_sha256),
+        layer=np.array(-1 if head.layer is None else head.layer),
         trained_on=np.array(sorted(head.trained_on), dtype=str),
         meta=np.array(json.dumps(head.meta, ensure_ascii=False)),
     )
@@ -118,8 +126,9 @@ def load_head(path: str | Path) -> Head:
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
-            if int(data["format"]) != HEAD_FORMAT:
-                raise RoleError(f"{path}: head format {int(data['format'])} is not {HEAD_FORMAT}; retrain it")
+            if int(data["format"]) not in READABLE_FORMATS:
+                raise RoleError(f"{path}: head format {int(data['format'])} is not one of {READABLE_FORMATS}; retrain it")
+            layer = int(data["layer"]) if "layer" in data.files else -1
             head = Head(
                 labels=tuple(str(x) for x in data["labels"]),
                 weight=data["weight"].astype(np.float64),
@@ -127,6 +136,7 @@ def load_head(path: str | Path) -> Head:
                 blend=float(data["blend"]),
                 model=json.loads(str(data["model"])),
                 prompt_sha256=str(data["prompt_sha256"]),
+                layer=None if layer < 0 else layer,
                 trained_on=frozenset(str(x) for x in data["trained_on"]),
                 meta=json.loads(str(data["meta"])),
             )
@@ -164,8 +174,8 @@ def head_for(engine: Any, role: Any) -> Head | None:
         if candidate == path or candidate.exists():
             head = load_head(candidate)
             reason = head.mismatch(model_identity(engine), prompt_fingerprint(role), role.label_names)
-            if reason is None and head.weight.shape[1] != engine.n_vocab:
-                reason = f"its width {head.weight.shape[1]} is not the model's n_vocab {engine.n_vocab}"
+            if reason is None:
+                reason = _shape_problem(head, engine)
             if reason is None:
                 return head.reordered(role.label_names)
     if (str(path), reason) not in _warned:
@@ -173,6 +183,28 @@ def head_for(engine: Any, role: Any) -> Head | None:
         log.warning(f"warning: {path}: head not used, {reason}; role '{role.name}' uses its label logits "
                     f"(train heads for this model: make heads MODEL={engine.info.path})")
     return None
+
+
+def _shape_problem(head: Head, engine: Any) -> str | None:
+    if head.layer is not None and not 0 <= head.layer < engine.n_layer - 1:
+        return f"it reads block {head.layer}, which this model ({engine.n_layer} blocks) cannot give"
+    width = engine.n_vocab if head.layer is None else 2 * engine.n_embd
+    if head.weight.shape[1] != width:
+        return f"its width {head.weight.shape[1]} is not the {width} it reads from this model"
+    return None
+
+
+def layer_features(states: np.ndarray) -> np.ndarray:
+    """What a layer head reads from a block's output rows (one per token after the role's fixed
+    prefix): their mean, which sees the whole input, and the last row, where the prompt asks."""
+    states = np.asarray(states, dtype=np.float64)
+    return np.concatenate([states.mean(axis=0), states[-1]])
+
+
+def unstandardize(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A regression over standardised features ((x - mean) / scale) as one over raw features."""
+    per_unit = weight / scale
+    return per_unit, bias - per_unit @ mean
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -275,9 +307,9 @@ class HiddenFromLogits:
 
     def fold(self, weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A head over standardised hidden states as (weight over the logits, bias)."""
-        per_unit = weight / scale
+        per_unit, raw_bias = unstandardize(weight, bias, mean, scale)
         through_gram = np.linalg.solve(self.gram, per_unit.T)
-        return (self.output @ through_gram.astype(np.float32)).T.astype(np.float64), bias - per_unit @ mean
+        return (self.output @ through_gram.astype(np.float32)).T.astype(np.float64), raw_bias
 
 
 def blend_scores(head_scores: np.ndarray, label_scores: np.ndarray, blend: float) -> np.ndarray:

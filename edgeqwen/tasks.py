@@ -15,7 +15,7 @@ import numpy as np
 from .engine import Engine, SamplingParams, common_prefix_length
 from .errors import InputError, RoleError
 from .grammar import label_grammar
-from .head import Head, head_for
+from .head import Head, head_for, layer_features
 from .roles import Message, Role
 
 MIN_REPLY_TOKENS = 16  # a chat prompt is truncated rather than leave less room than this
@@ -143,8 +143,8 @@ class Classifier:
         started = time.perf_counter()
         prompt = fit_prompt(self.engine, self.role, clean_text(text), prefix=self._prefix)
         if self.head is not None:
-            logits = self.engine.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed)
-            scores = self.head.scores(logits, self._label_scores(logits) if self.single_token else None)
+            features, logits = self._read(prompt, self.head.layer)
+            scores = self.head.scores(features, self._label_scores(logits) if self.single_token else None)
             label = self.role.label_names[int(np.argmax(scores))]
         elif self.single_token:
             scores = self._label_scores(self.engine.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed))
@@ -164,12 +164,23 @@ class Classifier:
             timings={"total_ms": round(elapsed, 2), "prompt_tokens": len(prompt.tokens)},
         )
 
-    def features(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """What a head is trained on: the next-token logits at the end of the role's prompt, and the
-        calibrated label scores at the same position (zeros when the labels are not single tokens)."""
+    def features(self, text: str, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """What a head is trained on: the next-token logits at the end of the role's prompt (or, with
+        `layer`, head.layer_features of that block), and the calibrated label scores at the same
+        position (zeros when the labels are not single tokens)."""
         prompt = fit_prompt(self.engine, self.role, clean_text(text), prefix=self._prefix)
-        logits = self.engine.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed)
-        return logits, self._label_scores(logits) if self.single_token else np.zeros(len(self._sequences))
+        features, logits = self._read(prompt, layer)
+        return features, self._label_scores(logits) if self.single_token else np.zeros(len(self._sequences))
+
+    def _read(self, prompt: FittedPrompt, layer: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(what a head over `layer` reads, next-token logits) for a fitted prompt."""
+        if layer is None:
+            logits = self.engine.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed)
+            return logits, logits
+        # States after the shared prefix, even in the rare prompt whose input merges into the prefix's last token.
+        start = prompt.fixed or common_prefix_length(self._prefix, prompt.tokens)
+        logits, states = self.engine.layer_states(prompt.tokens, layer, keep_prefix=start)
+        return layer_features(states), logits
 
     def _label_scores(self, logits: np.ndarray) -> np.ndarray:
         """The label tokens' logits, minus the role's calibration bias."""

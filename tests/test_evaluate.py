@@ -151,9 +151,10 @@ def test_blend_weight_follows_the_better_scorer():
 # -- head files and role validation ------------------------------------------------------------
 
 
-def make_head(n_vocab=8, labels=("review", "question"), model=None, prompt="x", blend=0.75) -> Head:
+def make_head(n_vocab=8, labels=("review", "question"), model=None, prompt="x", blend=0.75, layer=None) -> Head:
     return Head(tuple(labels), np.ones((len(labels), n_vocab)), np.zeros(len(labels)), blend,
-                model or {"name": "m", "n_vocab": n_vocab}, prompt, frozenset({"abc"}), {"note": "测试"})
+                model or {"name": "m", "n_vocab": n_vocab}, prompt, layer=layer, trained_on=frozenset({"abc"}),
+                meta={"note": "测试"})
 
 
 def test_head_file_round_trip_and_broken_files(tmp_path):
@@ -161,7 +162,9 @@ def test_head_file_round_trip_and_broken_files(tmp_path):
     save_head(path, make_head())
     loaded = load_head(path)
     assert loaded.labels == ("review", "question") and loaded.trained_on == {"abc"} and loaded.meta == {"note": "测试"}
-    assert loaded.blend == 0.75
+    assert loaded.blend == 0.75 and loaded.layer is None
+    save_head(path, make_head(layer=7))
+    assert load_head(path).layer == 7
     assert loaded.reordered(["question", "review"]).labels == ("question", "review")
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
     with pytest.raises(RoleError, match="not a valid head file"):
@@ -205,11 +208,21 @@ def test_shipped_route_head_fits_the_standin_model(eq):
     assert role.head, "prompts/route.yaml names its head file"
     classifier = Classifier(eq.engine, role)
     assert classifier.head is not None, "the shipped head was trained on the stand-in model and the shipped prompt"
+    assert 0 < classifier.head.layer < eq.engine.n_layer - 1  # it reads a middle block
     for text, target in [("这家酒店的早餐太难吃了，房间也很旧。", "sentiment"), ("How do I make a cup of green tea?", "chat")]:
         result = classifier.classify(text)
         assert role.label(result.label).routes_to == target
         assert abs(sum(result.scores.values()) - 1) < 1e-6
 
+
+
+def test_a_head_file_of_format_2_still_loads_as_a_final_state_head(tmp_path):
+    path = tmp_path / "old.npz"
+    save_head(path, make_head())
+    with np.load(path) as data:
+        fields = {key: data[key] for key in data.files if key != "layer"}
+    np.savez(path, **{**fields, "format": np.array(2)})
+    assert load_head(path).layer is None
 
 
 def test_standin_logits_are_its_output_layer_times_a_hidden_state(eq):
@@ -361,3 +374,39 @@ def test_eval_missing_file(tmp_path):
 
 def test_dev_accuracy_script_is_gone():
     assert not (REPO / "scripts" / "dev_accuracy.py").exists()
+
+
+def test_a_head_over_a_middle_block_is_trained_saved_and_used(eq, tmp_path):
+    """--head-layer: the head reads a block's output; training and use see the same numbers."""
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "kind.yaml").write_text(ROLE, encoding="utf-8")
+    data = write_jsonl(tmp_path / "r.jsonl", ROUTE_ROWS * 2)
+    eq_roles, eq.roles = eq.roles, load_roles(prompts)
+    try:
+        options = EvalOptions(data=[data], task="route", role="kind", progress=False)
+        with pytest.raises(InputError, match="--head-layer must be between 0 and"):
+            train_head(eq, options, read_data([data], "route"), prompts / "kind.head.npz", layer=eq.engine.n_layer - 1)
+        report = train_head(eq, options, read_data([data], "route"), prompts / "kind.head.npz", layer=6)
+    finally:
+        eq.roles = eq_roles
+    saved = load_head(prompts / "kind.head.npz")
+    assert saved.layer == 6 == report["layer"] and saved.weight.shape == (2, 2 * eq.engine.n_embd)
+    (prompts / "kind.yaml").write_text(ROLE + "head: kind.head.npz\n", encoding="utf-8")
+    classifier = Classifier(eq.engine, load_role(prompts / "kind.yaml"))
+    assert classifier.head is not None and classifier.head.layer == 6
+    features, label_scores = classifier.features(ROUTE_ROWS[0]["text"], layer=6)
+    expected = classifier.head.scores(features, label_scores)
+    result = classifier.classify(ROUTE_ROWS[0]["text"])
+    assert result.label == classifier.role.label_names[int(np.argmax(expected))]
+    probabilities = np.exp(expected - expected.max()) / np.exp(expected - expected.max()).sum()
+    assert np.allclose([result.scores[name] for name in classifier.role.label_names], probabilities, atol=1e-5)
+
+
+def test_head_layer_out_of_range_is_one_line(tmp_path):
+    data = write_jsonl(tmp_path / "r.jsonl", ROUTE_ROWS)
+    result = run_cli("eval", str(data), "--task", "route", "--train-head", str(tmp_path / "h.npz"), "--head-layer", "99",
+                     "--train-fraction", "0.5")
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "Traceback" not in err
+    assert "--head-layer must be between 0 and 22" in err and len(err.strip().splitlines()) <= 2  # a status line, then the error
