@@ -290,13 +290,19 @@ class Engine:
         self._evaluate(list(tokens), keep_prefix)
         return self._last_logits().copy()
 
+    @property
+    def readable_layers(self) -> range:
+        """Blocks whose output layer_states can give: all but the last, which llama.cpp cuts down to
+        the output rows (its output is the final state, read through the logits)."""
+        return range(self.n_layer - 1)
+
     def layer_states(self, tokens: Sequence[int], layer: int, keep_prefix: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Next-token logits after `tokens`, and the output of transformer block `layer` (0-based, not
         the last block) for each token after the first `keep_prefix`: shape [len(tokens) - keep_prefix, n_embd].
 
         Those tokens are always evaluated afresh, so the states never depend on what ran before.
         """
-        if not 0 <= layer < self.n_layer - 1:
+        if layer not in self.readable_layers:
             raise ValueError(f"layer must be between 0 and {self.n_layer - 2} (the model has {self.n_layer} blocks; the last one is the final state)")
         if not 0 <= keep_prefix < len(tokens):
             raise ValueError("keep_prefix must leave at least one token to evaluate")

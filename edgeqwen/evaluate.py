@@ -109,9 +109,7 @@ def role_system(classifier: Classifier, task: str, name: str | None = None) -> S
     else:
         def predict(text: str) -> str:
             return classifier.classify(text).label
-    head = classifier.head
-    state = "the final hidden state" if head is None or head.layer is None else f"block {head.layer}'s output"
-    how = f"head over {state}" if head is not None else (
+    how = f"head over {classifier.head.reads}" if classifier.head is not None else (
         "label logits" + (", content-free calibration" if role.calibration != "none" else ""))
     return System(name or f"edgeqwen role '{role.name}'", f"{role.source}; {how}", predict)
 
@@ -355,7 +353,7 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
         raise InputError("--train-fraction must be between 0 and 1 (0: train on --train-extra only and score every text of DATA)")
     if output.suffix != ".npz":
         raise InputError(f"{output}: a head file must end in .npz")
-    if layer is not None and not 0 <= layer < eq.engine.n_layer - 1:
+    if layer is not None and layer not in eq.engine.readable_layers:
         raise InputError(f"--head-layer must be between 0 and {eq.engine.n_layer - 2}: the model has {eq.engine.n_layer} blocks, and the last one's output is the final state (the default)")
     name = check_role(eq.roles, options.task, options.role)
     role = eq.roles[name]
@@ -405,9 +403,8 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
     held_items = [items[i] for i in held]
     lat = [latencies[i] for i in held]
     mix = "" if blend == 1 else f", blended {blend:g} with the label logits"
-    state = "the final hidden state" if layer is None else f"block {layer}'s output (mean over the input, last token)"
     systems = [
-        {"system": f"head (trained on {len(train)}, l2 {l2:g}{mix})", "description": f"{output}; logistic regression over {state}",
+        {"system": f"head (trained on {len(train)}, l2 {l2:g}{mix})", "description": f"{output}; logistic regression over {head.reads}",
          **metrics(held_items, [to_gold[labels[k]] for k in head_pred], lat, 0.0)},
         {"system": f"label logits of role '{name}'", "description": "the role without a head, same prompt, same texts",
          **metrics(held_items, [to_gold[labels[k]] for k in logit_pred], lat, 0.0)},

@@ -1,5 +1,5 @@
-"""Classification heads: a small logistic regression over the model's final hidden state, applied
-through the next-token logits.
+"""Classification heads: a small logistic regression over the model's final hidden state (applied
+through the next-token logits) or over a middle block's output.
 
 A classify role may name a head file (`head: route.head.npz`, beside the role's YAML). The head is
 trained on the hidden state h the model computes at the end of the role's prompt, but it is stored and
@@ -88,6 +88,11 @@ class Head:
         if self.blend >= 1 or label_scores is None:
             return head
         return blend_scores(head, label_scores, self.blend)
+
+    @property
+    def reads(self) -> str:
+        """What the head reads, in words (reports)."""
+        return "the final hidden state" if self.layer is None else f"block {self.layer}'s output (mean over the input, last token)"
 
     def reordered(self, labels: list[str]) -> "Head":
         order = [self.labels.index(name) for name in labels]
@@ -186,7 +191,7 @@ def head_for(engine: Any, role: Any) -> Head | None:
 
 
 def _shape_problem(head: Head, engine: Any) -> str | None:
-    if head.layer is not None and not 0 <= head.layer < engine.n_layer - 1:
+    if head.layer is not None and head.layer not in engine.readable_layers:
         return f"it reads block {head.layer}, which this model ({engine.n_layer} blocks) cannot give"
     width = engine.n_vocab if head.layer is None else 2 * engine.n_embd
     if head.weight.shape[1] != width:
