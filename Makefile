@@ -5,19 +5,31 @@ BIN := $(VENV)/bin
 MODELS_DIR ?= models
 STANDIN := $(MODELS_DIR)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 
-.PHONY: help setup model demo test quantize heads clean browser serve loadtest
+.PHONY: help setup setup-test model demo test quantize heads clean browser serve loadtest
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(BIN)/edgeqwen: pyproject.toml
+# What running needs (setup), what the server adds (serve), what the tests add (setup-test): a board that
+# only runs the model never gets torch, transformers or playwright.
+$(VENV)/.installed-run: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	@echo "installing edgeqwen; llama-cpp-python compiles llama.cpp the first time (~5-10 min), then pip reuses the wheel"
+	$(BIN)/pip install --progress-bar off -e .
+	@touch $@
+
+$(VENV)/.installed-serve: $(VENV)/.installed-run
+	$(BIN)/pip install --progress-bar off -e '.[serve]'
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-run
 	$(BIN)/pip install --progress-bar off -e '.[test,convert-test]'
 	@touch $@
 
-setup: $(BIN)/edgeqwen  ## create .venv and install edgeqwen with its test tools
+setup: $(VENV)/.installed-run  ## create .venv and install edgeqwen (what running needs)
+
+setup-test: $(VENV)/.installed-test  ## also install the test tools (pytest, the server extra, torch CPU for the converter tests, playwright)
 
 model: setup  ## fetch the stand-in model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M) into models/, verified by sha256
 	$(BIN)/python scripts/fetch_standin.py --models-dir $(MODELS_DIR)
@@ -33,7 +45,7 @@ demo: setup model  ## install, fetch the model and run both roles on a few Chine
 	@echo; echo "== edgeqwen run --task both --json (sentiment, then a chat reply) =="
 	@$(BIN)/edgeqwen run --task both --json '房间干净，早餐丰富，下次还会再来。'
 
-test: setup model browser  ## run the test suite against the real model (and the web page in headless chromium)
+test: setup-test model browser  ## run the test suite against the real model (and the web page in headless chromium)
 	$(BIN)/python -m pytest -q
 
 browser:  ## install Debian's chromium and a CJK font for the page test, unless already there (needs root)
@@ -41,17 +53,17 @@ browser:  ## install Debian's chromium and a CJK font for the page test, unless 
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei; \
 	else echo "the page test needs chromium: sudo apt-get install -y chromium fonts-wqy-zenhei" >&2; exit 1; fi
 
-serve: setup model  ## run edgeqwen serve on http://127.0.0.1:8080/ (API and page)
+serve: $(VENV)/.installed-serve model  ## run edgeqwen serve on http://127.0.0.1:8080/ (API and page)
 	$(BIN)/edgeqwen serve
 
-loadtest: setup model  ## 32 concurrent clients against a local edgeqwen serve; writes tests/artifacts/load_test.json
+loadtest: setup-test model  ## 32 concurrent clients against a local edgeqwen serve; writes tests/artifacts/load_test.json
 	$(BIN)/python scripts/load_test.py
 
 # make quantize [REPO=Qwen/Qwen1.5-0.5B] [QUANT=Q8_0] [LOCAL_DIR=folder with the repo's files] [OUT=models/x.gguf]
 REPO ?= Qwen/Qwen1.5-0.5B-Chat
 QUANT ?= Q4_K_M
 quantize: setup  ## build Qwen1.5-0.5B-Chat from the Hugging Face Hub as a verified 4-bit GGUF in models/ (no torch)
-	$(BIN)/python scripts/quantize.py --repo $(REPO) --type $(QUANT) $(if $(LOCAL_DIR),--local-dir $(LOCAL_DIR)) $(if $(OUT),--output $(OUT)) $(if $(THREADS),--threads $(THREADS))
+	$(BIN)/edgeqwen quantize --repo $(REPO) --type $(QUANT) $(if $(LOCAL_DIR),--local-dir $(LOCAL_DIR)) $(if $(OUT),--output $(OUT)) $(if $(THREADS),--threads $(THREADS))
 
 # make heads MODEL=models/qwen1.5-0.5b-chat-q4_k_m.gguf: the shipped roles' heads for that model, trained
 # on the shipped training texts (80 %; the other 20 % scored), written to models/<model stem>.heads/
@@ -59,9 +71,9 @@ ROUTE_HEAD_LAYER ?= 18  # the block the route head reads (of 24 in Qwen1.5/2.5-0
 
 heads: setup  ## train the sentiment and route heads for MODEL= (e.g. what make quantize built); needs ~1 GB RAM
 	@test -n "$(MODEL)" || { echo "usage: make heads MODEL=models/your-model.gguf" >&2; exit 2; }
-	$(BIN)/edgeqwen eval prompts/route.train.jsonl --task route --model $(MODEL) --train-fraction 0.8 \
+	$(BIN)/edgeqwen eval scripts/data/route.train.jsonl --task route --model $(MODEL) --train-fraction 0.8 \
 	    --train-head $(basename $(MODEL)).heads/route.head.npz --head-layer $(ROUTE_HEAD_LAYER) $(if $(THREADS),--threads $(THREADS))
-	$(BIN)/edgeqwen eval prompts/sentiment.train.jsonl --task sentiment --model $(MODEL) --train-fraction 0.8 \
+	$(BIN)/edgeqwen eval scripts/data/sentiment.train.jsonl --task sentiment --model $(MODEL) --train-fraction 0.8 \
 	    --train-head $(basename $(MODEL)).heads/sentiment.head.npz $(if $(THREADS),--threads $(THREADS))
 
 clean:  ## remove the virtual environment and caches (keeps models/)

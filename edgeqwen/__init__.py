@@ -13,13 +13,14 @@ if TYPE_CHECKING:
     from .engine import Engine, SamplingParams
     from .errors import EdgeQwenError
     from .roles import Role, load_roles
+    from .classifier import Classification
+    from .conversation import Conversation
     from .router import RouteDecision
-    from .tasks import Classification, Conversation
 
 # public name -> the submodule that defines it
 _EXPORTS = {
-    "Classification": "tasks",
-    "Conversation": "tasks",
+    "Classification": "classifier",
+    "Conversation": "conversation",
     "EdgeQwen": "api",
     "EdgeQwenError": "errors",
     "Engine": "engine",

@@ -8,14 +8,23 @@ from contextlib import closing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .engine import DEFAULT_N_CTX, Engine, default_prefix_cache_dir
-from .errors import InputError, RoleError
-from .models import resolve_model
-from .roles import Message, Role, load_roles
-from .router import RouteDecision, Router
-from .tasks import Classification, Classifier, Conversation, check_labels
+from . import settings
+from .classifier import Classification, Classifier, check_labels
+from .conversation import Conversation
+from .engine import Engine
+from .errors import InputError
+from .model_paths import resolve_model
+from .roles import Message, Role, load_roles, pick_role
+from .router import STRATEGIES, RouteDecision, Router
 
 TASKS = ("auto", "sentiment", "chat", "both")
+
+
+def check_choice(what: str, value: str, choices: Sequence[str]) -> str:
+    """`value`, or an InputError naming the choices: one rule for every option with a fixed set of values."""
+    if value not in choices:
+        raise InputError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+    return value
 
 
 @dataclass
@@ -55,16 +64,18 @@ class EdgeQwen:
         self,
         model: str | os.PathLike | None = None,
         *,
-        n_ctx: int = DEFAULT_N_CTX,
+        n_ctx: int = settings.N_CTX,
         threads: int | None = None,
         prompts_dir: str | os.PathLike | None = None,
-        router: str = "llm",
-        kv_cache: str = "f16",
+        router: str = settings.ROUTER,
+        kv_cache: str = settings.KV_CACHE,
         prefix_cache: bool | str | os.PathLike = True,
         verbose: bool = False,
     ) -> None:
-        self.roles: dict[str, Role] = load_roles(prompts_dir)  # validate roles before the slow load
-        cache_dir = default_prefix_cache_dir() if prefix_cache is True else (prefix_cache or None)
+        check_choice("router", router, STRATEGIES)  # everything that can be refused is, before the slow load
+        check_choice("KV cache type", kv_cache, settings.KV_CACHE_TYPES)
+        self.roles: dict[str, Role] = load_roles(prompts_dir)
+        cache_dir = settings.cache_dir() / "prefixes" if prefix_cache is True else (prefix_cache or None)
         self.engine = Engine(
             resolve_model(model), n_ctx=n_ctx, n_threads=threads, kv_type=kv_cache, prefix_cache_dir=cache_dir, verbose=verbose
         )
@@ -113,8 +124,7 @@ class EdgeQwen:
         ("sentiment", Classification) as each is decided. An exception raised by either stops the run
         at once, generation included.
         """
-        if task not in TASKS:
-            raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        check_choice("task", task, TASKS)
         notify = on_step or (lambda kind, value: None)
         started = time.perf_counter()
         result = RunResult(text=text, task=task)
@@ -143,12 +153,7 @@ class EdgeQwen:
     # -- helpers --------------------------------------------------------------------------------
 
     def _role(self, name: str, kind: str) -> Role:
-        role = self.roles.get(name)
-        if role is None:
-            raise RoleError(f"no role named {name!r}; roles found: {', '.join(sorted(self.roles))}")
-        if role.kind != kind:
-            raise RoleError(f"{role.source}: role '{name}' is a {role.kind} role, not {kind}")
-        return role
+        return pick_role(self.roles, name, kind)
 
     def _classifier(self, name: str) -> Classifier:
         if name not in self._classifiers:

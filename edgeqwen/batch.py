@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import InputError
-from .tasks import Classification
+from .classifier import Classification
 
 OUTPUT_FIELDS = ("line", "text", "label", "display", "confidence", "error")
 

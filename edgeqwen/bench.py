@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import settings
+
 SHORT_INPUTS = [
     "The battery died after two days.",
     "Best pizza in town, friendly staff.",
@@ -80,51 +82,18 @@ def _first_result_subprocess(model: Path, threads: int, n_ctx: int, cache_dir: P
         "print(json.dumps({'first':first,'rss':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))\n"
     )
     started = time.time()
-    env = {**os.environ, "EDGEQWEN_CACHE": str(cache_dir)}
+    env = {**os.environ, settings.ENV_CACHE: str(cache_dir)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     inner = json.loads(out.strip().splitlines()[-1])
     return {"first_s": round(inner["first"] - started, 3), "rss_mb": round(inner["rss"], 1)}
 
 
-def _raw_decode_tps(raw, prompt: list[int], **sampling) -> float:
-    """Plain llama-cpp-python's decode speed after `prompt`, first token excluded."""
-    raw.reset()
-    raw.eval(prompt)
-    started, count = time.perf_counter(), 0
-    for count, _ in enumerate(raw.generate(prompt, **sampling), start=1):
-        if count == 1:
-            started = time.perf_counter()
-        if count >= DECODE_TOKENS:
-            break
-    return (count - 1) / (time.perf_counter() - started)
-
-
-def _bare_decode_tps(engine, prompt: list[int]) -> float:
-    """llama_decode + arg-max in a bare loop on the engine's own context and settings: what our layers add to."""
-    import llama_cpp as llama
-    import numpy as np
-
-    logits = engine.next_token_logits(prompt)
-    ctx = engine._ctx.ctx  # positions follow sequence 0, the engine's working sequence
-    token = (llama.llama_token * 1)(int(np.argmax(logits)))
-    started = time.perf_counter()
-    for _ in range(DECODE_TOKENS - 1):
-        batch = llama.llama_batch_get_one(token, 1)
-        llama.llama_decode(ctx, batch)
-        row = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx, -1), shape=(engine.n_vocab,))
-        token[0] = int(np.argmax(row))
-    elapsed = time.perf_counter() - started
-    engine._truncate(0)  # the engine's bookkeeping did not see these tokens
-    return (DECODE_TOKENS - 1) / elapsed
-
-
-def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = 2048, repeats: int = 1, log: Callable[[str], None] = print) -> dict:
+def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = settings.N_CTX, repeats: int = 1, log: Callable[[str], None] = print) -> dict:
     """Measure edgeqwen and plain llama-cpp-python on one model; returns the figures."""
-    from llama_cpp import Llama, LlamaGrammar
-
     from .api import EdgeQwen
-    from .engine import physical_cores
-    from .tasks import fixed_prefix
+    from .board import physical_cores
+    from .engine.plain import PlainLlama
+    from .prompt_fit import fixed_prefix
 
     threads = threads or physical_cores()
     figures: dict = {"model": str(model), "threads": threads, "n_ctx": n_ctx}
@@ -143,7 +112,7 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = 2048, re
     started = time.perf_counter()
     eq = EdgeQwen(model, threads=threads, n_ctx=n_ctx)
     figures["load_s"] = round(time.perf_counter() - started, 3)
-    raw = Llama(str(model), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False)
+    raw = PlainLlama(model, n_ctx, threads)
 
     log("compute floor and sentiment latency…")
     role = eq.roles["sentiment"]
@@ -151,9 +120,7 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = 2048, re
     floor, warm, after_chat, cold = [], [], [], []
     for text in SHORT_INPUTS * repeats:
         full = eq.engine.chat_tokens(role.messages(text))
-        raw.reset()
-        raw.eval(prefix)
-        floor.append(_timed(lambda: raw.eval(full[len(prefix):])))
+        floor.append(raw.eval_seconds(prefix, full[len(prefix):]))
         eq.sentiment("warm up the role")  # role's prefix is the last thing evaluated
         warm.append(_timed(lambda: eq.sentiment(text)))
         eq.route(text)  # another role ran in between
@@ -167,15 +134,14 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = 2048, re
     route_times = [_timed(lambda: eq.route(text)) for text in SHORT_INPUTS]
 
     log("plain llama-cpp-python references…")
-    naive_grammar = LlamaGrammar.from_string('root ::= "Positive" | "Negative"', verbose=False)
-    naive = [_timed(lambda: raw.create_completion(NAIVE_PROMPT.format(text=text), grammar=naive_grammar, max_tokens=4, temperature=0.0)) for text in SHORT_INPUTS]
-    label_grammar = LlamaGrammar.from_string('root ::= "positive" | "negative"', verbose=False)
-    same_prompt = [_timed(lambda: raw.create_chat_completion(role.messages(text), grammar=label_grammar, max_tokens=4, temperature=0.0)) for text in SHORT_INPUTS]
+    naive = [_timed(lambda: raw.grammar_completion(NAIVE_PROMPT.format(text=text), ("Positive", "Negative"))) for text in SHORT_INPUTS]
+    labels = role.label_names
+    same_prompt = [_timed(lambda: raw.chat_completion(role.messages(text), labels)) for text in SHORT_INPUTS]
     chat_messages = [{"role": "user", "content": "Say hello in five words."}]
     same_prompt_after_chat = []
     for text in SHORT_INPUTS[:4]:
-        raw.create_chat_completion(chat_messages, max_tokens=8, temperature=0.0)  # another role ran in between
-        same_prompt_after_chat.append(_timed(lambda: raw.create_chat_completion(role.messages(text), grammar=label_grammar, max_tokens=4, temperature=0.0)))
+        raw.chat_completion(chat_messages, max_tokens=8)  # another role ran in between
+        same_prompt_after_chat.append(_timed(lambda: raw.chat_completion(role.messages(text), labels)))
 
     log("chat and raw decode…")
     chat = eq.conversation()
@@ -189,9 +155,9 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = 2048, re
         ttft = chat.timings["first_token_ms"] / 1000
         ttfts.append(ttft)
         ours_tps.append((chat.timings["reply_tokens"] - 1) / max(1e-9, chat.timings["total_ms"] / 1000 - ttft))
-        raw_tps.append(_raw_decode_tps(raw, prompt, temp=0.0))
-        raw_same_tps.append(_raw_decode_tps(raw, prompt, temp=0.0, repeat_penalty=penalty))
-        bare_tps.append(_bare_decode_tps(eq.engine, prompt))
+        raw_tps.append(raw.decode_rate(prompt, DECODE_TOKENS, temp=0.0))
+        raw_same_tps.append(raw.decode_rate(prompt, DECODE_TOKENS, temp=0.0, repeat_penalty=penalty))
+        bare_tps.append(eq.engine.bare_decode_rate(prompt, DECODE_TOKENS - 1))
     decode_tps, raw_tps_p50, raw_same_p50, bare_p50 = (statistics.median(x) for x in (ours_tps, raw_tps, raw_same_tps, bare_tps))
 
     floor_p50 = statistics.median(floor)

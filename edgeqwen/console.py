@@ -1,14 +1,14 @@
 """The `edgeqwen` console script: signal handling first, then the CLI.
 
-Importing the CLI pulls in typer, pydantic, numpy and llama.cpp (about 0.3 s on a small board). A
-Ctrl-C or `kill` in that time must end the way one during a command does: exit code 130 (SIGINT)
+Importing the CLI pulls in typer, pydantic, numpy and llama.cpp, which takes a while on a small
+board. A Ctrl-C or `kill` in that time must end the way one during a command does: exit code 130 (SIGINT)
 or 143 (SIGTERM), one line on stderr at most, no traceback. So this module imports nothing but
 built-in modules (`_signal` is the already loaded core of `signal`, which would import enum and
 functools first) and takes over before anything heavy is imported; `edgeqwen/__init__.py` is lazy
 for the same reason. The imports run with signals held (edgeqwen.signals): raised at once, a
 KeyboardInterrupt can land in importlib's weakref callback, where Python drops it, and the command
 then ran to the end (seen in CI). What remains unguarded is the interpreter's own start-up and the
-import of this module, about 10 ms in all: a SIGINT there ends Python's default way.
+import of this module, a few milliseconds: a SIGINT there ends Python's default way.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ TERMINATED = 128 + _signal.SIGTERM  # 143
 
 
 def main() -> None:
-    """Entry point of the `edgeqwen` command (pyproject.toml, [project.scripts])."""
+    """Entry point of the `edgeqwen` command (pyproject.toml, [project.scripts]) and of `python -m edgeqwen`."""
     terminated: list[int] = []
     try:
         catch_sigterm(terminated)
@@ -55,7 +55,7 @@ def run(app: Callable[[], object], terminated: list[int]) -> None:
     """Run the typer app. The commands' KeyboardInterrupt handling runs for SIGTERM too (partial
     output kept, temporary files removed); the exit code then says which signal it was."""
     try:
-        app()
+        app(prog_name="edgeqwen")  # the same usage line whether entered as the script or as python -m edgeqwen
     except KeyboardInterrupt:  # outside typer's own handling: while it builds the command, or after
         _interrupted(terminated)
     except SystemExit as done:

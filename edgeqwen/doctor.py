@@ -1,6 +1,6 @@
 """`edgeqwen doctor`: what this board has, what the llama.cpp build can use, and settings that fit.
 
-It reads /proc and /sys (RAM, cores, CPU flags), asks llama.cpp what it was compiled with, and
+It reads the board (board.py: RAM, cores, CPU flags), asks llama.cpp what it was compiled with, and
 estimates the memory a model needs from its GGUF metadata alone (gguf-py; no weights are loaded):
 
     model file + KV cache (f16 K and V for every layer, per token of context) + a fixed overhead
@@ -13,47 +13,21 @@ from __future__ import annotations
 
 import os
 import platform
-import re
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
-from .engine import DEFAULT_N_CTX, physical_cores
+from . import settings
+from .board import Cores, Memory, cpu_features, read_cores, read_memory
+from .engine.plain import llama_cpp_build
 from .errors import EdgeQwenError
-from .models import GGUFInfo, inspect_gguf, resolve_model
+from .gguf_info import GGUFInfo, inspect_gguf
+from .model_paths import resolve_model
 
 MiB = 1 << 20
 # Python, numpy, llama.cpp's vocabulary, compute buffers and logits, beyond the model file and the KV
-# cache: measured peak RSS minus those two on x86, n_ctx 2048, both roles run (stand-in: 582 MiB
-# peak, 469 MiB file, 24 MiB KV → 89 MiB; Qwen1.5-shaped: 581 MiB, 305 MiB file, 192 MiB KV →
-# 84 MiB), with room to spare.
+# cache: measured peak RSS less those two, with room to spare (docs/hardening.md).
 OVERHEAD_BYTES = 110 * MiB
 HEADROOM = 0.8  # recommend a context whose estimate stays within this share of the available RAM
 CTX_CHOICES = (2048, 1024, 512, 256)  # the default (2048) at most: longer prompts are slow on these boards
-# CPU flags worth knowing for llama.cpp: x86 from /proc/cpuinfo "flags", ARM from "Features".
-X86_FEATURES = ("pni", "ssse3", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni")
-ARM_FEATURES = {"asimd": "NEON (asimd)", "asimddp": "dotprod (asimddp)", "asimdhp": "fp16 arithmetic (asimdhp)", "i8mm": "i8mm", "sve": "SVE"}
-
-
-@dataclass
-class Memory:
-    total: int | None
-    available: int | None
-    cgroup_limit: int | None  # a container's memory limit, when lower than the RAM
-
-    @property
-    def usable(self) -> int | None:
-        """What a process here can use: available RAM, capped by the cgroup limit."""
-        values = [v for v in (self.available, self.cgroup_limit) if v]
-        return min(values) if values else None
-
-
-@dataclass
-class Cores:
-    logical: int
-    usable: int
-    physical: int  # what the engine uses by default: physical cores, big cores only on big.LITTLE
-    big_little: bool
-    capacities: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -84,82 +58,6 @@ class Report:
         data = asdict(self)
         data["memory"]["usable"] = self.memory.usable
         return data
-
-
-# --------------------------------------------------------------------------- the board
-
-
-def read_memory(meminfo: str | None = None) -> Memory:
-    if meminfo is None:
-        try:
-            meminfo = Path("/proc/meminfo").read_text()
-        except OSError:
-            meminfo = ""
-    values = {m[1]: int(m[2]) * 1024 for m in re.finditer(r"^(\w+):\s+(\d+) kB", meminfo, re.M)}
-    return Memory(total=values.get("MemTotal"), available=values.get("MemAvailable", values.get("MemFree")), cgroup_limit=_cgroup_limit(values.get("MemTotal")))
-
-
-def _cgroup_limit(total: int | None) -> int | None:
-    """memory.max (cgroup v2) or memory.limit_in_bytes (v1) of this process's cgroup, if it is a real limit."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    candidates = []
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            candidates.append(Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.max")
-        elif "memory" in controllers.split(","):
-            candidates.append(Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.limit_in_bytes")
-    for candidate in candidates:
-        try:
-            text = candidate.read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and (total is None or int(text) < total):
-            return int(text)
-    return None
-
-
-def read_cores() -> Cores:
-    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    capacities = []
-    for cpu in usable:
-        try:
-            capacities.append(int(Path(f"/sys/devices/system/cpu/cpu{cpu}/cpu_capacity").read_text()))
-        except (OSError, ValueError):
-            capacities = []
-            break
-    return Cores(
-        logical=os.cpu_count() or len(usable),
-        usable=len(usable),
-        physical=physical_cores(),
-        big_little=len(set(capacities)) > 1,
-        capacities=capacities,
-    )
-
-
-def cpu_features(cpuinfo: str | None = None, machine: str | None = None) -> dict[str, bool]:
-    """The CPU's SIMD features that matter to llama.cpp (what the CPU has, not what the build uses)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    machine = machine or platform.machine()
-    match = re.search(r"^(?:flags|Features)\s*:\s*(.*)$", cpuinfo, re.M)
-    flags = set(match[1].split()) if match else set()
-    if machine.lower() in ("aarch64", "arm64") or machine.lower().startswith("arm"):
-        return {name: flag in flags for flag, name in ARM_FEATURES.items()}
-    return {("sse3" if flag == "pni" else flag): flag in flags for flag in X86_FEATURES}  # the kernel calls SSE3 "pni"
-
-
-def llama_cpp_features() -> str:
-    """What the installed llama.cpp was compiled with (its own summary line)."""
-    import llama_cpp
-
-    return llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
 
 
 # --------------------------------------------------------------------------- the model
@@ -205,7 +103,7 @@ def diagnose(model: str | os.PathLike | None = None, *, ram_bytes: int | None = 
         model_error = str(error)
         warnings.append(f"no usable model: {error}")
     else:
-        contexts = sorted({*CTX_CHOICES, DEFAULT_N_CTX, *([n_ctx] if n_ctx else [])})
+        contexts = sorted({*CTX_CHOICES, settings.N_CTX, *([n_ctx] if n_ctx else [])})
         estimate = ModelEstimate(
             path=str(info.path), architecture=info.architecture, file_type=info.file_type, file_bytes=info.file_size,
             kv_bytes_per_token=kv_bytes_per_token(info), context_length=info.context_length,
@@ -213,7 +111,7 @@ def diagnose(model: str | os.PathLike | None = None, *, ram_bytes: int | None = 
         )
         usable = memory.usable
         recommended = recommend_ctx(info, usable)
-        chosen = n_ctx or DEFAULT_N_CTX
+        chosen = n_ctx or settings.N_CTX
         need = estimate_bytes(info, chosen)
         if usable is not None and need > usable:
             warnings.append(
@@ -234,7 +132,7 @@ def diagnose(model: str | os.PathLike | None = None, *, ram_bytes: int | None = 
         memory=memory,
         cores=cores,
         cpu_features=features,
-        llama_cpp_features=llama_cpp_features(),
+        llama_cpp_features=llama_cpp_build(),
         model=estimate,
         model_error=model_error,
         recommended_ctx=recommended,

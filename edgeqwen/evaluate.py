@@ -12,29 +12,27 @@ the route role's `routes_to`). An optional `lang` field gives a per-language spl
 - task route: the `rules` router (the seed's keyword + length rule, as edgeqwen re-implements it);
 - either task, when the role has a head: the same role scored by its label logits without the head.
 
-`--train-head OUT` trains a head (head.py) for the role: a fixed-seed split per language and gold
-label, the head fitted on the training part only, and every figure reported on the held-out part.
-With `--train-fraction 0` the head is fitted on `--train-extra` texts only and every text of DATA
-is held out: the way the shipped heads are trained (on texts written for training, never on dev sets).
+`--train-head OUT` trains a head instead (head_training.py).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import EdgeQwenError, InputError, RoleError
+from .classifier import Classifier
+from .errors import InputError, RoleError
 from .grammar import label_grammar
-from .head import Head, HiddenFromLogits, blend_scores, choose_blend, choose_l2, fit_logistic, model_identity, prompt_fingerprint, save_head, text_key, unstandardize
-from .models import output_matrix
+from .head import text_key
+from .prompt_fit import clean_text
+from .roles import pick_role
 from .router import rules_route
-from .tasks import Classifier, clean_text
 
 TASK_FIELDS = {"sentiment": "label", "route": "route"}
 DEFAULT_ROLES = {"sentiment": "sentiment", "route": "route"}
@@ -177,7 +175,7 @@ def _latency(values: Sequence[float]) -> dict[str, float]:
     return {"p50_ms": round(float(np.percentile(values, 50)), 1), "p90_ms": round(float(np.percentile(values, 90)), 1)}
 
 
-class _Progress:
+class Progress:
     """A progress bar on stderr (rich, via typer) when stderr is a terminal; silent otherwise."""
 
     def __init__(self, total: int, enabled: bool) -> None:
@@ -207,7 +205,7 @@ class _Progress:
 
 
 def score(items: Sequence[Item], systems: Sequence[System], progress: bool = True) -> list[dict[str, Any]]:
-    bar = _Progress(len(items) * len(systems), progress)
+    bar = Progress(len(items) * len(systems), progress)
     results = []
     try:
         for system in systems:
@@ -243,11 +241,7 @@ class EvalOptions:
 
 def check_role(roles: dict, task: str, role_name: str | None) -> str:
     name = role_name or DEFAULT_ROLES[task]
-    role = roles.get(name)
-    if role is None:
-        raise RoleError(f"no role named {name!r}; roles found: {', '.join(sorted(roles))}")
-    if role.kind != "classify":
-        raise RoleError(f"{role.source}: role '{name}' is a {role.kind} role; eval scores classify roles")
+    role = pick_role(roles, name, "classify")
     if task == "route" and not any(label.routes_to for label in role.labels):
         raise RoleError(f"{role.source}: role '{name}' has no label with routes_to; --task route needs a router role")
     return name
@@ -313,7 +307,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {'class':<{cw}} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>7}")
         for c, m in s["per_class"].items():
             lines.append(f"  {c:<{cw}} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} {m['support']:>7}")
-        lines.append(f"  confusion (rows gold, columns predicted): " + "  ".join(classes))
+        lines.append("  confusion (rows gold, columns predicted): " + "  ".join(classes))
         for g in classes:
             lines.append(f"  {g:<{cw}} " + " ".join(f"{s['confusion'][g][p]:>{max(6, len(p))}}" for p in classes))
         if s["by_lang"]:
@@ -324,101 +318,3 @@ def format_report(report: dict[str, Any]) -> str:
 
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
-
-
-# -- training a head --------------------------------------------------------------------------
-
-
-def split_items(items: Sequence[Item], train_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Fixed-seed split, stratified by (lang, gold): indices of the training and held-out parts."""
-    rng = np.random.default_rng(seed)
-    groups: dict[tuple, list[int]] = {}
-    for i, item in enumerate(items):
-        groups.setdefault((item.lang, item.gold), []).append(i)
-    train: list[int] = []
-    for key in sorted(groups, key=str):
-        members = np.array(groups[key])
-        rng.shuffle(members)
-        train += members[: int(round(len(members) * train_fraction))].tolist()
-    train_set = set(train)
-    return sorted(train_set), [i for i in range(len(items)) if i not in train_set]
-
-
-def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Path, train_fraction: float = 0.5,
-               seed: int = 0, extra: Sequence[Item] = (), layer: int | None = None) -> dict[str, Any]:
-    """Fit a head for the role on a split of `items` (plus `extra`, always in the training part);
-    report it and the label logits on the held-out part of `items` only. The head reads the final
-    state, or with `layer` that block's output (head.layer_features)."""
-    if not 0 <= train_fraction < 1 or (train_fraction == 0 and not extra):
-        raise InputError("--train-fraction must be between 0 and 1 (0: train on --train-extra only and score every text of DATA)")
-    if output.suffix != ".npz":
-        raise InputError(f"{output}: a head file must end in .npz")
-    if layer is not None and layer not in eq.engine.readable_layers:
-        raise InputError(f"--head-layer must be between 0 and {eq.engine.n_layer - 2}: the model has {eq.engine.n_layer} blocks, and the last one's output is the final state (the default)")
-    name = check_role(eq.roles, options.task, options.role)
-    role = eq.roles[name]
-    check_gold([*items, *extra], options.task, role)
-    n_data = len(items)
-    items = [*items, *extra]
-    classifier = Classifier(eq.engine, role, use_head=False)
-    # Gold values are route targets for task route: map them back to the role's labels.
-    to_label = {(label.routes_to or label.name) if options.task == "route" else label.name: label.name for label in role.labels}
-    keys = [text_key(clean_text(item.text)) for item in items]
-    # The final state is recovered from the logits; a block's output is read directly.
-    basis = HiddenFromLogits(output_matrix(eq.engine.info.path)) if layer is None else None
-    bar = _Progress(len(items), options.progress)
-    bar.describe(f"hidden states ({name})")
-    rows, logit_scores, latencies = [], [], []
-    try:
-        for item in items:
-            t0 = time.perf_counter()
-            features, scores = classifier.features(item.text, layer)
-            latencies.append((time.perf_counter() - t0) * 1000)
-            rows.append(features if basis is None else basis.moments(features))
-            logit_scores.append(scores)
-            bar.advance()
-    finally:
-        bar.close()
-    x = np.array(rows) if basis is None else basis.hidden(np.array(rows))
-    logit_scores = np.array(logit_scores)
-    labels = role.label_names
-    y = np.array([labels.index(to_label[item.gold]) for item in items])
-    train, held = split_items(items[:n_data], train_fraction, seed)
-    train += list(range(n_data, len(items)))
-    if len(held) == 0 or len(set(y[train])) < 2:
-        raise DataError("too few labelled texts to split into a training and a held-out part")
-    l2, cv = choose_l2(x[train], y[train], len(labels), seed=seed)
-    blend, cv_blend = (choose_blend(x[train], y[train], logit_scores[train], len(labels), l2, seed=seed)
-                       if classifier.single_token else (1.0, {}))
-    w, b, mean, scale = fit_logistic(x[train], y[train], len(labels), l2)
-    weight, bias = unstandardize(w, b, mean, scale) if basis is None else basis.fold(w, b, mean, scale)
-    head = Head(
-        labels=tuple(labels), weight=weight, bias=bias, blend=blend,
-        model=model_identity(eq.engine), prompt_sha256=prompt_fingerprint(role), layer=layer,
-        trained_on=frozenset(keys[i] for i in train),
-    )
-    head_pred = np.argmax(blend_scores(((x[held] - mean) / scale) @ w.T + b, logit_scores[held], blend), axis=1)
-    logit_pred = np.argmax(logit_scores[held], axis=1)
-    to_gold = {label: gold for gold, label in to_label.items()}
-    held_items = [items[i] for i in held]
-    lat = [latencies[i] for i in held]
-    mix = "" if blend == 1 else f", blended {blend:g} with the label logits"
-    systems = [
-        {"system": f"head (trained on {len(train)}, l2 {l2:g}{mix})", "description": f"{output}; logistic regression over {head.reads}",
-         **metrics(held_items, [to_gold[labels[k]] for k in head_pred], lat, 0.0)},
-        {"system": f"label logits of role '{name}'", "description": "the role without a head, same prompt, same texts",
-         **metrics(held_items, [to_gold[labels[k]] for k in logit_pred], lat, 0.0)},
-    ]
-    validation = {s["system"]: {"accuracy": s["accuracy"], "by_lang": {k: v["accuracy"] for k, v in s["by_lang"].items()}} for s in systems}
-    head.meta.update({"role": name, "task": options.task, "data": [str(p) for p in options.data], "extra": len(extra), "seed": seed,
-                      "train_fraction": train_fraction, "n_train": len(train), "n_held_out": len(held), "l2": l2,
-                      "cv_accuracy": {str(k): round(v, 4) for k, v in cv.items()},
-                      "cv_blend_accuracy": {str(k): round(v, 4) for k, v in cv_blend.items()}, "held_out": validation})
-    output.parent.mkdir(parents=True, exist_ok=True)
-    save_head(output, head)
-    return {
-        "data": [str(p) for p in options.data], "task": options.task, "role": name, "model": eq.engine.info.path.name,
-        "model_path": str(eq.engine.info.path), "n": len(held), "split": f"seed {seed}, {len(train) - len(extra)} texts for training (+{len(extra)} from --train-extra), {len(held)} held out (stratified by lang and gold)",
-        "head": str(output), "layer": layer, "l2": l2, "blend": blend, "cv_accuracy": head.meta["cv_accuracy"],
-        "cv_blend_accuracy": head.meta["cv_blend_accuracy"], "systems": systems,
-    }

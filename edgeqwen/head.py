@@ -1,25 +1,16 @@
-"""Classification heads: a small logistic regression over the model's final hidden state (applied
-through the next-token logits) or over a middle block's output.
+"""Classification head files: their format, which head fits a role and model, and scoring with one.
 
-A classify role may name a head file (`head: route.head.npz`, beside the role's YAML). The head is
-trained on the hidden state h the model computes at the end of the role's prompt, but it is stored and
-applied as weights over the logits: llama.cpp's logits are W @ h (the output layer, no bias), so h is
-the least-squares solution of W h = logits, and the regression folds into one (n_labels, n_vocab)
-matrix. A head then costs one matrix-vector product (under a millisecond) on the logits the label
-decision computes anyway. Reading the hidden state itself needs embeddings on, with which llama.cpp
-outputs every token of a batch, so the last token had to be decoded alone: +15 % per call, measured.
-A head may be blended with the role's label logits, at a weight chosen by cross-validation on the
-training texts.
-
-A head may instead read a middle block's output (`edgeqwen eval --train-head ... --head-layer N`):
-the mean of its rows over the input's tokens and its last row, which llama.cpp computes anyway and
-the engine copies out mid-decode. On the stand-in, the router's head reads better there than at the
-final state, which is shaped for predicting the next token.
+A classify role may name a head file (`head: route.head.npz`, beside the role's YAML). A head is a
+logistic regression over either the model's final hidden state, folded into weights over the
+next-token logits (llama.cpp's logits are W @ h, so a head on h is a head on the logits and costs one
+matrix-vector product), or over a middle block's output (mean over the input's tokens, and the last
+token), which the engine copies out mid-decode. It may be blended with the role's label logits.
 
 A head is only valid for the model and the prompt it was trained with: the file records the model's
-identity (name, architecture, n_embd, n_vocab, file size) and a fingerprint of the role's prompt. When
-either differs, the role falls back to its label logits with a one-time warning, never applying
-weights of the wrong shape or meaning. Heads are trained with numpy only (`edgeqwen eval --train-head`).
+identity (name, architecture, n_embd, n_vocab, file size) and a fingerprint of the role's prompt.
+When either differs, the role falls back to its label logits with a one-time warning, never applying
+weights of the wrong shape or meaning. Training is head_training.py; measurements are in
+docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -34,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RoleError
+from .numeric import log_softmax
 
 HEAD_FORMAT = 3  # 1: weights over the hidden state (retired: it cost a second decode); 2: no layer heads
 READABLE_FORMATS = (2, 3)
@@ -206,123 +198,6 @@ def layer_features(states: np.ndarray) -> np.ndarray:
     return np.concatenate([states.mean(axis=0), states[-1]])
 
 
-def unstandardize(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A regression over standardised features ((x - mean) / scale) as one over raw features."""
-    per_unit = weight / scale
-    return per_unit, bias - per_unit @ mean
-
-
-# -- training ---------------------------------------------------------------------------------
-
-
-def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, steps: int = 400) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Multinomial logistic regression on standardised features, L2-penalised, full-batch gradient descent.
-
-    Returns (weight, bias, mean, scale). The loss is convex, so plain gradient descent with a step
-    size from the data's Lipschitz bound converges; a few hundred steps on a few hundred examples
-    take well under a second.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0) + 1e-6
-    z = (x - mean) / scale
-    n, d = z.shape
-    onehot = np.eye(n_classes)[y]
-    w = np.zeros((n_classes, d))
-    b = np.zeros(n_classes)
-    # Lipschitz constant of the gradient: ||Z||^2 / (2n) for softmax, plus the penalty.
-    step = 1.0 / (np.linalg.norm(z, 2) ** 2 / (2 * n) + l2 + 1e-9)
-    for _ in range(steps):
-        logits = z @ w.T + b
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        p /= p.sum(axis=1, keepdims=True)
-        g = (p - onehot) / n
-        w -= step * (g.T @ z + l2 * w)
-        b -= step * g.sum(axis=0)
-    return w, b, mean, scale
-
-
-def predict_logistic(x: np.ndarray, w: np.ndarray, b: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    return np.argmax(((np.asarray(x, dtype=np.float64) - mean) / scale) @ w.T + b, axis=1)
-
-
-def choose_l2(x: np.ndarray, y: np.ndarray, n_classes: int, grid=(0.001, 0.01, 0.1, 1.0), folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
-    """Pick the penalty by k-fold cross-validation on the training split only."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y))
-    parts = np.array_split(order, min(folds, len(y)))
-    results: dict[float, float] = {}
-    for l2 in grid:
-        correct = 0
-        for k, held in enumerate(parts):
-            train = np.concatenate([p for j, p in enumerate(parts) if j != k])
-            if len(set(y[train])) < n_classes:
-                continue
-            w, b, mean, scale = fit_logistic(x[train], y[train], n_classes, l2)
-            correct += int((predict_logistic(x[held], w, b, mean, scale) == y[held]).sum())
-        results[l2] = correct / len(y)
-    best = max(results, key=lambda l2: (results[l2], l2))  # ties: the stronger penalty
-    return best, results
-
-
-def choose_blend(x: np.ndarray, y: np.ndarray, label_scores: np.ndarray, n_classes: int, l2: float,
-                 grid=(0.0, 0.25, 0.5, 0.75, 1.0), folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
-    """Pick the head's weight against the label logits by k-fold cross-validation on the training
-    split only: out-of-fold head scores, blended with the label scores at each weight in `grid`."""
-    rng = np.random.default_rng(seed)
-    parts = np.array_split(rng.permutation(len(y)), min(folds, len(y)))
-    head_scores = np.zeros((len(y), n_classes))
-    for k, held in enumerate(parts):
-        train = np.concatenate([p for j, p in enumerate(parts) if j != k])
-        w, b, mean, scale = fit_logistic(x[train], y[train], n_classes, l2)
-        head_scores[held] = ((x[held] - mean) / scale) @ w.T + b
-    results = {}
-    for blend in grid:
-        results[blend] = float((np.argmax(blend_scores(head_scores, label_scores, blend), axis=1) == y).mean())
-    best = max(results, key=lambda blend: (results[blend], blend))  # ties: more of the head
-    return best, results
-
-
-class HiddenFromLogits:
-    """Recovers the final hidden state from next-token logits, and folds a head trained on it into
-    weights over the logits.
-
-    `output` is the model's output layer W (n_vocab x n_embd, from models.output_matrix): logits =
-    W @ hidden up to llama.cpp's rounding (it quantizes the hidden state for the product, about 1 %
-    relative error here), so hidden = (W^T W)^-1 W^T logits. Training on this recovered state rather
-    than on llama.cpp's own makes training and use see exactly the same numbers.
-    """
-
-    def __init__(self, output: np.ndarray, chunk: int = 16384) -> None:
-        self.output = output
-        n_embd = output.shape[1]
-        self.gram = np.zeros((n_embd, n_embd))
-        for start in range(0, output.shape[0], chunk):  # W^T W in float64 without a float64 copy of W
-            rows = output[start:start + chunk].astype(np.float64)
-            self.gram += rows.T @ rows
-
-    def moments(self, logits: np.ndarray) -> np.ndarray:
-        """W^T logits: n_embd numbers that keep all a head needs from one text's logits."""
-        return self.output.T @ np.asarray(logits, dtype=np.float32)
-
-    def hidden(self, moments: np.ndarray) -> np.ndarray:
-        """The hidden states (rows) whose logits gave these moments (rows)."""
-        return np.linalg.solve(self.gram, np.asarray(moments, dtype=np.float64).T).T
-
-    def fold(self, weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A head over standardised hidden states as (weight over the logits, bias)."""
-        per_unit, raw_bias = unstandardize(weight, bias, mean, scale)
-        through_gram = np.linalg.solve(self.gram, per_unit.T)
-        return (self.output @ through_gram.astype(np.float32)).T.astype(np.float64), raw_bias
-
-
 def blend_scores(head_scores: np.ndarray, label_scores: np.ndarray, blend: float) -> np.ndarray:
     """The head's and the label logits' log-probabilities, weighted `blend` and 1 - `blend` (rows or one vector)."""
     return blend * log_softmax(head_scores) + (1 - blend) * log_softmax(label_scores)
-
-
-def log_softmax(scores: np.ndarray) -> np.ndarray:
-    scores = np.asarray(scores, dtype=np.float64)
-    shifted = scores - scores.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))

@@ -8,7 +8,7 @@ ship with edgeqwen are loaded first; a user directory adds roles and overrides t
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -129,6 +129,12 @@ class Role(_Strict):
     def label(self, name: str) -> Label:
         return next(label for label in self.labels if label.name == name)
 
+    def require_kind(self, kind: str) -> Role:
+        """This role, or a RoleError naming its file when it is not a `kind` role."""
+        if self.kind != kind:
+            raise RoleError(f"{self.source}: role '{self.name}' is a {self.kind} role, not {kind}")
+        return self
+
     def user_message(self, text: str) -> str:
         return self.template.replace(TEXT_PLACEHOLDER, text)
 
@@ -144,6 +150,14 @@ class Role(_Strict):
     def messages(self, text: str, history: Sequence[Message] = ()) -> list[Message]:
         """The whole prompt for one input: fixed prefix, earlier turns, then the new user turn."""
         return [*self.prefix_messages(), *history, {"role": "user", "content": self.user_message(text)}]
+
+
+def pick_role(roles: Mapping[str, Role], name: str, kind: str | None = None) -> Role:
+    """The role called `name` (of `kind`, if given), or a RoleError that lists the roles there are."""
+    role = roles.get(name)
+    if role is None:
+        raise RoleError(f"no role named {name!r}; roles found: {', '.join(sorted(roles))}")
+    return role.require_kind(kind) if kind else role
 
 
 def default_prompts_dir() -> Path:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .tasks import Classifier, clean_text
+from .classifier import Classifier
+from .prompt_fit import clean_text
 
 STRATEGIES = ("llm", "rules")
 

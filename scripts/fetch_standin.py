@@ -13,7 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgeqwen.errors import EdgeQwenError  # noqa: E402
-from edgeqwen.models import default_models_dir, fetch_standin  # noqa: E402
+from edgeqwen.model_paths import default_models_dir  # noqa: E402
+from edgeqwen.standin import fetch_standin  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

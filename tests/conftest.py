@@ -71,7 +71,7 @@ def run_cli(*args: str, input: bytes | None = None, env: dict | None = None, tim
     full_env = {**os.environ, **(env or {})}
     full_env["EDGEQWEN_MODEL"] = full_env.get("EDGEQWEN_MODEL") or str(STANDIN)
     return subprocess.run(
-        [sys.executable, "-m", "edgeqwen.cli", *args],
+        [sys.executable, "-m", "edgeqwen", *args],
         input=input,
         capture_output=True,
         env=full_env,

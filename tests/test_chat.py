@@ -6,7 +6,7 @@ import pytest
 
 from edgeqwen import EdgeQwen
 from edgeqwen.errors import InputError
-from edgeqwen.tasks import fit_prompt
+from edgeqwen.prompt_fit import fit_prompt
 
 STEADY_CHAT = "kind: generate\nsystem: You are a helpful assistant. Answer briefly.\nsampling: {temperature: 0.0, max_tokens: 48}\n"
 

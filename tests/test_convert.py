@@ -26,7 +26,7 @@ from convert_fixtures import make_checkpoint, make_hub_cache, read_gguf_metadata
 from edgeqwen.convert import QuantizeOptions, convert_checkpoint, fetch_checkpoint, read_manifest, run_quantize
 from edgeqwen.convert.quantize import quantize_gguf
 from edgeqwen.errors import ConvertError, ModelFetchError
-from edgeqwen.models import inspect_gguf
+from edgeqwen.gguf_info import inspect_gguf
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = REPO / "models" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
@@ -63,7 +63,7 @@ def tokenizer_fields(path: Path) -> dict:
 
 
 def tensor_types(path: Path) -> dict[str, str]:
-    from edgeqwen.models import _StrictReader  # skips the string arrays: fast
+    from edgeqwen.gguf_info import _StrictReader  # skips the string arrays: fast
 
     return {t.name: t.tensor_type.name for t in _StrictReader(path, "r").tensors}
 
@@ -322,7 +322,7 @@ def test_quantize_pipeline_from_hub_cache(work, tied_f32):
     assert verification["passed"] and verification["top1_agreement"] >= 0.8 and verification["mean_kl"] < 0.02
     assert sorted(p.name for p in out.parent.iterdir()) == ["tiny-q8_0.gguf", "tiny-q8_0.gguf.manifest.json"]
 
-    info = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "info", str(out)], capture_output=True, text=True,
+    info = subprocess.run([sys.executable, "-m", "edgeqwen", "info", str(out)], capture_output=True, text=True,
                           timeout=120)
     assert info.returncode == 0, info.stderr
     assert "manifest" in info.stdout and "verification.mean_kl" in info.stdout and HUB_REPO in info.stdout
@@ -358,14 +358,14 @@ def test_quantize_gguf_refuses_bad_input(work, tied_f32_gguf):
 def test_cli_quantize_command(work, tied_f32):
     out = work / "cli-models" / "tiny-q4_k_m.gguf"
     proc = subprocess.run(
-        [sys.executable, "-m", "edgeqwen.cli", "quantize", "--local-dir", str(tied_f32), "--type", "Q4_K_M",
+        [sys.executable, "-m", "edgeqwen", "quantize", "--local-dir", str(tied_f32), "--type", "Q4_K_M",
          "--output", str(out), "--threads", str(THREADS), "--no-verify"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.is_file() and read_manifest(out)["quantization"] == "Q4_K_M"
     assert "sentiment" in proc.stdout + proc.stderr
-    bad = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "quantize", "--local-dir", str(work / "nope")],
+    bad = subprocess.run([sys.executable, "-m", "edgeqwen", "quantize", "--local-dir", str(work / "nope")],
                          capture_output=True, text=True, timeout=120)
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert bad.returncode == 1 and len(errors) == 1 and "--local-dir" in errors[0], bad.stderr

@@ -6,8 +6,8 @@ import dataclasses
 import json
 
 from edgeqwen.doctor import cpu_features, estimate_bytes, kv_bytes_per_token, read_memory, recommend_ctx
-from edgeqwen.engine import physical_cores
-from edgeqwen.models import inspect_gguf
+from edgeqwen.board import physical_cores
+from edgeqwen.gguf_info import inspect_gguf
 
 from conftest import STANDIN, run_cli
 

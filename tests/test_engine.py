@@ -7,7 +7,7 @@ import pytest
 
 from edgeqwen.engine import Engine, SamplingParams
 from edgeqwen.errors import ContextOverflowError, GrammarError
-from edgeqwen.tasks import fixed_prefix, fit_prompt
+from edgeqwen.prompt_fit import fixed_prefix, fit_prompt
 
 
 def _prompt(eq, role_name, text):

@@ -14,12 +14,12 @@ from conftest import REPO, STANDIN, run_cli
 from edgeqwen import head as head_module
 from edgeqwen.engine import Engine
 from edgeqwen.errors import InputError, RoleError
-from edgeqwen.evaluate import DataError, EvalOptions, Item, metrics, read_data, split_items, train_head
-from edgeqwen.head import (Head, HiddenFromLogits, choose_blend, fit_logistic, load_head, model_heads_dir, model_identity,
-                           predict_logistic, prompt_fingerprint, save_head)
-from edgeqwen.models import output_matrix
+from edgeqwen.evaluate import DataError, EvalOptions, Item, metrics, read_data
+from edgeqwen.head_training import HiddenFromLogits, choose_blend, fit_logistic, predict_logistic, split_items, train_head
+from edgeqwen.head import Head, load_head, model_heads_dir, model_identity, prompt_fingerprint, save_head
+from edgeqwen.gguf_info import output_matrix
 from edgeqwen.roles import load_role, load_roles
-from edgeqwen.tasks import Classifier
+from edgeqwen.classifier import Classifier
 
 SENTIMENT_ROWS = [
     {"text": "I love this phone, the screen is gorgeous.", "label": "positive", "lang": "en"},
@@ -111,7 +111,7 @@ def test_shipped_training_texts_are_labelled_and_balanced():
     """The heads' training texts (written for edgeqwen, never taken from dev sets) read as eval data."""
     for name, task, golds in (("sentiment.train.jsonl", "sentiment", {"positive", "negative"}),
                               ("route.train.jsonl", "route", {"sentiment", "chat"})):
-        items = read_data([REPO / "prompts" / name], task)
+        items = read_data([REPO / "scripts" / "data" / name], task)
         for lang in ("en", "zh"):
             counts = [sum(1 for i in items if i.lang == lang and i.gold == gold) for gold in golds]
             assert min(counts) >= 100 and max(counts) <= 1.5 * min(counts), (name, lang, counts)

@@ -26,7 +26,7 @@ class Running:
 
     def __init__(self, *args: str, stdin: bool = False) -> None:
         env = {**os.environ, "EDGEQWEN_MODEL": os.environ.get("EDGEQWEN_MODEL") or str(STANDIN)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "edgeqwen.cli", *args], stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgeqwen", *args], stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         self.stdout = bytearray()
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -54,7 +54,7 @@ def test_engine_runs_under_a_1_gib_data_cap_and_reports_peak_rss():
     assert peak < CAP, f"peak RSS {peak / 2**20:.0f} MiB"
     assert figures["data_kib"] * 1024 < CAP
     from edgeqwen.doctor import estimate_bytes
-    from edgeqwen.models import inspect_gguf
+    from edgeqwen.gguf_info import inspect_gguf
 
     estimate = estimate_bytes(inspect_gguf(STANDIN), 2048)
     assert abs(estimate - peak) / peak < 0.3, (estimate, peak)  # doctor's estimate is close to what was measured
@@ -66,6 +66,6 @@ def test_engine_runs_under_a_1_gib_data_cap_and_reports_peak_rss():
 
 
 def test_cli_too_little_memory_is_one_line():
-    code = "import sys; sys.argv = ['edgeqwen', 'run', '--task', 'sentiment', 'hello']; from edgeqwen.cli import main; main()"
+    code = "import sys; sys.argv = ['edgeqwen', 'run', '--task', 'sentiment', 'hello']; from edgeqwen.console import main; main()"
     done = run_capped(700 << 20, resource.RLIMIT_AS, code)  # 700 MiB of address space: the model maps, its context cannot
     assert done.returncode == 1 and "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr[-500:]

@@ -1,4 +1,4 @@
-"""Tests for edgeqwen.models on real files: GGUFs written with gguf.GGUFWriter, real wheels, real pip."""
+"""Tests for gguf_info, model_paths and standin on real files: GGUFs written with gguf.GGUFWriter, real wheels, real pip."""
 
 from __future__ import annotations
 
@@ -15,16 +15,14 @@ from gguf import GGUFWriter
 from gguf.constants import LlamaFileType
 
 from edgeqwen.errors import ModelFetchError, ModelFileError, ModelNotFoundError
-from edgeqwen.models import (
+from edgeqwen.gguf_info import inspect_gguf
+from edgeqwen.hashing import sha256_file
+from edgeqwen.model_paths import candidate_models, default_models_dir, resolve_model
+from edgeqwen.standin import (
     STANDIN,
     ModelSource,
-    candidate_models,
-    default_models_dir,
     fetch_source,
     fetch_standin,
-    inspect_gguf,
-    resolve_model,
-    sha256_file,
 )
 
 REPO = Path(__file__).resolve().parent.parent

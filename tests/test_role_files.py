@@ -146,7 +146,7 @@ def test_label_that_is_a_control_token_is_refused_when_edgeqwen_loads(tmp_path, 
 
 
 def test_control_token_labels_by_the_model_tokenizer(eq):
-    from edgeqwen.tasks import Classifier, check_labels, label_token_problem
+    from edgeqwen.classifier import Classifier, check_labels, label_token_problem
 
     engine = eq.engine
     for label, verb in [*CONTROL_TOKEN_LABELS, ("<|fim_prefix|>", "is"), ("<|im_end|>", "is")]:

@@ -50,7 +50,7 @@ def test_long_input_is_truncated_not_crashed(eq):
 def test_grammar_path_agrees_with_the_single_token_path(eq):
     """Where every label is one token, the grammar-constrained greedy label is the arg-max of the label
     logits (the role without its head, which also weighs the rest of the logits)."""
-    from edgeqwen.tasks import Classifier
+    from edgeqwen.classifier import Classifier
 
     classifier = Classifier(eq.engine, eq.roles["sentiment"], use_head=False)
     assert classifier.single_token
@@ -61,7 +61,7 @@ def test_grammar_path_agrees_with_the_single_token_path(eq):
 
 
 def test_multi_token_labels_use_the_grammar(eq, write_role, tmp_path):
-    from edgeqwen.tasks import Classifier
+    from edgeqwen.classifier import Classifier
     from edgeqwen.roles import load_role
 
     path = write_role(

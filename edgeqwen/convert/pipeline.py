@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from edgeqwen.errors import ConvertError
-from edgeqwen.models import default_models_dir, inspect_gguf, sha256_file
+from edgeqwen.gguf_info import inspect_gguf
+from edgeqwen.hashing import sha256_file
+from edgeqwen.model_paths import default_models_dir
 
 from .fetch import DEFAULT_REPO, fetch_checkpoint
 from .hf_to_gguf import convert_checkpoint

@@ -1,19 +1,16 @@
-"""Quantize a GGUF file through llama-cpp-python's llama_model_quantize (no external binary)."""
+"""Quantize a GGUF file to one of the offered types, through llama.cpp's own quantizer (no external binary)."""
 
 from __future__ import annotations
 
 import os
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+from edgeqwen.engine.quantizer import quantize_file
 from edgeqwen.errors import ConvertError
-from edgeqwen.models import inspect_gguf
+from edgeqwen.gguf_info import inspect_gguf
 
-# The types `edgeqwen quantize` offers -> llama_ftype values (llama.h; checked against llama_cpp below).
+# The types `edgeqwen quantize` offers -> llama_ftype values (llama.h names; the engine's quantizer looks them up in llama_cpp).
 QUANT_TYPES: dict[str, str] = {
     "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
     "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
@@ -36,19 +33,11 @@ def quantize_gguf(source: Path, dest: Path, qtype: str, *, threads: int | None =
     qtype = normalize_type(qtype)
     source, dest = Path(source), Path(dest)
     inspect_gguf(source)  # llama.cpp aborts the process on some bad files: check first
-    import llama_cpp
-    from llama_cpp import _logger
-
-    _logger.set_verbose(verbose)  # llama.cpp logs one line per tensor otherwise
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, QUANT_TYPES[qtype])
-    params.nthread = int(threads or 0)  # <= 0: all hardware threads
     started = time.perf_counter()
     try:
-        with _captured_stderr(enabled=not verbose) as captured:
-            status = llama_cpp.llama_model_quantize(str(source).encode(), str(dest).encode(), params)
+        status, messages = quantize_file(source, dest, QUANT_TYPES[qtype], threads=threads, verbose=verbose)
         if status != 0 or not dest.is_file():
-            last = next((ln.strip() for ln in reversed(captured) if ln.strip()), "no message")
+            last = next((ln.strip() for ln in reversed(messages) if ln.strip()), "no message")
             raise ConvertError(f"llama.cpp could not quantize {source} to {qtype} (status {status}: {last[:160]})")
         with open(dest, "rb") as f:
             os.fsync(f.fileno())
@@ -56,23 +45,3 @@ def quantize_gguf(source: Path, dest: Path, qtype: str, *, threads: int | None =
         dest.unlink(missing_ok=True)
         raise
     return time.perf_counter() - started
-
-
-@contextmanager
-def _captured_stderr(enabled: bool) -> Iterator[list[str]]:
-    """Collect what native code writes to fd 2 (llama.cpp's per-tensor fallback warnings) into a list."""
-    lines: list[str] = []
-    if not enabled:
-        yield lines
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            lines.extend(sink.read().decode("utf-8", "replace").splitlines())

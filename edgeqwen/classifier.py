@@ -1,80 +1,24 @@
-"""Task behaviour on top of the engine: classify roles pick a label, generate roles hold a conversation.
+"""Classify roles: one label of the role's fixed set for a text, with its confidence.
 
-Prompts come from Role.messages (roles.py) and are fitted into the context window here: inputs
-too long are truncated, and old conversation turns are dropped before llama.cpp could overflow.
+The label comes from a trained head (head.py) when the role has one that fits the model, else from
+the label tokens' logits (one evaluation), else from grammar-constrained decoding.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .engine import Engine, SamplingParams, common_prefix_length
-from .errors import InputError, RoleError
+from .engine import Engine, common_prefix_length
+from .errors import RoleError
 from .grammar import label_grammar
 from .head import Head, head_for, layer_features
-from .roles import Message, Role
-
-MIN_REPLY_TOKENS = 16  # a chat prompt is truncated rather than leave less room than this
-
-
-def clean_text(text: str) -> str:
-    """The input as the model should see it; empty or whitespace-only input is refused."""
-    if not isinstance(text, str):
-        raise InputError("text must be a string")
-    text = text.replace("\x00", "").strip()
-    if not text:
-        raise InputError("empty input: give some text to analyse")
-    return text
-
-
-@dataclass(frozen=True)
-class FittedPrompt:
-    tokens: list[int]
-    history: list[Message]
-    truncated: bool
-    fixed: int = 0  # leading tokens that are the role's fixed prefix, worth keeping in the cache
-
-
-def fixed_prefix(engine: Engine, role: Role) -> list[int]:
-    """Tokens every prompt of the role starts with: system prompt, examples, and the new user turn up to the input.
-
-    Found as what the prompts for two unlike inputs share, so the template's own tokens before the
-    input (e.g. "<|im_start|>user\nText:") are kept in the cache too.
-    """
-    first, second = (engine.chat_tokens(role.messages(probe)) for probe in ("A", "乙"))
-    return first[: common_prefix_length(first, second)]
-
-
-def fit_prompt(
-    engine: Engine, role: Role, text: str, history: Sequence[Message] = (), reserve: int = 1, prefix: Sequence[int] = ()
-) -> FittedPrompt:
-    """Tokens for `text` after `history` that leave `reserve` tokens free: oldest turns go first, then the text's tail."""
-    fitted = _fit(engine, role, text, list(history), reserve)
-    prefix = list(prefix)
-    fixed = len(prefix) if prefix and fitted.tokens[: len(prefix)] == prefix else 0
-    return FittedPrompt(fitted.tokens, fitted.history, fitted.truncated, fixed)
-
-
-def _fit(engine: Engine, role: Role, text: str, history: list[Message], reserve: int) -> FittedPrompt:
-    while True:
-        tokens = engine.chat_tokens(role.messages(text, history))
-        if len(tokens) + reserve <= engine.n_ctx or not history:
-            break
-        history = history[2:]  # one user turn and its reply
-    limit = engine.n_ctx - min(reserve, MIN_REPLY_TOKENS)
-    if len(tokens) <= limit:
-        return FittedPrompt(tokens, history, truncated=False)
-    text_tokens = engine.tokenize(text)
-    fixed = len(tokens) - len(text_tokens)
-    room = limit - fixed - 4  # re-tokenizing the cut text may merge differently
-    if room <= 0:
-        raise InputError(f"role '{role.name}' needs {fixed} tokens of fixed prompt; n_ctx {engine.n_ctx} is too small")
-    tokens = engine.chat_tokens(role.messages(engine.detokenize(text_tokens[:room]), history))
-    return FittedPrompt(tokens, history, truncated=True)
+from .numeric import softmax
+from .prompt_fit import FittedPrompt, clean_text, fit_prompt, fixed_prefix
+from .roles import Role
 
 
 def label_token_problem(engine: Engine, label: str) -> str | None:
@@ -121,8 +65,7 @@ class Classifier:
     """Runs one classify role; the answer is always exactly one of the role's labels."""
 
     def __init__(self, engine: Engine, role: Role, *, use_head: bool = True) -> None:
-        if role.kind != "classify":
-            raise RoleError(f"{role.source}: role '{role.name}' is a {role.kind} role, not classify")
+        role.require_kind("classify")
         check_labels(engine, [role])
         self.engine = engine
         self.role = role
@@ -152,7 +95,7 @@ class Classifier:
         else:
             label = self.engine.constrained_choice(prompt.tokens, self._grammar, keep_prefix=prompt.fixed)
             scores = np.array([self.engine.sequence_logprob(prompt.tokens, seq, prompt.fixed) for seq in self._sequences])
-        probabilities = _softmax(scores)
+        probabilities = softmax(scores)
         elapsed = (time.perf_counter() - started) * 1000
         return Classification(
             role=self.role.name,
@@ -196,57 +139,3 @@ class Classifier:
             bias = np.mean(neutral, axis=0, dtype=np.float64)
             self._bias = bias - bias.mean()
         return self._bias
-
-
-class Conversation:
-    """A multi-turn chat with one generate role; history is trimmed to fit the context window."""
-
-    def __init__(self, engine: Engine, role: Role, history: Sequence[Message] = ()) -> None:
-        if role.kind != "generate":
-            raise RoleError(f"{role.source}: role '{role.name}' is a {role.kind} role, not generate")
-        self.engine = engine
-        self.role = role
-        self.history: list[Message] = list(history)
-        self._prefix = fixed_prefix(engine, role)
-        self.last_truncated = False
-        self.timings: dict[str, float] = {}
-
-    @property
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(**self.role.sampling.model_dump())
-
-    def stream(self, text: str) -> Iterator[str]:
-        """Yield the reply as it is generated; the turn joins the history even if interrupted."""
-        text = clean_text(text)
-        started = time.perf_counter()
-        prompt = fit_prompt(self.engine, self.role, text, self.history, reserve=self.sampling.max_tokens, prefix=self._prefix)
-        self.history, self.last_truncated = prompt.history, prompt.truncated
-        pieces: list[str] = []
-        first_token_at = None
-        try:
-            for piece in self.engine.stream(prompt.tokens, self.sampling, keep_prefix=prompt.fixed):
-                first_token_at = first_token_at or time.perf_counter()
-                pieces.append(piece)
-                yield piece
-        finally:
-            self._record(text, "".join(pieces), started, first_token_at)
-
-    def reply(self, text: str) -> str:
-        return "".join(self.stream(text))
-
-    def reset(self) -> None:
-        self.history = []
-
-    def _record(self, text: str, reply: str, started: float, first_token_at: float | None) -> None:
-        ended = time.perf_counter()
-        self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
-        self.timings = {
-            "total_ms": round((ended - started) * 1000, 2),
-            "first_token_ms": round(((first_token_at or ended) - started) * 1000, 2),
-            "reply_tokens": len(self.engine.tokenize(reply)) if reply else 0,
-        }
-
-
-def _softmax(values: np.ndarray) -> np.ndarray:
-    shifted = np.exp(values - values.max())
-    return shifted / shifted.sum()

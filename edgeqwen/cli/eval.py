@@ -1,0 +1,83 @@
+"""`edgeqwen eval`: a classify role scored on labelled JSONL (accuracy, F1, latency), or a head trained for it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import settings
+from ..errors import EdgeQwenError
+from .options import CtxOption, ModelOption, PromptsOption, ThreadsOption, fail, interrupted, status
+
+
+def eval_command(
+    data: Annotated[list[Path], typer.Argument(help="Labelled JSON Lines file(s): text + label (sentiment) or text + route (route); optional lang.")],
+    task: Annotated[str, typer.Option("--task", "-t", help="sentiment: gold field 'label' (any classify role); route: gold field 'route' (a router role).")] = "sentiment",
+    role: Annotated[Optional[str], typer.Option("--role", "-r", help="Classify role to score. Default: sentiment, or route for --task route.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the whole report (all metrics, every system) to this JSON file.")] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="Also score the seed baselines on the same texts: the seed prompt (a reconstruction) or the rules router, and the role without its head.")] = False,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N texts.")] = None,
+    include_trained: Annotated[bool, typer.Option("--include-trained", help="Keep texts the role's head was trained on (left out by default).")] = False,
+    train_head: Annotated[Optional[Path], typer.Option("--train-head", help="Train a classification head for the role on a split of DATA and write it here (.npz); reports the held-out part.")] = None,
+    train_fraction: Annotated[float, typer.Option("--train-fraction", help="With --train-head: share of each (lang, label) group used for training.")] = 0.5,
+    train_extra: Annotated[Optional[list[Path]], typer.Option("--train-extra", help="With --train-head: more labelled JSONL, always in the training part (never scored).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="With --train-head: the split's random seed.")] = 0,
+    head_layer: Annotated[Optional[int], typer.Option("--head-layer", min=0, help="With --train-head: read transformer block N's output (mean over the input, and its last token) instead of the final state; the shipped router reads block 18 of 24.")] = None,
+    model: ModelOption = None,
+    prompts: PromptsOption = None,
+    threads: ThreadsOption = None,
+    ctx: CtxOption = settings.N_CTX,
+) -> None:
+    """Accuracy, per-class precision/recall/F1, confusion matrix, per-language split and latency of a classify role.
+
+    \b
+    Examples:
+      edgeqwen eval sentiment_en_dev.jsonl sentiment_zh_dev.jsonl --task sentiment --compare
+      edgeqwen eval router_en_dev.jsonl router_zh_dev.jsonl --task route --compare --json report.json
+      edgeqwen eval router_*.jsonl --task route --train-head my_prompts/route.head.npz --head-layer 18
+      edgeqwen eval scripts/data/route.train.jsonl --task route -m models/x.gguf --train-fraction 0.8 --train-head models/x.heads/route.head.npz
+    """
+    from ..api import EdgeQwen
+    from ..evaluate import EvalOptions, check_role, evaluate, format_report, read_data
+    from ..head_training import train_head as fit_head
+    from ..roles import load_roles
+
+    options = EvalOptions(data=list(data), task=task, role=role, compare=compare, limit=limit,
+                          include_trained=include_trained, progress=True)
+    try:
+        items = read_data(options.data, task, limit)  # bad data fails before the model loads
+        check_role(load_roles(prompts), task, role)
+        status("loading model…")
+        eq = EdgeQwen(model, n_ctx=ctx, threads=threads, prompts_dir=prompts, router="rules")
+        if train_head is not None:
+            extra = read_data(train_extra, task) if train_extra else []
+            report = fit_head(eq, options, items, train_head, train_fraction, seed, extra, head_layer)
+        else:
+            report = evaluate(eq, options, items)
+    except EdgeQwenError as error:
+        fail(error)
+    except KeyboardInterrupt:
+        interrupted()
+    typer.echo(format_report(report))
+    if train_head is not None:
+        typer.echo(f"\nhead written to {train_head}; {_head_hint(train_head, report['model_path'])}")
+    if json_out is not None:
+        _write_json(json_out, report)
+
+
+def _head_hint(path: Path, model_path: str) -> str:
+    from ..head import model_heads_dir
+
+    if path.parent.resolve() == model_heads_dir(model_path).resolve():
+        return f"roles naming  head: {path.name}  use it whenever this model runs"
+    return f"name it in the role's YAML as  head: {path.name}"
+
+
+def _write_json(path: Path, report: dict) -> None:
+    try:
+        path.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    except OSError as error:
+        fail(EdgeQwenError(f"{path}: cannot write the report: {error}"))

@@ -1,0 +1,50 @@
+"""`edgeqwen sentiment FILE`: every text of a file classified, with a progress bar, resumable."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import settings
+from ..errors import EdgeQwenError
+from .options import CtxOption, ModelOption, PromptsOption, ThreadsOption, fail, interrupted
+
+
+def sentiment(
+    inputs: Annotated[Path, typer.Argument(help="JSONL (a \"text\" field per line), CSV (a \"text\" column, else the first) or plain text (one input per line).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results here: .jsonl or .csv. Default: JSONL on stdout.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run: skip inputs already in --output.")] = False,
+    role: Annotated[str, typer.Option("--role", help="Any classify role.")] = "sentiment",
+    model: ModelOption = None,
+    threads: ThreadsOption = None,
+    ctx: CtxOption = settings.N_CTX,
+    prompts: PromptsOption = None,
+) -> None:
+    """Classify every text of a file, with a progress bar; results are flushed as they come, so Ctrl-C loses nothing.
+
+    \b
+    Examples:
+      edgeqwen sentiment reviews.csv -o labels.csv
+      edgeqwen sentiment reviews.jsonl -o labels.jsonl --resume   # after an interruption
+    """
+    from tqdm import tqdm
+
+    from ..api import EdgeQwen
+    from ..batch import classify_file, count_inputs
+
+    try:
+        total = count_inputs(inputs)
+        eq = EdgeQwen(model, n_ctx=ctx, threads=threads, prompts_dir=prompts, router="rules")
+        with tqdm(total=total, unit="text", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+            summary = classify_file(
+                lambda text: eq.classify(text, role), inputs, output, resume=resume, stdout=sys.stdout,
+                on_progress=lambda n: bar.update(n - bar.n),
+            )
+    except EdgeQwenError as error:
+        fail(error)
+    except KeyboardInterrupt:
+        interrupted(f"interrupted: results so far are in {output or 'stdout'}" + (" (continue with --resume)" if output else ""))
+    typer.echo(f"{summary.done} classified ({summary.skipped} already done) in {summary.seconds:.1f} s: {summary.texts_per_second:.1f} texts/s", err=True)

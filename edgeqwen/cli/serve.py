@@ -1,0 +1,50 @@
+"""`edgeqwen serve`: the OpenAI-compatible API and the web page, with the options that bound them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .. import settings
+from ..errors import EdgeQwenError
+from .options import CtxOption, ModelOption, PromptsOption, ThreadsOption, fail
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on. Default: this machine only; 0.0.0.0 opens it to the network (set --api-key).")] = settings.HOST,
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="TCP port.")] = settings.PORT,
+    model: ModelOption = None,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar=settings.ENV_API_KEY, help=f"Require 'Authorization: Bearer KEY' on every endpoint but /health (or set ${settings.ENV_API_KEY}).")] = None,
+    prompts: PromptsOption = None,
+    threads: ThreadsOption = None,
+    ctx: CtxOption = settings.N_CTX,
+    router: Annotated[str, typer.Option("--router", help="How task auto decides: llm or rules.")] = settings.ROUTER,
+    queue_size: Annotated[int, typer.Option("--queue-size", min=0, help="Requests that may wait behind the running one; more get 503 + Retry-After.")] = settings.QUEUE_SIZE,
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1024, help="Largest request body (413 above).")] = settings.MAX_BODY_BYTES,
+    max_text_chars: Annotated[int, typer.Option("--max-text-chars", min=1, help="Longest text or message (422 above).")] = settings.MAX_TEXT_CHARS,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")] = settings.LOG_LEVEL,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's own log.")] = False,
+) -> None:
+    """Serve an OpenAI-compatible API and a web page (needs the extra: pip install 'edgeqwen\\[serve]').
+
+    \b
+    Examples:
+      edgeqwen serve                         # http://127.0.0.1:8080/ (page), /v1/chat/completions, ...
+      edgeqwen serve --host 0.0.0.0 --api-key "$(openssl rand -hex 16)"
+    """
+    try:
+        from ..server.app import ServerConfig, serve as run_server  # the optional extra: imported only here
+    except ImportError as error:
+        fail(EdgeQwenError(f"edgeqwen serve needs the server extra ({error.name or error} is missing): pip install 'edgeqwen[serve]'"))
+    config = ServerConfig(
+        host=host, port=port, model=str(model) if model else None, api_key=api_key or None,
+        prompts=str(prompts) if prompts else None, threads=threads, ctx=ctx, router=router, queue_size=queue_size,
+        max_body_bytes=max_body_bytes, max_text_chars=max_text_chars, log_level=log_level, verbose=verbose,
+    )
+    try:
+        run_server(config)
+    except EdgeQwenError as error:
+        fail(error)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)

@@ -1,0 +1,224 @@
+"""Training classification heads (`edgeqwen eval --train-head`, `make heads`): a stratified split,
+multinomial logistic regression in numpy, the L2 penalty and the blend with the label logits chosen
+by cross-validation on the training part, the final hidden state recovered from the logits, and a
+report on the held-out part.
+
+With `--train-fraction 0` the head is fitted on `--train-extra` texts only and every text of DATA is
+held out: the way the shipped heads are trained (on texts written for training, never on dev sets).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .classifier import Classifier
+from .errors import InputError
+from .evaluate import DataError, EvalOptions, Item, Progress, check_gold, check_role, metrics
+from .gguf_info import output_matrix
+from .head import Head, blend_scores, model_identity, prompt_fingerprint, save_head, text_key
+from .numeric import softmax
+from .prompt_fit import clean_text
+
+
+def unstandardize(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A regression over standardised features ((x - mean) / scale) as one over raw features."""
+    per_unit = weight / scale
+    return per_unit, bias - per_unit @ mean
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, steps: int = 400) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Multinomial logistic regression on standardised features, L2-penalised, full-batch gradient descent.
+
+    Returns (weight, bias, mean, scale). The loss is convex, so plain gradient descent with a step
+    size from the data's Lipschitz bound converges; a few hundred steps on a few hundred examples
+    take well under a second.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0) + 1e-6
+    z = (x - mean) / scale
+    n, d = z.shape
+    onehot = np.eye(n_classes)[y]
+    w = np.zeros((n_classes, d))
+    b = np.zeros(n_classes)
+    # Lipschitz constant of the gradient: ||Z||^2 / (2n) for softmax, plus the penalty.
+    step = 1.0 / (np.linalg.norm(z, 2) ** 2 / (2 * n) + l2 + 1e-9)
+    for _ in range(steps):
+        g = (softmax(z @ w.T + b) - onehot) / n
+        w -= step * (g.T @ z + l2 * w)
+        b -= step * g.sum(axis=0)
+    return w, b, mean, scale
+
+
+def predict_logistic(x: np.ndarray, w: np.ndarray, b: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return np.argmax(((np.asarray(x, dtype=np.float64) - mean) / scale) @ w.T + b, axis=1)
+
+
+def choose_l2(x: np.ndarray, y: np.ndarray, n_classes: int, grid=(0.001, 0.01, 0.1, 1.0), folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
+    """Pick the penalty by k-fold cross-validation on the training split only."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    parts = np.array_split(order, min(folds, len(y)))
+    results: dict[float, float] = {}
+    for l2 in grid:
+        correct = 0
+        for k, held in enumerate(parts):
+            train = np.concatenate([p for j, p in enumerate(parts) if j != k])
+            if len(set(y[train])) < n_classes:
+                continue
+            w, b, mean, scale = fit_logistic(x[train], y[train], n_classes, l2)
+            correct += int((predict_logistic(x[held], w, b, mean, scale) == y[held]).sum())
+        results[l2] = correct / len(y)
+    best = max(results, key=lambda l2: (results[l2], l2))  # ties: the stronger penalty
+    return best, results
+
+
+def choose_blend(x: np.ndarray, y: np.ndarray, label_scores: np.ndarray, n_classes: int, l2: float,
+                 grid=(0.0, 0.25, 0.5, 0.75, 1.0), folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
+    """Pick the head's weight against the label logits by k-fold cross-validation on the training
+    split only: out-of-fold head scores, blended with the label scores at each weight in `grid`."""
+    rng = np.random.default_rng(seed)
+    parts = np.array_split(rng.permutation(len(y)), min(folds, len(y)))
+    head_scores = np.zeros((len(y), n_classes))
+    for k, held in enumerate(parts):
+        train = np.concatenate([p for j, p in enumerate(parts) if j != k])
+        w, b, mean, scale = fit_logistic(x[train], y[train], n_classes, l2)
+        head_scores[held] = ((x[held] - mean) / scale) @ w.T + b
+    results = {}
+    for blend in grid:
+        results[blend] = float((np.argmax(blend_scores(head_scores, label_scores, blend), axis=1) == y).mean())
+    best = max(results, key=lambda blend: (results[blend], blend))  # ties: more of the head
+    return best, results
+
+
+class HiddenFromLogits:
+    """Recovers the final hidden state from next-token logits, and folds a head trained on it into
+    weights over the logits.
+
+    `output` is the model's output layer W (n_vocab x n_embd, from models.output_matrix): logits =
+    W @ hidden up to llama.cpp's rounding (it quantizes the hidden state for the product, about 1 %
+    relative error here), so hidden = (W^T W)^-1 W^T logits. Training on this recovered state rather
+    than on llama.cpp's own makes training and use see exactly the same numbers.
+    """
+
+    def __init__(self, output: np.ndarray, chunk: int = 16384) -> None:
+        self.output = output
+        n_embd = output.shape[1]
+        self.gram = np.zeros((n_embd, n_embd))
+        for start in range(0, output.shape[0], chunk):  # W^T W in float64 without a float64 copy of W
+            rows = output[start:start + chunk].astype(np.float64)
+            self.gram += rows.T @ rows
+
+    def moments(self, logits: np.ndarray) -> np.ndarray:
+        """W^T logits: n_embd numbers that keep all a head needs from one text's logits."""
+        return self.output.T @ np.asarray(logits, dtype=np.float32)
+
+    def hidden(self, moments: np.ndarray) -> np.ndarray:
+        """The hidden states (rows) whose logits gave these moments (rows)."""
+        return np.linalg.solve(self.gram, np.asarray(moments, dtype=np.float64).T).T
+
+    def fold(self, weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A head over standardised hidden states as (weight over the logits, bias)."""
+        per_unit, raw_bias = unstandardize(weight, bias, mean, scale)
+        through_gram = np.linalg.solve(self.gram, per_unit.T)
+        return (self.output @ through_gram.astype(np.float32)).T.astype(np.float64), raw_bias
+
+
+def split_items(items: Sequence[Item], train_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Fixed-seed split, stratified by (lang, gold): indices of the training and held-out parts."""
+    rng = np.random.default_rng(seed)
+    groups: dict[tuple, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault((item.lang, item.gold), []).append(i)
+    train: list[int] = []
+    for key in sorted(groups, key=str):
+        members = np.array(groups[key])
+        rng.shuffle(members)
+        train += members[: int(round(len(members) * train_fraction))].tolist()
+    train_set = set(train)
+    return sorted(train_set), [i for i in range(len(items)) if i not in train_set]
+
+
+def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Path, train_fraction: float = 0.5,
+               seed: int = 0, extra: Sequence[Item] = (), layer: int | None = None) -> dict[str, Any]:
+    """Fit a head for the role on a split of `items` (plus `extra`, always in the training part);
+    report it and the label logits on the held-out part of `items` only. The head reads the final
+    state, or with `layer` that block's output (head.layer_features)."""
+    if not 0 <= train_fraction < 1 or (train_fraction == 0 and not extra):
+        raise InputError("--train-fraction must be between 0 and 1 (0: train on --train-extra only and score every text of DATA)")
+    if output.suffix != ".npz":
+        raise InputError(f"{output}: a head file must end in .npz")
+    if layer is not None and layer not in eq.engine.readable_layers:
+        raise InputError(f"--head-layer must be between 0 and {eq.engine.n_layer - 2}: the model has {eq.engine.n_layer} blocks, and the last one's output is the final state (the default)")
+    name = check_role(eq.roles, options.task, options.role)
+    role = eq.roles[name]
+    check_gold([*items, *extra], options.task, role)
+    n_data = len(items)
+    items = [*items, *extra]
+    classifier = Classifier(eq.engine, role, use_head=False)
+    # Gold values are route targets for task route: map them back to the role's labels.
+    to_label = {(label.routes_to or label.name) if options.task == "route" else label.name: label.name for label in role.labels}
+    keys = [text_key(clean_text(item.text)) for item in items]
+    # The final state is recovered from the logits; a block's output is read directly.
+    basis = HiddenFromLogits(output_matrix(eq.engine.info.path)) if layer is None else None
+    bar = Progress(len(items), options.progress)
+    bar.describe(f"hidden states ({name})")
+    rows, logit_scores, latencies = [], [], []
+    try:
+        for item in items:
+            t0 = time.perf_counter()
+            features, scores = classifier.features(item.text, layer)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            rows.append(features if basis is None else basis.moments(features))
+            logit_scores.append(scores)
+            bar.advance()
+    finally:
+        bar.close()
+    x = np.array(rows) if basis is None else basis.hidden(np.array(rows))
+    logit_scores = np.array(logit_scores)
+    labels = role.label_names
+    y = np.array([labels.index(to_label[item.gold]) for item in items])
+    train, held = split_items(items[:n_data], train_fraction, seed)
+    train += list(range(n_data, len(items)))
+    if len(held) == 0 or len(set(y[train])) < 2:
+        raise DataError("too few labelled texts to split into a training and a held-out part")
+    l2, cv = choose_l2(x[train], y[train], len(labels), seed=seed)
+    blend, cv_blend = (choose_blend(x[train], y[train], logit_scores[train], len(labels), l2, seed=seed)
+                       if classifier.single_token else (1.0, {}))
+    w, b, mean, scale = fit_logistic(x[train], y[train], len(labels), l2)
+    weight, bias = unstandardize(w, b, mean, scale) if basis is None else basis.fold(w, b, mean, scale)
+    head = Head(
+        labels=tuple(labels), weight=weight, bias=bias, blend=blend,
+        model=model_identity(eq.engine), prompt_sha256=prompt_fingerprint(role), layer=layer,
+        trained_on=frozenset(keys[i] for i in train),
+    )
+    head_pred = np.argmax(blend_scores(((x[held] - mean) / scale) @ w.T + b, logit_scores[held], blend), axis=1)
+    logit_pred = np.argmax(logit_scores[held], axis=1)
+    to_gold = {label: gold for gold, label in to_label.items()}
+    held_items = [items[i] for i in held]
+    lat = [latencies[i] for i in held]
+    mix = "" if blend == 1 else f", blended {blend:g} with the label logits"
+    systems = [
+        {"system": f"head (trained on {len(train)}, l2 {l2:g}{mix})", "description": f"{output}; logistic regression over {head.reads}",
+         **metrics(held_items, [to_gold[labels[k]] for k in head_pred], lat, 0.0)},
+        {"system": f"label logits of role '{name}'", "description": "the role without a head, same prompt, same texts",
+         **metrics(held_items, [to_gold[labels[k]] for k in logit_pred], lat, 0.0)},
+    ]
+    validation = {s["system"]: {"accuracy": s["accuracy"], "by_lang": {k: v["accuracy"] for k, v in s["by_lang"].items()}} for s in systems}
+    head.meta.update({"role": name, "task": options.task, "data": [str(p) for p in options.data], "extra": len(extra), "seed": seed,
+                      "train_fraction": train_fraction, "n_train": len(train), "n_held_out": len(held), "l2": l2,
+                      "cv_accuracy": {str(k): round(v, 4) for k, v in cv.items()},
+                      "cv_blend_accuracy": {str(k): round(v, 4) for k, v in cv_blend.items()}, "held_out": validation})
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_head(output, head)
+    return {
+        "data": [str(p) for p in options.data], "task": options.task, "role": name, "model": eq.engine.info.path.name,
+        "model_path": str(eq.engine.info.path), "n": len(held), "split": f"seed {seed}, {len(train) - len(extra)} texts for training (+{len(extra)} from --train-extra), {len(held)} held out (stratified by lang and gold)",
+        "head": str(output), "layer": layer, "l2": l2, "blend": blend, "cv_accuracy": head.meta["cv_accuracy"],
+        "cv_blend_accuracy": head.meta["cv_blend_accuracy"], "systems": systems,
+    }

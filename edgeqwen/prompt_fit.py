@@ -1,0 +1,72 @@
+"""Prompts that fit: an input cleaned, the role's messages in the model's chat template, trimmed to n_ctx.
+
+Too long an input is cut at its tail; old conversation turns are dropped first. The role's fixed
+prefix (system prompt, examples, the user turn up to the input) is found here so the engine can keep it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .engine import Engine, common_prefix_length
+from .errors import InputError
+from .roles import Message, Role
+
+MIN_REPLY_TOKENS = 16  # a chat prompt is truncated rather than leave less room than this
+
+
+def clean_text(text: str) -> str:
+    """The input as the model should see it; empty or whitespace-only input is refused."""
+    if not isinstance(text, str):
+        raise InputError("text must be a string")
+    text = text.replace("\x00", "").strip()
+    if not text:
+        raise InputError("empty input: give some text to analyse")
+    return text
+
+
+@dataclass(frozen=True)
+class FittedPrompt:
+    tokens: list[int]
+    history: list[Message]
+    truncated: bool
+    fixed: int = 0  # leading tokens that are the role's fixed prefix, worth keeping in the cache
+
+
+def fixed_prefix(engine: Engine, role: Role) -> list[int]:
+    """Tokens every prompt of the role starts with: system prompt, examples, and the new user turn up to the input.
+
+    Found as what the prompts for two unlike inputs share, so the template's own tokens before the
+    input (e.g. "<|im_start|>user\nText:") are kept in the cache too.
+    """
+    first, second = (engine.chat_tokens(role.messages(probe)) for probe in ("A", "乙"))
+    return first[: common_prefix_length(first, second)]
+
+
+def fit_prompt(
+    engine: Engine, role: Role, text: str, history: Sequence[Message] = (), reserve: int = 1, prefix: Sequence[int] = ()
+) -> FittedPrompt:
+    """Tokens for `text` after `history` that leave `reserve` tokens free: oldest turns go first, then the text's tail."""
+    fitted = _fit(engine, role, text, list(history), reserve)
+    prefix = list(prefix)
+    fixed = len(prefix) if prefix and fitted.tokens[: len(prefix)] == prefix else 0
+    return FittedPrompt(fitted.tokens, fitted.history, fitted.truncated, fixed)
+
+
+def _fit(engine: Engine, role: Role, text: str, history: list[Message], reserve: int) -> FittedPrompt:
+    while True:
+        tokens = engine.chat_tokens(role.messages(text, history))
+        if len(tokens) + reserve <= engine.n_ctx or not history:
+            break
+        history = history[2:]  # one user turn and its reply
+    limit = engine.n_ctx - min(reserve, MIN_REPLY_TOKENS)
+    if len(tokens) <= limit:
+        return FittedPrompt(tokens, history, truncated=False)
+    text_tokens = engine.tokenize(text)
+    fixed = len(tokens) - len(text_tokens)
+    room = limit - fixed - 4  # re-tokenizing the cut text may merge differently
+    if room <= 0:
+        raise InputError(f"role '{role.name}' needs {fixed} tokens of fixed prompt; n_ctx {engine.n_ctx} is too small")
+    tokens = engine.chat_tokens(role.messages(engine.detokenize(text_tokens[:room]), history))
+    return FittedPrompt(tokens, history, truncated=True)
