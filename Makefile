@@ -67,12 +67,11 @@ quantize: setup  ## build Qwen1.5-0.5B-Chat from the Hugging Face Hub as a verif
 
 # make heads MODEL=models/qwen1.5-0.5b-chat-q4_k_m.gguf: the shipped roles' heads for that model, trained
 # on the shipped training texts (80 %; the other 20 % scored), written to models/<model stem>.heads/
-ROUTE_HEAD_LAYER ?= 18  # the block the route head reads (of 24 in Qwen1.5/2.5-0.5B)
 
 heads: setup  ## train the sentiment and route heads for MODEL= (e.g. what make quantize built); needs ~1 GB RAM
 	@test -n "$(MODEL)" || { echo "usage: make heads MODEL=models/your-model.gguf" >&2; exit 2; }
 	$(BIN)/edgeqwen eval scripts/data/route.train.jsonl --task route --model $(MODEL) --train-fraction 0.8 \
-	    --train-head $(basename $(MODEL)).heads/route.head.npz --head-layer $(ROUTE_HEAD_LAYER) $(if $(THREADS),--threads $(THREADS))
+	    --train-head $(basename $(MODEL)).heads/route.head.npz --choose-layer $(if $(THREADS),--threads $(THREADS))
 	$(BIN)/edgeqwen eval scripts/data/sentiment.train.jsonl --task sentiment --model $(MODEL) --train-fraction 0.8 \
 	    --train-head $(basename $(MODEL)).heads/sentiment.head.npz $(if $(THREADS),--threads $(THREADS))
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from .errors import InputError
+from . import settings
 from .classifier import Classification
+from .errors import InputError
+from .prompt_fit import clean_text
 
 OUTPUT_FIELDS = ("line", "text", "label", "display", "confidence", "error")
 
@@ -89,15 +91,17 @@ def last_done_line(output: Path) -> int:
 
 
 def classify_file(
-    classify: Callable[[str], Classification],
+    classify_many: Callable[[list[str]], list[Classification]],
     inputs: Path,
     output: Path | None,
     *,
     resume: bool = False,
     stdout: TextIO | None = None,
     on_progress: Callable[[int], None] | None = None,
+    batch_size: int = settings.BATCH_SIZE,
 ) -> BatchSummary:
-    """Classify every input of `inputs`, appending a record per result to `output` (or `stdout`)."""
+    """Classify every input of `inputs`, `batch_size` at a time, appending a record per result to
+    `output` (or `stdout`) in input order, flushed after each batch."""
     if output is not None and output.exists() and output.stat().st_size and not resume:
         raise InputError(f"{output} exists: pass --resume to continue it, or choose another --output")
     skip_through = last_done_line(output) if output is not None and resume else 0
@@ -107,33 +111,52 @@ def classify_file(
     if writer is not None and handle.tell() == 0:
         writer.writerow(OUTPUT_FIELDS)
     started, done, skipped = time.perf_counter(), 0, 0
+    pending: list[tuple[int, str]] = []
+
+    def flush() -> None:
+        nonlocal done
+        for record in _records(classify_many, pending):
+            if writer is not None:
+                writer.writerow([record[field] for field in OUTPUT_FIELDS])
+            else:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.flush()
+        done += len(pending)
+        pending.clear()
+        if on_progress:
+            on_progress(done + skipped)
+
     try:
         for number, text in read_inputs(inputs):
             if number <= skip_through:
                 skipped += 1
                 continue
-            record = _record(classify, number, text)
-            if writer is not None:
-                writer.writerow([record[field] for field in OUTPUT_FIELDS])
-            else:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            handle.flush()
-            done += 1
-            if on_progress:
-                on_progress(done + skipped)
+            pending.append((number, text))
+            if len(pending) >= batch_size:
+                flush()
+        if pending:
+            flush()
     finally:
         if output is not None:
             handle.close()
     return BatchSummary(done=done, skipped=skipped, seconds=time.perf_counter() - started)
 
 
-def _record(classify: Callable[[str], Classification], number: int, text: str) -> dict:
-    try:
-        result = classify(text)
-    except InputError as error:  # one bad input (e.g. empty) is reported in place; the batch goes on
-        return {"line": number, "text": text, "label": None, "display": None, "confidence": None, "error": str(error)}
-    return {"line": number, "text": text, "label": result.label, "display": result.display,
-            "confidence": round(result.confidence, 4), "error": None}
+def _records(classify_many: Callable[[list[str]], list[Classification]], batch: list[tuple[int, str]]) -> list[dict]:
+    """A record per input of `batch`, in order; an input that cannot be classified (e.g. empty) is
+    reported in its record, and the others are classified together."""
+    records: list[dict] = []
+    good: list[tuple[int, str]] = []
+    for number, text in batch:
+        try:
+            clean_text(text)
+            good.append((number, text))
+        except InputError as error:
+            records.append({"line": number, "text": text, "label": None, "display": None, "confidence": None, "error": str(error)})
+    for (number, text), result in zip(good, classify_many([text for _, text in good]) if good else []):
+        records.append({"line": number, "text": text, "label": result.label, "display": result.display,
+                        "confidence": round(result.confidence, 4), "error": None})
+    return sorted(records, key=lambda record: record["line"])
 
 
 def count_inputs(inputs: Path) -> int:

@@ -48,6 +48,7 @@ LONG_INPUTS = [
 CHAT_PROMPT = "Give me three tips for staying focused while studying."
 NAIVE_PROMPT = "Analyze the sentiment of the following text and answer Positive or Negative.\nText: {text}\nSentiment:"
 DECODE_TOKENS = 64
+BATCH_ROUNDS = 4  # the short inputs, this many times over, classified one at a time and together
 
 
 def _ms(seconds: float) -> float:
@@ -132,6 +133,14 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = settings
         after_chat.append(_timed(lambda: eq.sentiment(text)))
     long_times = [_timed(lambda: eq.sentiment(text)) for text in LONG_INPUTS]
     route_times = [_timed(lambda: eq.route(text)) for text in SHORT_INPUTS]
+    route_role = eq.roles["route"]
+    route_prefix = fixed_prefix(eq.engine, route_role)
+    route_floor = [raw.eval_seconds(route_prefix, eq.engine.chat_tokens(route_role.messages(text))[len(route_prefix):]) for text in SHORT_INPUTS]
+
+    log("texts one at a time and together…")
+    many_texts = SHORT_INPUTS * BATCH_ROUNDS
+    one_at_a_time = _timed(lambda: [eq.sentiment(text) for text in many_texts])
+    together = _timed(lambda: eq.classify_many(many_texts))
 
     log("plain llama-cpp-python references…")
     naive = [_timed(lambda: raw.grammar_completion(NAIVE_PROMPT.format(text=text), ("Positive", "Negative"))) for text in SHORT_INPUTS]
@@ -168,6 +177,9 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = settings
         "sentiment_after_chat_p50_ms": _ms(statistics.median(after_chat)),
         "sentiment_long_p50_ms": _ms(statistics.median(long_times)), "sentiment_long_p90_ms": _p([_ms(t) for t in long_times], 0.9),
         "router_p50_ms": _ms(statistics.median(route_times)),
+        "router_floor_p50_ms": _ms(statistics.median(route_floor)),
+        "sentiment_one_at_a_time_texts_s": round(len(many_texts) / one_at_a_time, 2),
+        "sentiment_together_texts_s": round(len(many_texts) / together, 2),
         "naive_grammar_call_p50_ms": _ms(statistics.median(naive)),
         "own_prompt_chat_completion_grammar_p50_ms": _ms(statistics.median(same_prompt)),
         "own_prompt_chat_completion_grammar_after_chat_p50_ms": _ms(statistics.median(same_prompt_after_chat)),
@@ -181,6 +193,8 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = settings
         "cold_role_p50_over_floor": round(statistics.median(cold) / floor_p50, 2),
         "warm_p50_over_floor": round(statistics.median(warm) / floor_p50, 2),
         "after_chat_p50_over_floor": round(statistics.median(after_chat) / floor_p50, 2),
+        "router_p50_over_its_floor": round(statistics.median(route_times) / statistics.median(route_floor), 2),
+        "together_over_one_at_a_time": round(one_at_a_time / together, 2),
         "naive_over_cold_role": round(statistics.median(naive) / statistics.median(cold), 2),
         "own_prompt_chat_completion_over_cold_role": round(statistics.median(same_prompt) / statistics.median(cold), 2),
         "own_prompt_chat_completion_after_chat_over_ours_after_chat": round(statistics.median(same_prompt_after_chat) / statistics.median(after_chat), 2),

@@ -7,7 +7,7 @@ the label tokens' logits (one evaluation), else from grammar-constrained decodin
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -61,6 +61,15 @@ class Classification:
         return asdict(self)
 
 
+@dataclass
+class Read:
+    """What the model gave for one prompt of a classify role (Classifier.read_many)."""
+
+    layers: dict[int, np.ndarray]  # block -> head.layer_features of its output
+    logits: np.ndarray | None  # next-token logits
+    label_scores: np.ndarray  # the label tokens' calibrated logits (zeros without logits or single-token labels)
+
+
 class Classifier:
     """Runs one classify role; the answer is always exactly one of the role's labels."""
 
@@ -83,20 +92,60 @@ class Classifier:
         self.head: Head | None = head_for(engine, role) if use_head else None
 
     def classify(self, text: str) -> Classification:
+        return self.classify_many([text])[0]
+
+    def classify_many(self, texts: Sequence[str]) -> list[Classification]:
+        """One Classification per text, in order. Texts are evaluated together as far as the engine
+        allows (Engine.evaluate_many); with a head that reads a middle block alone, llama.cpp stops
+        after that block."""
         started = time.perf_counter()
-        prompt = fit_prompt(self.engine, self.role, clean_text(text), prefix=self._prefix)
-        if self.head is not None:
-            features, logits = self._read(prompt, self.head.layer)
-            scores = self.head.scores(features, self._label_scores(logits) if self.single_token else None)
-            label = self.role.label_names[int(np.argmax(scores))]
-        elif self.single_token:
-            scores = self._label_scores(self.engine.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed))
-            label = self.role.label_names[int(np.argmax(scores))]
+        prompts = [fit_prompt(self.engine, self.role, clean_text(text), prefix=self._prefix) for text in texts]
+        if self.head is None and not self.single_token:
+            scored = [self._decode_label(prompt) for prompt in prompts]
         else:
-            label = self.engine.constrained_choice(prompt.tokens, self._grammar, keep_prefix=prompt.fixed)
-            scores = np.array([self.engine.sequence_logprob(prompt.tokens, seq, prompt.fixed) for seq in self._sequences])
+            scored = [self._label_and_scores(self._head_scores(read) if self.head else read.label_scores) for read in self._read(prompts)]
+        each_ms = (time.perf_counter() - started) * 1000 / max(1, len(texts))
+        return [self._result(label, scores, prompt, each_ms, len(texts)) for (label, scores), prompt in zip(scored, prompts)]
+
+    def read_many(self, texts: Sequence[str], layers: Sequence[int] = (), logits: bool = True) -> list[Read]:
+        """What heads are trained on, per text: each block's layer features, the next-token logits and
+        the calibrated label scores (zeros when the labels are not single tokens)."""
+        return self._read([fit_prompt(self.engine, self.role, clean_text(text), prefix=self._prefix) for text in texts], layers, logits)
+
+    def _read(self, prompts: list[FittedPrompt], layers: Sequence[int] | None = None, logits: bool | None = None) -> list[Read]:
+        """Read `prompts` for this role's head (or `layers` and `logits` if given), evaluated together
+        where they share a start: the fixed prefix, or in the rare prompt whose input merges into the
+        prefix's last token, what it shares of it."""
+        if layers is None:
+            layers = [self.head.layer] if self.head is not None and self.head.layer is not None else []
+            logits = not layers or (self.head is not None and self.head.blend < 1 and self.single_token)
+        if logits and self.single_token:
+            self._calibration_bias()  # evaluated once, before the batch
+        by_start: dict[int, list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            by_start.setdefault(prompt.fixed or common_prefix_length(self._prefix, prompt.tokens), []).append(index)
+        reads: list[Read | None] = [None] * len(prompts)
+        for start, indices in by_start.items():
+            results = self.engine.evaluate_many([prompts[i].tokens for i in indices], start, layers=layers, logits=bool(logits))
+            for index, result in zip(indices, results):
+                label_scores = self._label_scores(result.logits) if result.logits is not None and self.single_token else np.zeros(len(self._sequences))
+                reads[index] = Read({layer: layer_features(rows) for layer, rows in result.states.items()}, result.logits, label_scores)
+        return reads
+
+    def _head_scores(self, read: Read) -> np.ndarray:
+        features = read.logits if self.head.layer is None else read.layers[self.head.layer]
+        return self.head.scores(features, read.label_scores if read.logits is not None and self.single_token else None)
+
+    def _label_and_scores(self, scores: np.ndarray) -> tuple[str, np.ndarray]:
+        return self.role.label_names[int(np.argmax(scores))], scores
+
+    def _decode_label(self, prompt: FittedPrompt) -> tuple[str, np.ndarray]:
+        """Labels of several tokens: greedy decoding under the label grammar, scored by each label's log-probability."""
+        label = self.engine.constrained_choice(prompt.tokens, self._grammar, keep_prefix=prompt.fixed)
+        return label, np.array([self.engine.sequence_logprob(prompt.tokens, seq, prompt.fixed) for seq in self._sequences])
+
+    def _result(self, label: str, scores: np.ndarray, prompt: FittedPrompt, each_ms: float, batch: int) -> Classification:
         probabilities = softmax(scores)
-        elapsed = (time.perf_counter() - started) * 1000
         return Classification(
             role=self.role.name,
             label=label,
@@ -104,26 +153,8 @@ class Classifier:
             confidence=float(probabilities[self.role.label_names.index(label)]),
             scores={name: float(p) for name, p in zip(self.role.label_names, probabilities)},
             truncated=prompt.truncated,
-            timings={"total_ms": round(elapsed, 2), "prompt_tokens": len(prompt.tokens)},
+            timings={"total_ms": round(each_ms, 2), "prompt_tokens": len(prompt.tokens), "batch": batch},
         )
-
-    def features(self, text: str, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """What a head is trained on: the next-token logits at the end of the role's prompt (or, with
-        `layer`, head.layer_features of that block), and the calibrated label scores at the same
-        position (zeros when the labels are not single tokens)."""
-        prompt = fit_prompt(self.engine, self.role, clean_text(text), prefix=self._prefix)
-        features, logits = self._read(prompt, layer)
-        return features, self._label_scores(logits) if self.single_token else np.zeros(len(self._sequences))
-
-    def _read(self, prompt: FittedPrompt, layer: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """(what a head over `layer` reads, next-token logits) for a fitted prompt."""
-        if layer is None:
-            logits = self.engine.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed)
-            return logits, logits
-        # States after the shared prefix, even in the rare prompt whose input merges into the prefix's last token.
-        start = prompt.fixed or common_prefix_length(self._prefix, prompt.tokens)
-        logits, states = self.engine.layer_states(prompt.tokens, layer, keep_prefix=start)
-        return layer_features(states), logits
 
     def _label_scores(self, logits: np.ndarray) -> np.ndarray:
         """The label tokens' logits, minus the role's calibration bias."""

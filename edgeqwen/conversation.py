@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from .engine import Engine, SamplingParams
 from .prompt_fit import clean_text, fit_prompt, fixed_prefix
 from .roles import Message, Role
+from .text import script_language
 
 
 class Conversation:
@@ -18,7 +19,7 @@ class Conversation:
         self.engine = engine
         self.role = role
         self.history: list[Message] = list(history)
-        self._prefix = fixed_prefix(engine, role)
+        self._prefixes: dict[str | None, list[int]] = {}  # by the language of the message (roles.Role.system_for)
         self.last_truncated = False
         self.timings: dict[str, float] = {}  # of the last reply: total_ms, first_token_ms, prompt_tokens, reply_tokens
         self.finish_reason: str | None = None  # of the last reply: "stop" (end of turn), "length" (max_tokens or n_ctx), None (interrupted)
@@ -31,7 +32,7 @@ class Conversation:
         """Yield the reply as it is generated; the turn joins the history even if interrupted."""
         text = clean_text(text)
         started = time.perf_counter()
-        prompt = fit_prompt(self.engine, self.role, text, self.history, reserve=self.sampling.max_tokens, prefix=self._prefix)
+        prompt = fit_prompt(self.engine, self.role, text, self.history, reserve=self.sampling.max_tokens, prefix=self._prefix(text))
         self.history, self.last_truncated = prompt.history, prompt.truncated
         pieces: list[str] = []
         first_token_at = None
@@ -42,6 +43,12 @@ class Conversation:
                 yield piece
         finally:
             self._record(text, "".join(pieces), started, first_token_at)
+
+    def _prefix(self, text: str) -> list[int]:
+        language = script_language(text) if self.role.system_by_language else None
+        if language not in self._prefixes:
+            self._prefixes[language] = fixed_prefix(self.engine, self.role, text)
+        return self._prefixes[language]
 
     def reply(self, text: str) -> str:
         return "".join(self.stream(text))

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import settings
 from .classifier import Classifier
 from .errors import InputError, RoleError
 from .grammar import label_grammar
@@ -95,21 +96,20 @@ def read_data(paths: Sequence[str | Path], task: str, limit: int | None = None) 
 class System:
     name: str
     description: str
-    predict: Callable[[str], str]
+    predict: Callable[[list[str]], list[str]]  # a gold-field value per text
+    batch: int = 1  # texts handed to predict at once
 
 
-def role_system(classifier: Classifier, task: str, name: str | None = None) -> System:
+def role_system(classifier: Classifier, task: str, name: str | None = None, batch: int = settings.BATCH_SIZE) -> System:
     role = classifier.role
-    if task == "route":
-        def predict(text: str) -> str:
-            label = classifier.classify(text).label
-            return role.label(label).routes_to or label
-    else:
-        def predict(text: str) -> str:
-            return classifier.classify(text).label
+
+    def predict(texts: list[str]) -> list[str]:
+        labels = [result.label for result in classifier.classify_many(texts)]
+        return [role.label(label).routes_to or label for label in labels] if task == "route" else labels
+
     how = f"head over {classifier.head.reads}" if classifier.head is not None else (
         "label logits" + (", content-free calibration" if role.calibration != "none" else ""))
-    return System(name or f"edgeqwen role '{role.name}'", f"{role.source}; {how}", predict)
+    return System(name or f"edgeqwen role '{role.name}'", f"{role.source}; {how}", predict, batch)
 
 
 def seed_prompt_system(engine: Any) -> System:
@@ -122,13 +122,13 @@ def seed_prompt_system(engine: Any) -> System:
     return System(
         "seed prompt (reconstruction)",
         "reconstructed from the measurements' description: plain completion, no chat template, grammar \"Positive\" | \"Negative\"",
-        predict,
+        lambda texts: [predict(text) for text in texts],
     )
 
 
 def rules_system() -> System:
     return System("seed rule (rules router)", "keyword + length rule (edgeqwen --router rules, in the seed's style)",
-                  lambda text: rules_route(clean_text(text)))
+                  lambda texts: [rules_route(clean_text(text)) for text in texts])
 
 
 # -- scoring ----------------------------------------------------------------------------------
@@ -195,9 +195,9 @@ class Progress:
         if self._bar:
             self._bar.update(self._task, description=text)
 
-    def advance(self) -> None:
+    def advance(self, count: int = 1) -> None:
         if self._bar:
-            self._bar.advance(self._task)
+            self._bar.advance(self._task, count)
 
     def close(self) -> None:
         if self._bar:
@@ -212,11 +212,12 @@ def score(items: Sequence[Item], systems: Sequence[System], progress: bool = Tru
             bar.describe(system.name)
             predicted, latencies = [], []
             started = time.perf_counter()
-            for item in items:
+            for first in range(0, len(items), system.batch):
+                chunk = [item.text for item in items[first : first + system.batch]]
                 t0 = time.perf_counter()
-                predicted.append(system.predict(item.text))
-                latencies.append((time.perf_counter() - t0) * 1000)
-                bar.advance()
+                predicted += system.predict(chunk)
+                latencies += [(time.perf_counter() - t0) * 1000 / len(chunk)] * len(chunk)  # per text: the batch's share
+                bar.advance(len(chunk))
             wall = time.perf_counter() - started
             results.append({"system": system.name, "description": system.description,
                             **metrics(items, predicted, latencies, wall)})
@@ -237,6 +238,7 @@ class EvalOptions:
     limit: int | None = None
     include_trained: bool = False
     progress: bool = True
+    batch_size: int = settings.BATCH_SIZE
 
 
 def check_role(roles: dict, task: str, role_name: str | None) -> str:
@@ -266,11 +268,11 @@ def evaluate(eq: Any, options: EvalOptions, items: Sequence[Item]) -> dict[str, 
         items = kept
         if not items:
             raise DataError("every text was used to train the role's head; nothing left to validate on (--include-trained scores them anyway)")
-    systems = [role_system(classifier, options.task)]
+    systems = [role_system(classifier, options.task, batch=options.batch_size)]
     if options.compare:
         if classifier.head is not None:
             systems.append(role_system(Classifier(eq.engine, classifier.role, use_head=False), options.task,
-                                       f"edgeqwen role '{name}' without head"))
+                                       f"edgeqwen role '{name}' without head", options.batch_size))
         if options.task == "route":
             systems.append(rules_system())
         elif set(classifier.role.label_names) == set(SEED_LABELS.values()):

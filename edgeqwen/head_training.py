@@ -24,6 +24,8 @@ from .head import Head, blend_scores, model_identity, prompt_fingerprint, save_h
 from .numeric import softmax
 from .prompt_fit import clean_text
 
+READ_TOGETHER = 16  # texts evaluated in one call while reading training features
+
 
 def unstandardize(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A regression over standardised features ((x - mean) / scale) as one over raw features."""
@@ -145,10 +147,14 @@ def split_items(items: Sequence[Item], train_fraction: float, seed: int) -> tupl
 
 
 def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Path, train_fraction: float = 0.5,
-               seed: int = 0, extra: Sequence[Item] = (), layer: int | None = None) -> dict[str, Any]:
+               seed: int = 0, extra: Sequence[Item] = (), layer: int | None = None, choose_layer: bool = False) -> dict[str, Any]:
     """Fit a head for the role on a split of `items` (plus `extra`, always in the training part);
-    report it and the label logits on the held-out part of `items` only. The head reads the final
-    state, or with `layer` that block's output (head.layer_features)."""
+    report it and the label logits on the held-out part of `items` only.
+
+    The head reads the final state (blended with the label logits at a weight chosen by CV), or with
+    `layer` that block's output alone (head.layer_features; no blend, so llama.cpp can stop at that
+    block). `choose_layer` picks the block by CV on the training part among every second one.
+    """
     if not 0 <= train_fraction < 1 or (train_fraction == 0 and not extra):
         raise InputError("--train-fraction must be between 0 and 1 (0: train on --train-extra only and score every text of DATA)")
     if output.suffix != ".npz":
@@ -161,41 +167,31 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
     n_data = len(items)
     items = [*items, *extra]
     classifier = Classifier(eq.engine, role, use_head=False)
+    labels = role.label_names
     # Gold values are route targets for task route: map them back to the role's labels.
     to_label = {(label.routes_to or label.name) if options.task == "route" else label.name: label.name for label in role.labels}
-    keys = [text_key(clean_text(item.text)) for item in items]
-    # The final state is recovered from the logits; a block's output is read directly.
-    basis = HiddenFromLogits(output_matrix(eq.engine.info.path)) if layer is None else None
-    bar = Progress(len(items), options.progress)
-    bar.describe(f"hidden states ({name})")
-    rows, logit_scores, latencies = [], [], []
-    try:
-        for item in items:
-            t0 = time.perf_counter()
-            features, scores = classifier.features(item.text, layer)
-            latencies.append((time.perf_counter() - t0) * 1000)
-            rows.append(features if basis is None else basis.moments(features))
-            logit_scores.append(scores)
-            bar.advance()
-    finally:
-        bar.close()
-    x = np.array(rows) if basis is None else basis.hidden(np.array(rows))
-    logit_scores = np.array(logit_scores)
-    labels = role.label_names
     y = np.array([labels.index(to_label[item.gold]) for item in items])
     train, held = split_items(items[:n_data], train_fraction, seed)
     train += list(range(n_data, len(items)))
     if len(held) == 0 or len(set(y[train])) < 2:
         raise DataError("too few labelled texts to split into a training and a held-out part")
+    candidates = sorted({*range(2, eq.engine.n_layer - 1, 2), *([layer] if layer is not None else [])}) if choose_layer else [layer]
+    basis = HiddenFromLogits(output_matrix(eq.engine.info.path)) if None in candidates else None
+    x_by_layer, logit_scores, latencies = _read_features(classifier, items, candidates, basis, options.progress, name)
+    cv_layers = {}
+    if choose_layer:
+        cv_layers = {block: choose_l2(x_by_layer[block][train], y[train], len(labels), seed=seed)[1] for block in candidates}
+        layer = max(candidates, key=lambda block: (max(cv_layers[block].values()), -block))  # ties: the earlier block, cheaper
+    x = x_by_layer[layer]
     l2, cv = choose_l2(x[train], y[train], len(labels), seed=seed)
     blend, cv_blend = (choose_blend(x[train], y[train], logit_scores[train], len(labels), l2, seed=seed)
-                       if classifier.single_token else (1.0, {}))
+                       if classifier.single_token and layer is None else (1.0, {}))
     w, b, mean, scale = fit_logistic(x[train], y[train], len(labels), l2)
-    weight, bias = unstandardize(w, b, mean, scale) if basis is None else basis.fold(w, b, mean, scale)
+    weight, bias = unstandardize(w, b, mean, scale) if basis is None or layer is not None else basis.fold(w, b, mean, scale)
     head = Head(
         labels=tuple(labels), weight=weight, bias=bias, blend=blend,
         model=model_identity(eq.engine), prompt_sha256=prompt_fingerprint(role), layer=layer,
-        trained_on=frozenset(keys[i] for i in train),
+        trained_on=frozenset(text_key(clean_text(items[i].text)) for i in train),
     )
     head_pred = np.argmax(blend_scores(((x[held] - mean) / scale) @ w.T + b, logit_scores[held], blend), axis=1)
     logit_pred = np.argmax(logit_scores[held], axis=1)
@@ -210,9 +206,10 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
          **metrics(held_items, [to_gold[labels[k]] for k in logit_pred], lat, 0.0)},
     ]
     validation = {s["system"]: {"accuracy": s["accuracy"], "by_lang": {k: v["accuracy"] for k, v in s["by_lang"].items()}} for s in systems}
+    cv_by_layer = {str(block): round(max(results.values()), 4) for block, results in cv_layers.items()}
     head.meta.update({"role": name, "task": options.task, "data": [str(p) for p in options.data], "extra": len(extra), "seed": seed,
                       "train_fraction": train_fraction, "n_train": len(train), "n_held_out": len(held), "l2": l2,
-                      "cv_accuracy": {str(k): round(v, 4) for k, v in cv.items()},
+                      "cv_accuracy": {str(k): round(v, 4) for k, v in cv.items()}, "cv_accuracy_by_layer": cv_by_layer,
                       "cv_blend_accuracy": {str(k): round(v, 4) for k, v in cv_blend.items()}, "held_out": validation})
     output.parent.mkdir(parents=True, exist_ok=True)
     save_head(output, head)
@@ -220,5 +217,31 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
         "data": [str(p) for p in options.data], "task": options.task, "role": name, "model": eq.engine.info.path.name,
         "model_path": str(eq.engine.info.path), "n": len(held), "split": f"seed {seed}, {len(train) - len(extra)} texts for training (+{len(extra)} from --train-extra), {len(held)} held out (stratified by lang and gold)",
         "head": str(output), "layer": layer, "l2": l2, "blend": blend, "cv_accuracy": head.meta["cv_accuracy"],
-        "cv_blend_accuracy": head.meta["cv_blend_accuracy"], "systems": systems,
+        "cv_accuracy_by_layer": cv_by_layer, "cv_blend_accuracy": head.meta["cv_blend_accuracy"], "systems": systems,
     }
+
+
+def _read_features(classifier: Classifier, items: Sequence[Item], layers: list[int | None], basis: HiddenFromLogits | None,
+                   progress: bool, name: str) -> tuple[dict[int | None, np.ndarray], np.ndarray, list[float]]:
+    """Per candidate block (None: the final state, from the logits) a feature row per item; the
+    items' label scores; the time per item."""
+    blocks = [layer for layer in layers if layer is not None]
+    rows: dict[int | None, list[np.ndarray]] = {layer: [] for layer in layers}
+    logit_scores, latencies = [], []
+    bar = Progress(len(items), progress)
+    bar.describe(f"hidden states ({name})")
+    try:
+        for first in range(0, len(items), READ_TOGETHER):
+            chunk = items[first : first + READ_TOGETHER]
+            t0 = time.perf_counter()
+            reads = classifier.read_many([item.text for item in chunk], blocks)
+            latencies += [(time.perf_counter() - t0) * 1000 / len(chunk)] * len(chunk)
+            for read in reads:
+                for layer in layers:
+                    rows[layer].append(basis.moments(read.logits) if layer is None else read.layers[layer])
+                logit_scores.append(read.label_scores)
+            bar.advance(len(chunk))
+    finally:
+        bar.close()
+    x_by_layer = {layer: basis.hidden(np.array(r)) if layer is None else np.array(r) for layer, r in rows.items()}
+    return x_by_layer, np.array(logit_scores), latencies

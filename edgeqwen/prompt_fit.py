@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from .engine import Engine, common_prefix_length
 from .errors import InputError
 from .roles import Message, Role
+from .text import script_language
 
 MIN_REPLY_TOKENS = 16  # a chat prompt is truncated rather than leave less room than this
+LANGUAGE_PROBES = {"zh": ("甲", "乙"), "en": ("A", "B"), None: ("1", "2")}  # unlike inputs in one script
 
 
 def clean_text(text: str) -> str:
@@ -34,13 +36,15 @@ class FittedPrompt:
     fixed: int = 0  # leading tokens that are the role's fixed prefix, worth keeping in the cache
 
 
-def fixed_prefix(engine: Engine, role: Role) -> list[int]:
+def fixed_prefix(engine: Engine, role: Role, text: str | None = None) -> list[int]:
     """Tokens every prompt of the role starts with: system prompt, examples, and the new user turn up to the input.
 
     Found as what the prompts for two unlike inputs share, so the template's own tokens before the
-    input (e.g. "<|im_start|>user\nText:") are kept in the cache too.
+    input (e.g. "<|im_start|>user\nText:") are kept in the cache too. For a role with a system prompt
+    per language, the inputs are in `text`'s script, so they get the same system prompt as `text`.
     """
-    first, second = (engine.chat_tokens(role.messages(probe)) for probe in ("A", "乙"))
+    probes = ("A", "乙") if not role.system_by_language else LANGUAGE_PROBES[script_language(text or "")]
+    first, second = (engine.chat_tokens(role.messages(probe)) for probe in probes)
     return first[: common_prefix_length(first, second)]
 
 

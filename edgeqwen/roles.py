@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from .errors import RoleError
 from .grammar import label_problem
+from .text import script_language
 
 TEXT_PLACEHOLDER = "{text}"
 RESERVED_NAMES = {"auto", "both", "rules", "llm"}  # --task values that are not roles
@@ -61,6 +62,8 @@ class Sampling(_Strict):
     repeat_penalty: float = Field(1.0, gt=0.0, le=2.0)
     max_tokens: int = Field(256, ge=1, le=8192)
     seed: int | None = None
+    dry_multiplier: float = Field(0.0, ge=0.0, le=5.0, description="DRY: penalise copying runs of the prompt or reply; 0: off.")
+    dry_allowed_length: int = Field(2, ge=1, le=64, description="DRY: runs up to this many tokens may repeat freely.")
 
 
 class Role(_Strict):
@@ -71,6 +74,9 @@ class Role(_Strict):
     kind: Literal["classify", "generate"]
     description: str = ""
     system: str
+    system_by_language: dict[Literal["en", "zh"], str] = Field(
+        {}, description="A system prompt per language of the user's message (by script), used instead of `system`."
+    )
     template: str = TEXT_PLACEHOLDER
     examples: list[Example] = []
     labels: list[Label] = []
@@ -138,9 +144,18 @@ class Role(_Strict):
     def user_message(self, text: str) -> str:
         return self.template.replace(TEXT_PLACEHOLDER, text)
 
-    def prefix_messages(self) -> list[Message]:
-        """The fixed part of every prompt: system prompt and few-shot turns (cacheable)."""
-        messages = [{"role": "system", "content": self.system}]
+    def system_for(self, text: str | None = None) -> str:
+        """The system prompt for a user message: the one for its language, if the role has one."""
+        language = script_language(text) if text is not None and self.system_by_language else None
+        return self.system_by_language.get(language, self.system)
+
+    def with_system(self, system: str) -> Role:
+        """This role with `system` as its only system prompt (a caller's own, e.g. an API request's)."""
+        return self.model_copy(update={"system": system, "system_by_language": {}})
+
+    def prefix_messages(self, text: str | None = None) -> list[Message]:
+        """The fixed part of every prompt for `text`: system prompt and few-shot turns (cacheable)."""
+        messages = [{"role": "system", "content": self.system_for(text)}]
         for example in self.examples:
             answer = example.label if self.kind == "classify" else example.reply
             messages.append({"role": "user", "content": self.user_message(example.text)})
@@ -149,7 +164,7 @@ class Role(_Strict):
 
     def messages(self, text: str, history: Sequence[Message] = ()) -> list[Message]:
         """The whole prompt for one input: fixed prefix, earlier turns, then the new user turn."""
-        return [*self.prefix_messages(), *history, {"role": "user", "content": self.user_message(text)}]
+        return [*self.prefix_messages(text), *history, {"role": "user", "content": self.user_message(text)}]
 
 
 def pick_role(roles: Mapping[str, Role], name: str, kind: str | None = None) -> Role:

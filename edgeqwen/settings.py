@@ -49,7 +49,13 @@ FLASH_ATTN = True  # faster decode and long prompts on x86 (docs/benchmarks.md)
 # llama.cpp's CPU weight repacking keeps a second copy of the weights: no faster on x86, so off there;
 # on ARM it is llama.cpp's NEON/dotprod fast path, so left on.
 REPACK = platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686")
+BATCH_SIZE = 16  # texts classified together by `edgeqwen sentiment FILE` and `edgeqwen eval` (docs/benchmarks.md)
 ROUTER = "llm"  # how --task auto decides: the route role (llm) or the keyword rule (rules)
+
+# -- building a model (`edgeqwen quantize`) ---------------------------------------------------
+
+QUANTIZE_REPO = "Qwen/Qwen1.5-0.5B-Chat"
+QUANT_TYPE = "Q4_K_M"
 
 # -- the server -------------------------------------------------------------------------------
 

@@ -1,6 +1,21 @@
-"""Text for one-line messages: any error detail folded onto one short line."""
+"""Text rules shared by several modules: error details folded onto one line, and which script a text is in."""
 
 from __future__ import annotations
+
+import re
+
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN = re.compile(r"[A-Za-z]")
+
+
+def script_language(text: str) -> str | None:
+    """"zh" or "en" by script: a Han character counts as three Latin letters (a Chinese word is one or
+    two characters, an English word about five letters), so a text is Chinese when 3 x Han >= letters;
+    None for a text with neither."""
+    han, latin = len(_HAN.findall(text)), len(_LATIN.findall(text))
+    if han == latin == 0:
+        return None
+    return "zh" if 3 * han >= latin else "en"
 
 
 def one_line(text: str, limit: int = 200) -> str:

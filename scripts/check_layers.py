@@ -27,7 +27,7 @@ LAYERS = {
     "convert": {"convert"},
     "tasks": {"prompt_fit", "classifier", "conversation", "head", "router"},
     "api": {"api", "batch"},
-    "faces": {"cli", "server", "evaluate", "head_training", "bench", "doctor", "smoke_check", "console", "__main__", "__init__"},
+    "faces": {"cli", "server", "evaluate", "head_training", "chat_check", "bench", "doctor", "smoke_check", "console", "__main__", "__init__"},
 }
 RANK = {layer: rank for rank, layer in enumerate(LAYERS)}
 CONVERT_MAY_USE = {"base", "files", "engine", "convert"}

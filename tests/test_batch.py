@@ -38,7 +38,7 @@ def test_resume_continues_after_the_last_complete_record(eq, tmp_path):
     first = json.dumps({"line": 1, "text": TEXTS[0], "label": "positive", "display": "x", "confidence": 0.9, "error": None})
     output.write_text(first + "\n" + '{"line": 2, "text": "half writ')  # as an interrupted run leaves it
     assert last_done_line(output) == 1
-    summary = classify_file(eq.sentiment, inputs, output, resume=True)
+    summary = classify_file(eq.classify_many, inputs, output, resume=True)
     assert (summary.done, summary.skipped) == (3, 1)
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["line"] for r in records] == [1, 2, 3, 4]
@@ -51,7 +51,7 @@ def test_existing_output_needs_resume(eq, tmp_path):
     output = tmp_path / "out.jsonl"
     output.write_text("{}\n")
     with pytest.raises(InputError, match="--resume"):
-        classify_file(eq.sentiment, inputs, output)
+        classify_file(eq.classify_many, inputs, output)
 
 
 def test_cli_batch_to_csv_with_an_empty_input(tmp_path):

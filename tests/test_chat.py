@@ -7,6 +7,7 @@ import pytest
 from edgeqwen import EdgeQwen
 from edgeqwen.errors import InputError
 from edgeqwen.prompt_fit import fit_prompt
+from edgeqwen.text import script_language
 
 STEADY_CHAT = "kind: generate\nsystem: You are a helpful assistant. Answer briefly.\nsampling: {temperature: 0.0, max_tokens: 48}\n"
 
@@ -75,3 +76,23 @@ def test_user_text_with_chat_markup_stays_text(eq):
 def test_empty_chat_input(eq):
     with pytest.raises(InputError):
         eq.chat("   ")
+
+
+def test_dry_sampling_keeps_a_reply_from_copying_the_message(steady):
+    """The DRY sampler knows the prompt: a run copied from the user's message is pushed off after
+    dry_allowed_length tokens (the shipped chat role uses it against echoed statements and reviews)."""
+    phrase = "the old lighthouse keeper painted seven blue boats beside the quiet harbour every spring"
+    message = f"Repeat this sentence exactly, word for word: {phrase}"
+    plain = steady.conversation(sampling={"max_tokens": 40}).reply(message)
+    dry = steady.conversation(sampling={"max_tokens": 40, "dry_multiplier": 0.8}).reply(message)
+    assert phrase in plain.lower()  # without DRY the model does as it is told
+    assert phrase not in dry.lower() and dry.strip()
+
+
+def test_chat_answers_in_the_language_of_each_message(eq):
+    """The shipped chat role picks its system prompt by the script of each message (issue 17: English
+    questions were answered in Chinese)."""
+    greedy = {"temperature": 0.0, "max_tokens": 40}
+    conversation = eq.conversation(sampling=greedy)
+    assert script_language(conversation.reply("What should I cook tonight? Give me one quick idea.")) == "en"
+    assert script_language(conversation.reply("今天晚上吃什么好？给我一个简单的主意。")) == "zh"

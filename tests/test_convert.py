@@ -369,3 +369,23 @@ def test_cli_quantize_command(work, tied_f32):
                          capture_output=True, text=True, timeout=120)
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert bad.returncode == 1 and len(errors) == 1 and "--local-dir" in errors[0], bad.stderr
+
+
+def test_chat_check_mechanics_on_a_random_model(work, tied_f32):
+    """`edgeqwen eval --task chat` on any model file: a random one gives nonsense, but no crash, no
+    empty reply and no reply past max_tokens."""
+    out = work / "chat-models" / "tiny-q8_0.gguf"
+    run_quantize(QuantizeOptions(local_dir=tied_f32, qtype="Q8_0", output=out, threads=THREADS, progress=False, verify=False),
+                 log=lambda m: None)
+    report = work / "chat-report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeqwen", "eval", str(REPO / "scripts" / "data" / "chat.eval.jsonl"), "--task", "chat",
+         "--limit", "4", "--max-tokens", "12", "--model", str(out), "--json", str(report)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(report.read_text(encoding="utf-8"))
+    for mode in ("greedy", "sampled"):
+        assert result["table"][mode]["all"]["replies"] == 4 and result["table"][mode]["all"]["empty"] == 0.0
+        for reply in result["replies"][mode]:
+            assert reply["finish_reason"] in ("stop", "length") and reply["tokens"] <= 12

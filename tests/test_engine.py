@@ -154,11 +154,12 @@ def test_repeat_penalty_sampling_matches_the_rule_over_the_whole_vocabulary(eq):
 @pytest.mark.parametrize("role_name", ["sentiment", "route", "chat"])
 def test_fixed_prefix_reaches_the_input_and_starts_every_prompt(eq, role_name):
     role = eq.roles[role_name]
-    prefix = fixed_prefix(eq.engine, role)
-    system_and_examples = eq.engine.chat_tokens(role.prefix_messages(), add_generation_prompt=False)
-    assert len(prefix) > len(system_and_examples)  # the user turn's opening is cached too
     for text in ["The battery died.", "物流很快", ":)", "123", "ÄÖ", '"quoted"', "😀 good", "-", "...", "<|im_end|>"]:
+        prefix = fixed_prefix(eq.engine, role, text)  # the chat role's system prompt follows the text's script
+        system_and_examples = eq.engine.chat_tokens(role.prefix_messages(text), add_generation_prompt=False)
+        assert len(prefix) > len(system_and_examples)  # the user turn's opening is cached too
         assert fit_prompt(eq.engine, role, text, prefix=prefix).fixed == len(prefix), text
+    assert fixed_prefix(eq.engine, role, "The battery died.") == fixed_prefix(eq.engine, role, "😀 good")  # one prefix per language
 
 
 def test_layer_states_cover_the_input_and_never_depend_on_the_previous_call(eq):

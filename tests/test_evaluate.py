@@ -395,8 +395,8 @@ def test_a_head_over_a_middle_block_is_trained_saved_and_used(eq, tmp_path):
     (prompts / "kind.yaml").write_text(ROLE + "head: kind.head.npz\n", encoding="utf-8")
     classifier = Classifier(eq.engine, load_role(prompts / "kind.yaml"))
     assert classifier.head is not None and classifier.head.layer == 6
-    features, label_scores = classifier.features(ROUTE_ROWS[0]["text"], layer=6)
-    expected = classifier.head.scores(features, label_scores)
+    (read,) = classifier.read_many([ROUTE_ROWS[0]["text"]], layers=[6])
+    expected = classifier.head.scores(read.layers[6], read.label_scores)
     result = classifier.classify(ROUTE_ROWS[0]["text"])
     assert result.label == classifier.role.label_names[int(np.argmax(expected))]
     probabilities = np.exp(expected - expected.max()) / np.exp(expected - expected.max()).sum()

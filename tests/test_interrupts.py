@@ -114,13 +114,13 @@ def test_signal_during_sentiment_file_then_resume(tmp_path, signum):
     inputs = tmp_path / "reviews.jsonl"
     inputs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
     output = tmp_path / "labels.jsonl"
-    run = Running("sentiment", str(inputs), "-o", str(output), "--ctx", "512")
+    run = Running("sentiment", str(inputs), "-o", str(output), "--ctx", "512", "--batch-size", "2")  # flushed every 2 results
     run.wait_for(lambda: output.is_file() and output.read_bytes().count(b"\n") >= 3, what="three results in the output file")
     code, stderr = run.stop(signum)
     assert_clean(code, stderr, signum)
     kept = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]  # whole records only
     assert 3 <= len(kept) < len(texts)
-    resumed = Running("sentiment", str(inputs), "-o", str(output), "--ctx", "512", "--resume")
+    resumed = Running("sentiment", str(inputs), "-o", str(output), "--ctx", "512", "--resume", "--batch-size", "2")
     assert resumed.proc.wait(timeout=600) == 0, resumed.proc.stderr.read().decode()
     records = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
     assert [r["text"] for r in records] == texts  # each input exactly once, in order, nothing lost

@@ -15,7 +15,7 @@ from .options import CtxOption, ModelOption, PromptsOption, ThreadsOption, fail,
 
 def eval_command(
     data: Annotated[list[Path], typer.Argument(help="Labelled JSON Lines file(s): text + label (sentiment) or text + route (route); optional lang.")],
-    task: Annotated[str, typer.Option("--task", "-t", help="sentiment: gold field 'label' (any classify role); route: gold field 'route' (a router role).")] = "sentiment",
+    task: Annotated[str, typer.Option("--task", "-t", help="sentiment: gold field 'label' (any classify role); route: gold field 'route' (a router role); chat: prompts (lang, turns) whose replies are judged.")] = "sentiment",
     role: Annotated[Optional[str], typer.Option("--role", "-r", help="Classify role to score. Default: sentiment, or route for --task route.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the whole report (all metrics, every system) to this JSON file.")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="Also score the seed baselines on the same texts: the seed prompt (a reconstruction) or the rules router, and the role without its head.")] = False,
@@ -24,8 +24,12 @@ def eval_command(
     train_head: Annotated[Optional[Path], typer.Option("--train-head", help="Train a classification head for the role on a split of DATA and write it here (.npz); reports the held-out part.")] = None,
     train_fraction: Annotated[float, typer.Option("--train-fraction", help="With --train-head: share of each (lang, label) group used for training.")] = 0.5,
     train_extra: Annotated[Optional[list[Path]], typer.Option("--train-extra", help="With --train-head: more labelled JSONL, always in the training part (never scored).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="With --train-head: the split's random seed.")] = 0,
-    head_layer: Annotated[Optional[int], typer.Option("--head-layer", min=0, help="With --train-head: read transformer block N's output (mean over the input, and its last token) instead of the final state; the shipped router reads block 18 of 24.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="With --train-head: the split's random seed; with --task chat: the sampler's.")] = 0,
+    head_layer: Annotated[Optional[int], typer.Option("--head-layer", min=0, help="With --train-head: read transformer block N's output (mean over the input, and its last token) alone instead of the final state, so llama.cpp can stop after that block.")] = None,
+    choose_layer: Annotated[bool, typer.Option("--choose-layer", help="With --train-head: pick the block by cross-validation on the training part (every second block).")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Texts a classify role evaluates together; 1: one at a time (same labels; latency per text is then a call's own).")] = settings.BATCH_SIZE,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="With --task chat: cap each reply (default: the role's max_tokens).")] = None,
+    sampling: Annotated[str, typer.Option("--sampling", help="With --task chat: greedy, sampled (the role's own settings) or both.")] = "both",
     model: ModelOption = None,
     prompts: PromptsOption = None,
     threads: ThreadsOption = None,
@@ -37,16 +41,27 @@ def eval_command(
     Examples:
       edgeqwen eval sentiment_en_dev.jsonl sentiment_zh_dev.jsonl --task sentiment --compare
       edgeqwen eval router_en_dev.jsonl router_zh_dev.jsonl --task route --compare --json report.json
-      edgeqwen eval router_*.jsonl --task route --train-head my_prompts/route.head.npz --head-layer 18
+      edgeqwen eval router_*.jsonl --task route --train-head my_prompts/route.head.npz --choose-layer
       edgeqwen eval scripts/data/route.train.jsonl --task route -m models/x.gguf --train-fraction 0.8 --train-head models/x.heads/route.head.npz
+      edgeqwen eval scripts/data/chat.eval.jsonl --task chat --json chat-report.json
     """
+    from ..api import check_choice
+    from ..evaluate import TASK_FIELDS
+
+    try:
+        check_choice("--task", task, (*TASK_FIELDS, "chat"))
+    except EdgeQwenError as error:
+        fail(error)
+    if task == "chat":
+        _chat(data, json_out, limit, max_tokens, sampling, seed, model, prompts, threads, ctx)
+        return
     from ..api import EdgeQwen
     from ..evaluate import EvalOptions, check_role, evaluate, format_report, read_data
     from ..head_training import train_head as fit_head
     from ..roles import load_roles
 
     options = EvalOptions(data=list(data), task=task, role=role, compare=compare, limit=limit,
-                          include_trained=include_trained, progress=True)
+                          include_trained=include_trained, progress=True, batch_size=batch_size)
     try:
         items = read_data(options.data, task, limit)  # bad data fails before the model loads
         check_role(load_roles(prompts), task, role)
@@ -54,7 +69,7 @@ def eval_command(
         eq = EdgeQwen(model, n_ctx=ctx, threads=threads, prompts_dir=prompts, router="rules")
         if train_head is not None:
             extra = read_data(train_extra, task) if train_extra else []
-            report = fit_head(eq, options, items, train_head, train_fraction, seed, extra, head_layer)
+            report = fit_head(eq, options, items, train_head, train_fraction, seed, extra, head_layer, choose_layer)
         else:
             report = evaluate(eq, options, items)
     except EdgeQwenError as error:
@@ -74,6 +89,32 @@ def _head_hint(path: Path, model_path: str) -> str:
     if path.parent.resolve() == model_heads_dir(model_path).resolve():
         return f"roles naming  head: {path.name}  use it whenever this model runs"
     return f"name it in the role's YAML as  head: {path.name}"
+
+
+def _chat(data: list[Path], json_out: Path | None, limit: int | None, max_tokens: int | None, sampling: str, seed: int,
+          model: Path | None, prompts: Path | None, threads: int | None, ctx: int) -> None:
+    from ..api import EdgeQwen, check_choice
+    from ..chat_check import MODES, format_report, read_prompts, run_chat_check
+    from ..evaluate import Progress
+
+    try:
+        modes = MODES if check_choice("--sampling", sampling, (*MODES, "both")) == "both" else (sampling,)
+        items = read_prompts(data, limit)
+        status("loading model…")
+        eq = EdgeQwen(model, n_ctx=ctx, threads=threads, prompts_dir=prompts, router="rules")
+        bar = Progress(len(modes) * sum(len(item.turns) for item in items), enabled=True)
+        try:
+            result = run_chat_check(eq, items, modes=modes, max_tokens=max_tokens, seed=seed, on_reply=bar.advance)
+        finally:
+            bar.close()
+    except EdgeQwenError as error:
+        fail(error)
+    except KeyboardInterrupt:
+        interrupted()
+    typer.echo(f"data: {', '.join(map(str, data))}  ({len(items)} prompts, model {eq.engine.info.path.name}, role chat)")
+    typer.echo(format_report(result))
+    if json_out is not None:
+        _write_json(json_out, {"data": [str(p) for p in data], "model": eq.engine.info.path.name, **result})
 
 
 def _write_json(path: Path, report: dict) -> None:

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from ..convert.manifest import manifest_path, read_manifest, summary_lines
 from ..errors import EdgeQwenError
 from ..gguf_info import inspect_gguf
 from .options import fail
@@ -23,6 +22,8 @@ def info(
         gguf = inspect_gguf(model, expect_arch=None)
     except EdgeQwenError as error:
         fail(error)
+    from ..convert.manifest import manifest_path, read_manifest, summary_lines  # the converter loads only when asked
+
     fields = gguf.as_dict()
     manifest = read_manifest(model)
     if json_output:

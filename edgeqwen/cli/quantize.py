@@ -8,17 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..convert.fetch import DEFAULT_REPO
-from ..convert.quantize import DEFAULT_QUANT, QUANT_TYPES
+from .. import settings
 from ..errors import EdgeQwenError
 from .options import fail, interrupted
 
 
 def quantize(
-    repo: Annotated[str, typer.Option("--repo", help="Hugging Face repo (a Qwen1.5 / Qwen2 / Qwen2.5 checkpoint).")] = DEFAULT_REPO,
+    repo: Annotated[str, typer.Option("--repo", help="Hugging Face repo (a Qwen1.5 / Qwen2 / Qwen2.5 checkpoint).")] = settings.QUANTIZE_REPO,
     revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit. Default: main.")] = None,
     local_dir: Annotated[Optional[Path], typer.Option("--local-dir", help="Use this folder instead of the Hub: the repo's files, or a Hugging Face cache.")] = None,
-    qtype: Annotated[str, typer.Option("--type", "-q", help=f"{', '.join(QUANT_TYPES)} (default {DEFAULT_QUANT}).")] = DEFAULT_QUANT,
+    qtype: Annotated[str, typer.Option("--type", "-q", help=f"{settings.QUANT_TYPE} (default), Q4_0, Q5_K_M, Q8_0 or F16.")] = settings.QUANT_TYPE,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output GGUF. Default: models/<repo name>-<type>.gguf.")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads. Default: all for quantizing, physical cores for verifying.")] = None,
     keep_unquantized: Annotated[bool, typer.Option("--keep-unquantized", help="Also keep the unquantized GGUF beside the output.")] = False,

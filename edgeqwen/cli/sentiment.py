@@ -18,6 +18,7 @@ def sentiment(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results here: .jsonl or .csv. Default: JSONL on stdout.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run: skip inputs already in --output.")] = False,
     role: Annotated[str, typer.Option("--role", help="Any classify role.")] = "sentiment",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Texts evaluated together; 1: one at a time (same labels, slower).")] = settings.BATCH_SIZE,
     model: ModelOption = None,
     threads: ThreadsOption = None,
     ctx: CtxOption = settings.N_CTX,
@@ -40,8 +41,8 @@ def sentiment(
         eq = EdgeQwen(model, n_ctx=ctx, threads=threads, prompts_dir=prompts, router="rules")
         with tqdm(total=total, unit="text", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
             summary = classify_file(
-                lambda text: eq.classify(text, role), inputs, output, resume=resume, stdout=sys.stdout,
-                on_progress=lambda n: bar.update(n - bar.n),
+                lambda texts: eq.classify_many(texts, role), inputs, output, resume=resume, stdout=sys.stdout,
+                on_progress=lambda n: bar.update(n - bar.n), batch_size=batch_size,
             )
     except EdgeQwenError as error:
         fail(error)

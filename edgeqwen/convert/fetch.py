@@ -13,11 +13,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeqwen import settings
 from edgeqwen.errors import ModelFetchError
 
 from .hf_to_gguf import NEEDED_FILES
 
-DEFAULT_REPO = "Qwen/Qwen1.5-0.5B-Chat"
+DEFAULT_REPO = settings.QUANTIZE_REPO
 LOCAL_HINT = "--local-dir DIR (a folder with the repo's files or a Hugging Face cache; `make quantize LOCAL_DIR=DIR`)"
 NETWORK_TIMEOUT = 10.0  # seconds: a Hub that does not answer fails fast
 

@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+from edgeqwen import settings
 from edgeqwen.engine.quantizer import quantize_file
 from edgeqwen.errors import ConvertError
 from edgeqwen.gguf_info import inspect_gguf
@@ -18,7 +19,7 @@ QUANT_TYPES: dict[str, str] = {
     "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
     "F16": "LLAMA_FTYPE_MOSTLY_F16",
 }
-DEFAULT_QUANT = "Q4_K_M"
+DEFAULT_QUANT = settings.QUANT_TYPE
 
 
 def normalize_type(qtype: str) -> str:

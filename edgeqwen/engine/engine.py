@@ -14,7 +14,6 @@ import ctypes
 import os
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +32,11 @@ from ..grammar import check_grammar, grammar_literals
 from ..numeric import logsumexp
 from ..signals import held_signals
 from .layer_tap import LayerTap
+from .cells import MAX_PARALLEL, N_SEQ_MAX, PREFIX_SHARE, Cells
 from .prefix_store import PrefixStore
 from .sampling import SamplingParams, build_sampler
 
-WORKING_SEQ = 0
-MAX_KEPT_PREFIXES = 4
 KV_TYPES = {"f16": 1, "q8_0": 8}  # ggml type ids of the KV cache (settings.KV_CACHE_TYPES)
-# Kept prefixes live in the same n_ctx cells as the working prompt (a long prompt evicts them), and
-# hold at most this share of them.
-PREFIX_SHARE = 0.5
 _DECODE_NO_SLOT = 1  # llama_decode's return code when the KV cache has no room for the batch
 # Stand-ins for message contents while rendering a chat template, so user text can be tokenized
 # apart from the template and never becomes a control token (private-use code points).
@@ -57,6 +52,14 @@ class Generation:
     prompt_tokens: int = 0
     tokens: int = 0
     finish_reason: str | None = None
+
+
+@dataclass
+class Evaluated:
+    """What Engine.evaluate_many read for one prompt."""
+
+    logits: np.ndarray | None  # next-token logits, shape [n_vocab]
+    states: dict[int, np.ndarray]  # block -> its output per token after the shared prefix, [tokens, n_embd]
 
 
 class Engine:
@@ -98,7 +101,7 @@ class Engine:
             raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}")
         with held_signals():  # llama.cpp logs through a Python callback during the load
             self._load(str(model_path), use_mmap, repack, kv_type, flash_attn)
-        self._store = self._prefix_store(prefix_cache_dir)
+        self._cells = Cells(self._ctx.ctx, n_ctx, self.prefix_budget, self._prefix_store(prefix_cache_dir))
         self.n_vocab = llama.llama_vocab_n_tokens(self._vocab)
         self.n_embd = llama.llama_model_n_embd(self._model.model)
         self.n_layer = llama.llama_model_n_layer(self._model.model)
@@ -107,8 +110,6 @@ class Engine:
         )
         self.end_of_turn = frozenset(t for t in range(self.n_vocab) if llama.llama_vocab_is_eog(self._vocab, t))
         self._eos_text = self._piece(llama.llama_vocab_eos(self._vocab), special=True).decode("utf-8", "replace")
-        self._working: list[int] = []  # tokens held by the working sequence
-        self._kept: OrderedDict[tuple[int, ...], int] = OrderedDict()  # prefix -> sequence id, oldest first
         self.tokens_evaluated = 0  # new tokens evaluated by the last call: what it cost
         self.last_generation = Generation()  # what the last stream() produced, and why it stopped
 
@@ -126,7 +127,7 @@ class Engine:
         context_params.n_ctx = self.n_ctx
         context_params.n_batch = context_params.n_ubatch = self.n_batch
         context_params.n_threads = context_params.n_threads_batch = self.n_threads
-        context_params.n_seq_max = MAX_KEPT_PREFIXES + 1
+        context_params.n_seq_max = N_SEQ_MAX
         context_params.kv_unified = True  # one cell pool: sequences can share a prefix's cells
         context_params.no_perf = True
         context_params.type_k = context_params.type_v = KV_TYPES[kv_type]
@@ -143,7 +144,6 @@ class Engine:
                 "try a smaller --ctx or --kv-cache q8_0 (`edgeqwen doctor` estimates what fits)"
             ) from None
         self._flash = use_flash
-        self._memory = llama.llama_get_memory(self._ctx.ctx)
         self._batch = internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=self.verbose)
 
     # -- text <-> tokens ------------------------------------------------------------------------
@@ -213,18 +213,96 @@ class Engine:
 
         Those tokens are always evaluated afresh, so the states never depend on what ran before.
         """
-        if layer not in self.readable_layers:
+        (result,) = self.evaluate_many([tokens], keep_prefix, layers=[layer])
+        return result.logits, result.states[layer]
+
+    def evaluate_many(self, prompts: Sequence[Sequence[int]], keep_prefix: int = 0, *, layers: Sequence[int] = (),
+                      logits: bool = True) -> list[Evaluated]:
+        """Evaluate prompts that share their first `keep_prefix` tokens, each as its own sequence on the
+        shared prefix's cells, as many in one llama_decode as n_batch allows.
+
+        Per prompt: the next-token logits (None with logits=False) and, for each block in `layers`,
+        its output for each token after the prefix. Those tokens are always evaluated afresh and
+        dropped again afterwards, so nothing depends on what ran before or on which prompts share a
+        batch beyond llama.cpp's rounding. With logits=False llama.cpp stops after the highest block
+        asked for: the blocks above it and the output layer are never computed.
+        """
+        prompts = [list(p) for p in prompts]
+        self._check_many(prompts, keep_prefix, layers, logits)
+        evaluated = self._hold(prompts[0][:keep_prefix]) if prompts else 0
+        results: list[Evaluated] = []
+        for group in self._groups([len(p) - keep_prefix for p in prompts]):
+            results += self._evaluate_group([prompts[i][keep_prefix:] for i in group], keep_prefix, layers, logits)
+        self.tokens_evaluated = evaluated + sum(len(p) - keep_prefix for p in prompts)
+        return results
+
+    def _check_many(self, prompts: list[list[int]], keep_prefix: int, layers: Sequence[int], logits: bool) -> None:
+        if not layers and not logits:
+            raise ValueError("nothing to read: ask for the logits, a layer, or both")
+        if any(layer not in self.readable_layers for layer in layers):
             raise ValueError(f"layer must be between 0 and {self.n_layer - 2} (the model has {self.n_layer} blocks; the last one is the final state)")
-        if not 0 <= keep_prefix < len(tokens):
-            raise ValueError("keep_prefix must leave at least one token to evaluate")
-        self._truncate(min(len(self._working), keep_prefix))
-        self._tap.arm(layer)
+        for prompt in prompts:
+            if not 0 <= keep_prefix < len(prompt):
+                raise ValueError("keep_prefix must leave at least one token of each prompt to evaluate")
+            if len(prompt) > self.n_ctx:
+                raise ContextOverflowError(f"prompt of {len(prompt)} tokens does not fit n_ctx {self.n_ctx}")
+            if prompt[:keep_prefix] != prompts[0][:keep_prefix]:
+                raise ValueError("prompts evaluated together must share their first keep_prefix tokens")
+
+    def _hold(self, prefix: list[int]) -> int:
+        """Make the working sequence hold exactly `prefix`, kept; returns how many tokens that evaluated."""
+        cells = self._cells
+        reuse = cells.reuse(prefix, len(prefix)) if prefix else 0
+        cells.truncate(reuse)
+        if reuse < len(prefix):
+            cells.make_room(len(prefix))
+            self._decode(prefix[reuse:], len(prefix))
+        return len(prefix) - reuse
+
+    def _groups(self, lengths: list[int]) -> Iterator[list[int]]:
+        """Indices of prompts to evaluate together: at most n_batch tokens and MAX_PARALLEL prompts."""
+        group: list[int] = []
+        total = 0
+        for index, length in enumerate(lengths):
+            if group and (total + length > self.n_batch or len(group) == MAX_PARALLEL):
+                yield group
+                group, total = [], 0
+            group.append(index)
+            total += length
+        if group:
+            yield group
+
+    def _evaluate_group(self, suffixes: list[list[int]], start: int, layers: Sequence[int], logits: bool) -> list[Evaluated]:
+        """Each suffix as its own sequence after the working sequence's `start` tokens (a suffix longer
+        than n_batch is alone in its group and goes in several calls)."""
+        entries = [(token, start + j, k, j == len(suffix) - 1) for k, suffix in enumerate(suffixes) for j, token in enumerate(suffix)]
+        self._cells.make_room(start + len(entries))
+        seqs = self._cells.lend(len(suffixes), start)
+        found: list[np.ndarray | None] = [None] * len(suffixes)
+        if layers:
+            self._tap.arm(layers, stop=not logits)
         try:
-            self._evaluate(list(tokens), keep_prefix)
-            states = np.concatenate(self._tap.rows)
+            for first in range(0, len(entries), self.n_batch):
+                part = entries[first : first + self.n_batch]
+                self._fill_batch([(token, pos, seqs[k], last) for token, pos, k, last in part])
+                self._run_batch()
+                for index, (_, _, k, last) in enumerate(part):
+                    if last and logits:
+                        found[k] = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx.ctx, index), shape=(self.n_vocab,)).copy()
+            bounds = np.cumsum([len(s) for s in suffixes])[:-1]
+            states = {layer: np.split(self._tap.states(layer), bounds) for layer in layers}
         finally:
             self._tap.disarm()
-        return self._last_logits().copy(), states[len(states) - (len(tokens) - keep_prefix):]
+            self._cells.give_back(seqs)
+        return [Evaluated(found[k], {layer: rows[k] for layer, rows in states.items()}) for k in range(len(suffixes))]
+
+    def _fill_batch(self, entries: Sequence[tuple[int, int, int, bool]]) -> None:
+        """The batch of (token, position, sequence, wants logits) entries."""
+        batch = self._batch.batch
+        batch.n_tokens = len(entries)
+        for i, (token, pos, seq, wants_logits) in enumerate(entries):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, wants_logits
+            batch.seq_id[i][0] = seq
 
     def sequence_logprob(self, prefix: Sequence[int], continuation: Sequence[int], keep_prefix: int = 0) -> float:
         """log P(continuation | prefix), one evaluation per continuation token."""
@@ -243,86 +321,32 @@ class Engine:
             raise ValueError("nothing to evaluate")
         if len(tokens) > self.n_ctx:
             raise ContextOverflowError(f"prompt of {len(tokens)} tokens does not fit n_ctx {self.n_ctx}")
-        reuse = common_prefix_length(self._working, tokens)
-        kept = self._longest_kept_prefix(tokens)
-        if keep_prefix > max(reuse, len(kept)) and self._load_prefix(tuple(tokens[:keep_prefix])):
-            kept = tuple(tokens[:keep_prefix])
-        if len(kept) > reuse:
-            self._restore(kept)
-            reuse = len(kept)
-        reuse = min(reuse, len(tokens) - 1)  # the last token is evaluated again for its logits
-        self._truncate(reuse)
-        self._make_room(len(tokens))
+        reuse = min(self._cells.reuse(tokens, keep_prefix), len(tokens) - 1)  # the last token again, for its logits
+        self._cells.truncate(reuse)
+        self._cells.make_room(len(tokens))
         self._decode(tokens[reuse:], keep_prefix)
         self.tokens_evaluated = len(tokens) - reuse
 
     def _decode(self, tokens: list[int], keep_prefix: int = 0) -> None:
         """Evaluate `tokens` after the working sequence, keeping its first `keep_prefix` tokens once reached."""
+        cells = self._cells
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
-            self._batch.set_batch(chunk, n_past=len(self._working), logits_all=False)
-            # The layer tap is Python that llama.cpp calls mid-decode: a Ctrl-C raised in it would be lost.
-            with held_signals():
-                while (code := llama.llama_decode(self._ctx.ctx, self._batch.batch)) == _DECODE_NO_SLOT and self._kept:
-                    self._forget(next(iter(self._kept)))  # the working prompt needs the oldest kept prefix's cells
-            if code != 0:
-                raise EngineError(f"llama.cpp could not evaluate the prompt (llama_decode returned {code})")
-            self._working += chunk
-            if keep_prefix and len(self._working) >= keep_prefix:
-                self._keep(keep_prefix)
+            self._batch.set_batch(chunk, n_past=len(cells.working), logits_all=False)
+            self._run_batch()
+            cells.working += chunk
+            if keep_prefix and len(cells.working) >= keep_prefix:
+                cells.keep(keep_prefix)
                 keep_prefix = 0
 
-    def _truncate(self, length: int) -> None:
-        # Also drops cells an interrupted decode left past the bookkept tokens.
-        del self._working[length:]
-        llama.llama_memory_seq_rm(self._memory, WORKING_SEQ, length, -1)
-
-    def _longest_kept_prefix(self, tokens: list[int]) -> tuple[int, ...]:
-        best: tuple[int, ...] = ()
-        for prefix in self._kept:
-            if len(prefix) > len(best) and len(prefix) <= len(tokens) and tuple(tokens[: len(prefix)]) == prefix:
-                best = prefix
-        return best
-
-    def _restore(self, prefix: tuple[int, ...]) -> None:
-        """Point the working sequence at a kept prefix's cells: no evaluation, no copy."""
-        self._working = []  # bookkeeping first: an interrupt here leaves a state _truncate repairs
-        llama.llama_memory_seq_rm(self._memory, WORKING_SEQ, -1, -1)
-        llama.llama_memory_seq_cp(self._memory, self._kept[prefix], WORKING_SEQ, -1, -1)
-        self._kept.move_to_end(prefix)
-        self._working = list(prefix)
-
-    def _keep(self, length: int) -> None:
-        prefix = tuple(self._working[:length])
-        seq = self._free_sequence(prefix)
-        if seq is None:
-            return
-        llama.llama_memory_seq_cp(self._memory, WORKING_SEQ, seq, 0, length)
-        self._kept[prefix] = seq
-        self._save_prefix(prefix, seq)
-
-    def _free_sequence(self, prefix: tuple[int, ...]) -> int | None:
-        """A cleared sequence id for `prefix`, evicting older kept prefixes; None if it should not be kept."""
-        if prefix in self._kept or len(prefix) > self.prefix_budget:
-            return None
-        while self._kept and (len(self._kept) >= MAX_KEPT_PREFIXES or sum(map(len, self._kept)) + len(prefix) > self.prefix_budget):
-            self._forget(next(iter(self._kept)))
-        seq = min(set(range(1, MAX_KEPT_PREFIXES + 1)) - set(self._kept.values()))
-        llama.llama_memory_seq_rm(self._memory, seq, -1, -1)  # cells an interrupted _keep may have left
-        return seq
-
-    def _make_room(self, length: int) -> None:
-        """Evict kept prefixes, oldest first, until a working sequence of `length` tokens fits beside them."""
-        while self._kept and length + self._cells_kept_apart() > self.n_ctx:
-            self._forget(next(iter(self._kept)))
-
-    def _cells_kept_apart(self) -> int:
-        # Cells of kept prefixes, less the longest one the working sequence starts with (those it shares).
-        shared = max((len(p) for p in self._kept if tuple(self._working[: len(p)]) == p), default=0)
-        return sum(map(len, self._kept)) - shared
-
-    def _forget(self, prefix: tuple[int, ...]) -> None:
-        llama.llama_memory_seq_rm(self._memory, self._kept.pop(prefix), -1, -1)
+    def _run_batch(self) -> None:
+        """llama_decode on the filled batch; kept prefixes make way if the cells are full."""
+        # The layer tap is Python that llama.cpp calls mid-decode: a Ctrl-C raised in it would be lost.
+        with held_signals():
+            while (code := llama.llama_decode(self._ctx.ctx, self._batch.batch)) == _DECODE_NO_SLOT and self._cells.forget_oldest():
+                pass
+        if code != 0:
+            raise EngineError(f"llama.cpp could not evaluate the prompt (llama_decode returned {code})")
 
     # -- kept prefixes on disk ------------------------------------------------------------------
 
@@ -331,23 +355,6 @@ class Engine:
             return None
         stat = os.stat(self.info.path)
         return PrefixStore(Path(directory), [os.path.realpath(self.info.path), stat.st_size, stat.st_mtime_ns, self.kv_type, self._flash])
-
-    def _save_prefix(self, prefix: tuple[int, ...], seq: int) -> None:
-        if self._store is not None:
-            self._store.save(self._ctx.ctx, prefix, seq)
-
-    def _load_prefix(self, prefix: tuple[int, ...]) -> bool:
-        """Load a saved prefix into a kept sequence; False when there is none or it does not check out."""
-        if self._store is None or len(prefix) > self.prefix_budget or not self._store.has(prefix):
-            return False
-        seq = self._free_sequence(prefix)
-        if seq is None:
-            return False
-        if not self._store.load(self._ctx.ctx, prefix, seq):
-            llama.llama_memory_seq_rm(self._memory, seq, -1, -1)
-            return False
-        self._kept[prefix] = seq
-        return True
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -358,10 +365,10 @@ class Engine:
         budget = min(sampling.max_tokens, self.n_ctx - len(tokens))
         if budget <= 0:
             raise ContextOverflowError(f"prompt of {len(tokens)} tokens leaves no room in n_ctx {self.n_ctx}")
-        sampler = build_sampler(self._model, sampling)
+        sampler = build_sampler(self._model, sampling, context=tokens, window=self.n_ctx)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._evaluate(list(tokens), keep_prefix)
-        self._make_room(len(tokens) + budget)
+        self._cells.make_room(len(tokens) + budget)
         for count in range(1, budget + 1):
             token = sampler.sample(self._ctx, -1)  # also feeds the token to the sampler's state
             if token in self.end_of_turn:
@@ -388,7 +395,7 @@ class Engine:
             llama.llama_decode(self._ctx.ctx, llama.llama_batch_get_one(token, 1))  # positions follow the working sequence
             token[0] = int(np.argmax(self._last_logits()))
         elapsed = time.perf_counter() - started
-        self._truncate(0)  # the bookkeeping did not see these tokens
+        self._cells.truncate(0)  # the bookkeeping did not see these tokens
         return n_tokens / elapsed
 
     def constrained_choice(self, tokens: Sequence[int], grammar: str, max_tokens: int = 32, keep_prefix: int = 0) -> str:
@@ -407,12 +414,3 @@ class Engine:
             produced.append(token)
             self._decode([token])
         return self.detokenize(produced)
-
-
-def common_prefix_length(cached: Sequence[int], tokens: Sequence[int]) -> int:
-    """How many leading tokens two token lists share."""
-    n = min(len(cached), len(tokens))
-    if n == 0:
-        return 0
-    differs = np.flatnonzero(np.asarray(cached[:n]) != np.asarray(tokens[:n]))
-    return int(differs[0]) if differs.size else n

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterable
 from pathlib import Path
 
 import llama_cpp as llama
@@ -25,33 +26,48 @@ def _ggml_accessors() -> ctypes.CDLL:
 
 
 class LayerTap:
-    """Copies one transformer block's output while armed; installed as the context's eval callback.
+    """Copies transformer blocks' outputs while armed; installed as the context's eval callback.
 
     llama.cpp asks it about every graph node. Disarmed it answers no at once, so llama.cpp runs the
-    graph in one piece at almost no cost. Armed, llama.cpp stops after the asked node and hands over
+    graph in one piece at almost no cost. Armed, llama.cpp pauses after each asked node and hands over
     its data: one row of n_embd floats per token of the batch (only the last block is cut down to the
-    output rows, so any earlier block holds every token).
+    output rows, so any earlier block holds every token). Armed with `stop`, the answer after the
+    highest asked block's data is no, and llama.cpp computes nothing after it: the blocks above it and
+    the output layer are skipped.
     """
 
     def __init__(self) -> None:
-        self.name: bytes | None = None
+        self.names: dict[bytes, int] = {}
+        self.last: bytes | None = None
+        self.stop = False
         self.ggml = _ggml_accessors()
-        self.rows: list[np.ndarray] = []
+        self.rows: dict[int, list[np.ndarray]] = {}
         self.callback = llama.ggml_backend_sched_eval_callback(self._on_node)  # kept alive with the tap
 
-    def arm(self, layer: int) -> None:
-        self.name, self.rows = f"l_out-{layer}".encode(), []
+    def arm(self, layers: Iterable[int], stop: bool = False) -> None:
+        layers = sorted(set(layers))
+        self.names = {f"l_out-{layer}".encode(): layer for layer in layers}
+        self.last = f"l_out-{layers[-1]}".encode()
+        self.rows = {layer: [] for layer in layers}
+        self.stop = stop
 
     def disarm(self) -> None:
-        self.name = None
+        self.names, self.last, self.stop = {}, None, False
+
+    def states(self, layer: int) -> np.ndarray:
+        """The rows copied for `layer` since arm(), one per token, in batch order."""
+        return np.concatenate(self.rows[layer])
 
     def _on_node(self, tensor: int, ask: bool, _user_data: int) -> bool:
-        if self.name is None or self.ggml.ggml_get_name(tensor) != self.name:
+        if not self.names:
+            return False
+        name = self.ggml.ggml_get_name(tensor)
+        if name not in self.names:
             return False
         if ask:
             return True
         n_rows, size = self.ggml.ggml_nrows(tensor), self.ggml.ggml_nbytes(tensor)
         data = np.empty(size // 4, dtype=np.float32)  # l_out is float32
         self.ggml.ggml_backend_tensor_get(tensor, data.ctypes.data, 0, size)
-        self.rows.append(data.reshape(n_rows, -1))
-        return True
+        self.rows[self.names[name]].append(data.reshape(n_rows, -1))
+        return not (self.stop and name == self.last)  # no: llama.cpp ends the graph here

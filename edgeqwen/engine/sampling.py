@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import llama_cpp
 from llama_cpp import _internals as internals
 
 PENALTY_WINDOW = 64  # recent tokens the repeat penalty applies to (llama.cpp's usual last_n)
+DRY_BASE = 1.75  # llama.cpp's defaults for the DRY sampler
+DRY_BREAKERS = ("\n", ":", '"', "*")  # a repeated run is not followed across these
 
 
 @dataclass(frozen=True)
@@ -20,10 +24,17 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     max_tokens: int = 256
     seed: int | None = None
+    # DRY ("don't repeat yourself"): a token that would extend a run of more than dry_allowed_length
+    # tokens already in the prompt or the reply is penalised, growing with the run; 0: off.
+    dry_multiplier: float = 0.0
+    dry_allowed_length: int = 2
 
 
-def build_sampler(model: internals.LlamaModel, sampling: SamplingParams, grammar: str | None = None) -> internals.LlamaSampler:
-    """llama.cpp's sampler chain for `sampling` (greedy at temperature 0), constrained by `grammar` if given."""
+def build_sampler(model: internals.LlamaModel, sampling: SamplingParams, grammar: str | None = None,
+                  context: Sequence[int] = (), window: int = 4096) -> internals.LlamaSampler:
+    """llama.cpp's sampler chain for `sampling` (greedy at temperature 0), constrained by `grammar` if
+    given; `context` is the prompt, which the DRY sampler must know to keep the reply from copying it,
+    and `window` how far back it looks (n_ctx: all of it; this llama.cpp takes no -1 for that)."""
     sampler = internals.LlamaSampler()
     if grammar is not None:
         sampler.add_grammar(model, _Grammar(grammar))
@@ -35,6 +46,8 @@ def build_sampler(model: internals.LlamaModel, sampling: SamplingParams, grammar
         if greedy or sampling.top_k > 0:
             sampler.add_top_k((1 if greedy else sampling.top_k) + PENALTY_WINDOW)
         sampler.add_penalties(llama_cpp.llama_vocab_n_tokens(model.vocab), PENALTY_WINDOW, sampling.repeat_penalty, 0.0, 0.0)
+    if sampling.dry_multiplier > 0:
+        llama_cpp.llama_sampler_chain_add(sampler.sampler, _dry(model, sampling, context, window))
     if greedy:
         sampler.add_greedy()
         return sampler
@@ -45,6 +58,25 @@ def build_sampler(model: internals.LlamaModel, sampling: SamplingParams, grammar
     sampler.add_temp(sampling.temperature)
     sampler.add_dist(seed)
     return sampler
+
+
+def _dry(model: internals.LlamaModel, sampling: SamplingParams, context: Sequence[int], window: int) -> llama_cpp.llama_sampler_p:
+    """A DRY sampler that has already seen `context` (the chain's other samplers have not: the repeat
+    penalty keeps to the reply's own last tokens). Cloned from one made per model and setting, since
+    making one walks the whole vocabulary for the breakers."""
+    key = (id(model), sampling.dry_multiplier, sampling.dry_allowed_length, window)
+    if key not in _DRY_TEMPLATES:
+        breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*(b.encode() for b in DRY_BREAKERS))
+        _DRY_TEMPLATES[key] = (model, llama_cpp.llama_sampler_init_dry(
+            model.vocab, sampling.dry_multiplier, DRY_BASE, sampling.dry_allowed_length, window, breakers, len(DRY_BREAKERS)))
+    dry = llama_cpp.llama_sampler_clone(_DRY_TEMPLATES[key][1])
+    for token in context:
+        llama_cpp.llama_sampler_accept(dry, token)
+    return dry
+
+
+# (model, multiplier, allowed length, window) -> (the model, kept alive with it; a DRY sampler to clone)
+_DRY_TEMPLATES: dict[tuple, tuple[internals.LlamaModel, llama_cpp.llama_sampler_p]] = {}
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ def chat_spec(body: ChatCompletionRequest, role: Role, max_text_chars: int) -> t
     updates: dict[str, Any] = {}
     if system:
         updates["system"] = "\n\n".join(system)
+        updates["system_by_language"] = {}  # the request's system prompt replaces the role's, in every language
     sampling = {
         key: value
         for key, value in {

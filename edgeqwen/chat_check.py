@@ -1,0 +1,207 @@
+"""`edgeqwen eval --task chat`: whether chat replies come in the prompt's language, without parroting,
+loops or empty replies, remembering what the user said; with first-token latency and decode speed.
+
+Data: JSON Lines with `lang` (en or zh), `turns` (one or more user messages, sent in order in one
+conversation), and optional `id`, `kind` and `remember` (a string the last reply must contain).
+Every reply is judged by these rules:
+- language, by script (text.script_language): a Han character counts as three Latin letters, so a
+  reply is Chinese when 3 x Han >= letters, English otherwise; a reply with neither is in no language;
+- parroting: the reply equals its prompt, or is mostly a copy of it: one piece of 80 % or more of
+  the prompt making up half or more of the reply (compared without case, spaces or punctuation;
+  prompts under 8 characters must match exactly). An answer that restates the question and goes on
+  is not parroting;
+- a loop: a piece of 2 or more characters repeated 4 times back to back, or one of 10 or more
+  repeated 3 times;
+- empty: nothing but spaces; cut: generation stopped at max_tokens, not at the end of the turn.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .text import script_language
+
+LANGS = ("en", "zh")
+MODES = ("greedy", "sampled")  # greedy: temperature 0; sampled: the role's own sampling
+_SHORT_LOOP = re.compile(r"(.{2,40}?)(?:\s*\1){3,}", re.S)
+_LONG_LOOP = re.compile(r"(.{10,200}?)(?:\s*\1){2,}", re.S)
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    id: str
+    lang: str
+    kind: str
+    turns: tuple[str, ...]
+    remember: str | None
+    where: str  # file:line
+
+
+@dataclass
+class Reply:
+    prompt: ChatPrompt
+    turn: int
+    text: str
+    finish_reason: str | None
+    first_token_ms: float
+    tokens: int
+    seconds: float
+    checks: dict[str, bool] = field(default_factory=dict)
+
+
+def parrots(prompt: str, reply: str) -> bool:
+    """The reply equals the prompt or holds most of it in one piece (the rule above)."""
+    p, r = _letters(prompt), _letters(reply)
+    if not p or not r:
+        return False
+    if len(p) < 8:
+        return r == p
+    match = SequenceMatcher(None, r, p, autojunk=False).find_longest_match(0, len(r), 0, len(p))
+    return match.size >= 0.8 * len(p) and match.size >= 0.5 * len(r)
+
+
+def loops(reply: str) -> bool:
+    """A piece of text repeated back to back (the rule above); pieces of digits or punctuation only do not count."""
+    for pattern in (_SHORT_LOOP, _LONG_LOOP):
+        for match in pattern.finditer(reply):
+            unit = match.group(1)
+            if sum(ch.isalpha() for ch in unit) >= 2:
+                return True
+    return False
+
+
+def _letters(text: str) -> str:
+    """Lower case, without spaces or punctuation: what parroting is judged on."""
+    return "".join(ch for ch in text.casefold() if unicodedata.category(ch)[0] in "LN")
+
+
+def read_prompts(paths: Sequence[str | Path], limit: int | None = None) -> list[ChatPrompt]:
+    """Prompts from JSON Lines files; any problem is one line naming the file and line number."""
+    prompts: list[ChatPrompt] = []
+    for path in map(Path, paths):
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"{path}: cannot read as UTF-8 text: {error}") from None
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                prompts.append(_prompt(json.loads(line) if _is_json(line) else None, f"{path}:{number}"))
+    if not prompts:
+        raise InputError(f"{', '.join(map(str, paths))}: no prompts")
+    return prompts[:limit] if limit else prompts
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _prompt(row: Any, where: str) -> ChatPrompt:
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: each line must be a JSON object with 'lang' and 'turns' (a list of user messages)")
+    turns = row.get("turns")
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
+        raise InputError(f"{where}: field 'turns' must be a non-empty list of non-empty strings")
+    if row.get("lang") not in LANGS:
+        raise InputError(f"{where}: field 'lang' must be one of {', '.join(LANGS)}")
+    remember = row.get("remember")
+    if remember is not None and not (isinstance(remember, str) and remember.strip()):
+        raise InputError(f"{where}: field 'remember' must be a non-empty string")
+    return ChatPrompt(str(row.get("id", where)), row["lang"], str(row.get("kind", "")), tuple(turns), remember, where)
+
+
+def judge(reply: Reply) -> Reply:
+    """Fill in the reply's checks."""
+    text, prompt = reply.text, reply.prompt.turns[reply.turn]
+    reply.checks = {
+        "in_language": script_language(text) == reply.prompt.lang,
+        "parrot": parrots(prompt, text),
+        "loop": loops(text),
+        "empty": not text.strip(),
+        "cut": reply.finish_reason == "length",
+    }
+    if reply.prompt.remember is not None and reply.turn == len(reply.prompt.turns) - 1:
+        reply.checks["remembered"] = reply.prompt.remember.casefold() in text.casefold()
+    return reply
+
+
+def summarize(replies: Sequence[Reply]) -> dict[str, Any]:
+    """Shares of each check, first-token latency and decode speed, for one group of replies."""
+    def share(name: str) -> float | None:
+        judged = [r.checks[name] for r in replies if name in r.checks]
+        return round(sum(judged) / len(judged), 4) if judged else None
+
+    speeds = [(r.tokens - 1) / (r.seconds - r.first_token_ms / 1000) for r in replies if r.tokens > 1 and r.seconds > r.first_token_ms / 1000]
+    return {
+        "replies": len(replies),
+        **{name: share(name) for name in ("in_language", "parrot", "loop", "empty", "cut", "remembered")},
+        "first_token_p50_ms": round(statistics.median(r.first_token_ms for r in replies), 1) if replies else None,
+        "decode_tok_s_p50": round(statistics.median(speeds), 1) if speeds else None,
+    }
+
+
+def report(replies_by_mode: dict[str, list[Reply]]) -> dict[str, Any]:
+    """Per mode and language, the summary; also each reply that failed a check, for reading."""
+    table = {}
+    failures = []
+    for mode, replies in replies_by_mode.items():
+        table[mode] = {lang: summarize([r for r in replies if r.prompt.lang == lang]) for lang in LANGS}
+        table[mode]["all"] = summarize(replies)
+        for r in replies:
+            bad = [name for name, ok in r.checks.items() if ok == (name in ("parrot", "loop", "empty", "cut"))]
+            if bad:
+                failures.append({"mode": mode, "id": r.prompt.id, "turn": r.turn, "failed": bad, "reply": r.text[:300]})
+    replies = {mode: [{"id": r.prompt.id, "turn": r.turn, "reply": r.text, "finish_reason": r.finish_reason, "tokens": r.tokens} for r in rs]
+               for mode, rs in replies_by_mode.items()}
+    return {"table": table, "failures": failures, "replies": replies}
+
+
+def format_report(result: dict[str, Any]) -> str:
+    header = f"{'mode':<8} {'lang':<4} {'replies':>7} {'in lang':>8} {'parrot':>7} {'loop':>6} {'empty':>6} {'cut':>6} {'recall':>7} {'1st tok ms':>10} {'tok/s':>6}"
+    lines = [header]
+    for mode, by_lang in result["table"].items():
+        for lang, s in by_lang.items():
+            lines.append(f"{mode:<8} {lang:<4} {s['replies']:>7} {_pct(s['in_language']):>8} {_pct(s['parrot']):>7} {_pct(s['loop']):>6} "
+                         f"{_pct(s['empty']):>6} {_pct(s['cut']):>6} {_pct(s['remembered']):>7} {s['first_token_p50_ms'] or '-':>10} {s['decode_tok_s_p50'] or '-':>6}")
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def run_chat_check(eq: Any, prompts: Sequence[ChatPrompt], *, modes: Sequence[str] = MODES, max_tokens: int | None = None,
+                   seed: int = 0, role: str = "chat", on_reply: Any = None) -> dict[str, Any]:
+    """Each prompt's turns in a fresh conversation of `role`, once per mode; the judged report.
+
+    `max_tokens` caps every reply (default: the role's); the sampled mode uses `seed`, so runs repeat.
+    """
+    replies_by_mode: dict[str, list[Reply]] = {}
+    for mode in modes:
+        overrides: dict[str, Any] = {"temperature": 0.0} if mode == "greedy" else {"seed": seed}
+        if max_tokens:
+            overrides["max_tokens"] = max_tokens
+        replies = []
+        for prompt in prompts:
+            conversation = eq.conversation(role, sampling=overrides)
+            for turn, text in enumerate(prompt.turns):
+                reply = conversation.reply(text)
+                timings = conversation.timings
+                replies.append(judge(Reply(prompt, turn, reply, conversation.finish_reason, timings["first_token_ms"],
+                                           int(timings["reply_tokens"]), timings["total_ms"] / 1000)))
+                if on_reply:
+                    on_reply()
+        replies_by_mode[mode] = replies
+    return report(replies_by_mode)
