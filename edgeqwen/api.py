@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import settings
+from .settings import KV_CACHE, KV_CACHE_TYPES, N_CTX, ROUTER, cache_dir as settings_cache_dir  # names, not the package: __init__ imports this module
 from .classifier import Classification, Classifier, check_labels
 from .conversation import Conversation
 from .engine import Engine
@@ -65,18 +65,18 @@ class EdgeQwen:
         self,
         model: str | os.PathLike | None = None,
         *,
-        n_ctx: int = settings.N_CTX,
+        n_ctx: int = N_CTX,
         threads: int | None = None,
         prompts_dir: str | os.PathLike | None = None,
-        router: str = settings.ROUTER,
-        kv_cache: str = settings.KV_CACHE,
+        router: str = ROUTER,
+        kv_cache: str = KV_CACHE,
         prefix_cache: bool | str | os.PathLike = True,
         verbose: bool = False,
     ) -> None:
         check_choice("router", router, STRATEGIES)  # everything that can be refused is, before the slow load
-        check_choice("KV cache type", kv_cache, settings.KV_CACHE_TYPES)
+        check_choice("KV cache type", kv_cache, KV_CACHE_TYPES)
         self.roles: dict[str, Role] = load_roles(prompts_dir)
-        cache_dir = settings.cache_dir() / "prefixes" if prefix_cache is True else (prefix_cache or None)
+        cache_dir = settings_cache_dir() / "prefixes" if prefix_cache is True else (prefix_cache or None)
         self.engine = Engine(
             resolve_model(model), n_ctx=n_ctx, n_threads=threads, kv_type=kv_cache, prefix_cache_dir=cache_dir, verbose=verbose
         )

@@ -17,7 +17,6 @@ Every reply is judged by these rules:
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 import unicodedata
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .evaluate import jsonl_objects
 from .text import script_language
 
 LANGS = ("en", "zh")
@@ -86,31 +86,13 @@ def _letters(text: str) -> str:
 
 def read_prompts(paths: Sequence[str | Path], limit: int | None = None) -> list[ChatPrompt]:
     """Prompts from JSON Lines files; any problem is one line naming the file and line number."""
-    prompts: list[ChatPrompt] = []
-    for path in map(Path, paths):
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            raise InputError(f"{path}: cannot read as UTF-8 text: {error}") from None
-        for number, line in enumerate(lines, start=1):
-            if line.strip():
-                prompts.append(_prompt(json.loads(line) if _is_json(line) else None, f"{path}:{number}"))
+    prompts = [_prompt(row, where) for where, row in jsonl_objects(paths, "'lang' and 'turns' (a list of user messages)")]
     if not prompts:
         raise InputError(f"{', '.join(map(str, paths))}: no prompts")
     return prompts[:limit] if limit else prompts
 
 
-def _is_json(line: str) -> bool:
-    try:
-        json.loads(line)
-    except json.JSONDecodeError:
-        return False
-    return True
-
-
-def _prompt(row: Any, where: str) -> ChatPrompt:
-    if not isinstance(row, dict):
-        raise InputError(f"{where}: each line must be a JSON object with 'lang' and 'turns' (a list of user messages)")
+def _prompt(row: dict, where: str) -> ChatPrompt:
     turns = row.get("turns")
     if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
         raise InputError(f"{where}: field 'turns' must be a non-empty list of non-empty strings")

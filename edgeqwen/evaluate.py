@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,12 +56,9 @@ class Item:
     where: str  # file:line
 
 
-def read_data(paths: Sequence[str | Path], task: str, limit: int | None = None) -> list[Item]:
-    """Labelled lines from one or more JSONL files; any problem is one line naming file and line number."""
-    if task not in TASK_FIELDS:
-        raise InputError(f"unknown --task {task!r}; choose one of {', '.join(TASK_FIELDS)}")
-    gold_field = TASK_FIELDS[task]
-    items: list[Item] = []
+def jsonl_objects(paths: Sequence[str | Path], fields: str) -> Iterator[tuple[str, dict]]:
+    """(file:line, object) for each non-blank line of JSON Lines files; a missing or unreadable file,
+    invalid JSON or a line that is not an object (one with `fields`) is a one-line DataError."""
     for path in map(Path, paths):
         if not path.is_file():
             raise DataError(f"{path}: data file not found")
@@ -78,12 +75,22 @@ def read_data(paths: Sequence[str | Path], task: str, limit: int | None = None) 
             except json.JSONDecodeError as error:
                 raise DataError(f"{where}: invalid JSON: {error.msg} (column {error.colno})") from None
             if not isinstance(row, dict):
-                raise DataError(f"{where}: each line must be a JSON object with 'text' and '{gold_field}'")
-            for key in ("text", gold_field):
-                if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise DataError(f"{where}: field '{key}' missing or not a non-empty string (task {task} reads '{gold_field}')")
-            lang = row.get("lang")
-            items.append(Item(row["text"], row[gold_field].strip(), str(lang) if lang is not None else None, where))
+                raise DataError(f"{where}: each line must be a JSON object with {fields}")
+            yield where, row
+
+
+def read_data(paths: Sequence[str | Path], task: str, limit: int | None = None) -> list[Item]:
+    """Labelled lines from one or more JSONL files; any problem is one line naming file and line number."""
+    if task not in TASK_FIELDS:
+        raise InputError(f"unknown --task {task!r}; choose one of {', '.join(TASK_FIELDS)}")
+    gold_field = TASK_FIELDS[task]
+    items: list[Item] = []
+    for where, row in jsonl_objects(paths, f"'text' and '{gold_field}'"):
+        for key in ("text", gold_field):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise DataError(f"{where}: field '{key}' missing or not a non-empty string (task {task} reads '{gold_field}')")
+        lang = row.get("lang")
+        items.append(Item(row["text"], row[gold_field].strip(), str(lang) if lang is not None else None, where))
     if not items:
         raise DataError(f"{', '.join(map(str, paths))}: no labelled lines")
     return items[:limit] if limit else items
