@@ -24,12 +24,12 @@ $(VENV)/.installed-serve: $(VENV)/.installed-run
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-run
-	$(BIN)/pip install --progress-bar off -e '.[test,convert-test]'
+	$(BIN)/pip install --progress-bar off -e '.[test,convert-test,ray]'
 	@touch $@
 
 setup: $(VENV)/.installed-run  ## create .venv and install edgeqwen (what running needs)
 
-setup-test: $(VENV)/.installed-test  ## also install the test tools (pytest, the server extra, torch CPU for the converter tests, playwright)
+setup-test: $(VENV)/.installed-test  ## also install the test tools (pytest, the server extra, torch CPU for the converter tests, playwright, Ray)
 
 model: setup  ## fetch the stand-in model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M) into models/, verified by sha256
 	$(BIN)/python scripts/fetch_standin.py --models-dir $(MODELS_DIR)
@@ -62,18 +62,15 @@ loadtest: setup-test model  ## 32 concurrent clients against a local edgeqwen se
 # make quantize [REPO=Qwen/Qwen1.5-0.5B] [QUANT=Q8_0] [LOCAL_DIR=folder with the repo's files] [OUT=models/x.gguf]
 REPO ?= Qwen/Qwen1.5-0.5B-Chat
 QUANT ?= Q4_K_M
-quantize: setup  ## build Qwen1.5-0.5B-Chat from the Hugging Face Hub as a verified 4-bit GGUF in models/ (no torch)
+quantize: setup  ## build Qwen1.5-0.5B-Chat from the Hugging Face Hub as a verified 4-bit GGUF in models/, with its heads (no torch)
 	$(BIN)/edgeqwen quantize --repo $(REPO) --type $(QUANT) $(if $(LOCAL_DIR),--local-dir $(LOCAL_DIR)) $(if $(OUT),--output $(OUT)) $(if $(THREADS),--threads $(THREADS))
 
-# make heads MODEL=models/qwen1.5-0.5b-chat-q4_k_m.gguf: the shipped roles' heads for that model, trained
-# on the shipped training texts (80 %; the other 20 % scored), written to models/<model stem>.heads/
-
-heads: setup  ## train the sentiment and route heads for MODEL= (e.g. what make quantize built); needs ~1 GB RAM
+# make heads MODEL=models/qwen1.5-0.5b-chat-q4_k_m.gguf: the shipped roles' heads for that model (make quantize
+# already does this), trained on the roles' own training texts (80 %; the other 20 % scored), written
+# to models/<model stem>.heads/ where the roles find them.
+heads: setup  ## train the sentiment and route heads for MODEL= (after editing a prompt, or a model built elsewhere)
 	@test -n "$(MODEL)" || { echo "usage: make heads MODEL=models/your-model.gguf" >&2; exit 2; }
-	$(BIN)/edgeqwen eval scripts/data/route.train.jsonl --task route --model $(MODEL) --train-fraction 0.8 \
-	    --train-head $(basename $(MODEL)).heads/route.head.npz --choose-layer $(if $(THREADS),--threads $(THREADS))
-	$(BIN)/edgeqwen eval scripts/data/sentiment.train.jsonl --task sentiment --model $(MODEL) --train-fraction 0.8 \
-	    --train-head $(basename $(MODEL)).heads/sentiment.head.npz $(if $(THREADS),--threads $(THREADS))
+	$(BIN)/edgeqwen heads --model $(MODEL) $(if $(THREADS),--threads $(THREADS))
 
 clean:  ## remove the virtual environment and caches (keeps models/)
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

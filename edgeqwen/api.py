@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .settings import KV_CACHE, KV_CACHE_TYPES, N_CTX, ROUTER, cache_dir as settings_cache_dir  # names, not the package: __init__ imports this module
+from .settings import KV_CACHE_TYPES, ROUTER, cache_dir as settings_cache_dir  # names, not the package: __init__ imports this module
 from .classifier import Classification, Classifier, check_labels
 from .conversation import Conversation
 from .engine import Engine
@@ -65,16 +65,17 @@ class EdgeQwen:
         self,
         model: str | os.PathLike | None = None,
         *,
-        n_ctx: int = N_CTX,
+        n_ctx: int | None = None,
         threads: int | None = None,
         prompts_dir: str | os.PathLike | None = None,
         router: str = ROUTER,
-        kv_cache: str = KV_CACHE,
+        kv_cache: str | None = None,
         prefix_cache: bool | str | os.PathLike = True,
         verbose: bool = False,
     ) -> None:
         check_choice("router", router, STRATEGIES)  # everything that can be refused is, before the slow load
-        check_choice("KV cache type", kv_cache, KV_CACHE_TYPES)
+        if kv_cache is not None:
+            check_choice("KV cache type", kv_cache, KV_CACHE_TYPES)
         self.roles: dict[str, Role] = load_roles(prompts_dir)
         cache_dir = settings_cache_dir() / "prefixes" if prefix_cache is True else (prefix_cache or None)
         self.engine = Engine(
@@ -98,6 +99,11 @@ class EdgeQwen:
         ['positive', 'negative']
         """
         return self._classifier(role).classify_many(texts)
+
+    def reload_heads(self) -> None:
+        """Use head files written since the model loaded (by `edgeqwen heads` or train_model_heads)."""
+        self._classifiers.clear()
+        self.router = Router(self.router.strategy, self._classifier("route") if self.router.strategy == "llm" else None)
 
     def sentiment(self, text: str) -> Classification:
         return self.classify(text, "sentiment")
@@ -132,7 +138,8 @@ class EdgeQwen:
         on_text: Callable[[str], None] | None = None,
         on_step: Callable[[str, RouteDecision | Classification], None] | None = None,
     ) -> RunResult:
-        """Route `text` (task="auto") or run the named task.
+        """Route `text` (task="auto") or run the named task. A route the router is unsure of (its
+        confidence below the route role's `abstain_below`, off by default) runs both roles.
 
         `on_text` receives the reply as it streams; `on_step` receives ("route", RouteDecision) and
         ("sentiment", Classification) as each is decided. An exception raised by either stops the run
@@ -144,7 +151,7 @@ class EdgeQwen:
         result = RunResult(text=text, task=task)
         if task == "auto":
             result.route = self.route(text)
-            result.task = task = result.route.task
+            result.task = task = "both" if result.route.abstained else result.route.task
             result.timings["route_ms"] = round((time.perf_counter() - started) * 1000, 2)
             notify("route", result.route)
         if task in ("sentiment", "both"):

@@ -89,7 +89,7 @@ def _first_result_subprocess(model: Path, threads: int, n_ctx: int, cache_dir: P
     return {"first_s": round(inner["first"] - started, 3), "rss_mb": round(inner["rss"], 1)}
 
 
-def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = settings.N_CTX, repeats: int = 1, log: Callable[[str], None] = print) -> dict:
+def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = None, repeats: int = 1, log: Callable[[str], None] = print) -> dict:
     """Measure edgeqwen and plain llama-cpp-python on one model; returns the figures."""
     from .api import EdgeQwen
     from .board import physical_cores
@@ -113,7 +113,8 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int = settings
     started = time.perf_counter()
     eq = EdgeQwen(model, threads=threads, n_ctx=n_ctx)
     figures["load_s"] = round(time.perf_counter() - started, 3)
-    raw = PlainLlama(model, n_ctx, threads)
+    figures.update(n_ctx=eq.engine.n_ctx, kv_cache=eq.engine.kv_type, memory_plan=eq.engine.memory_plan.describe())
+    raw = PlainLlama(model, eq.engine.n_ctx, threads)
 
     log("compute floor and sentiment latency…")
     role = eq.roles["sentiment"]

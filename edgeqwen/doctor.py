@@ -1,12 +1,8 @@
 """`edgeqwen doctor`: what this board has, what the llama.cpp build can use, and settings that fit.
 
 It reads the board (board.py: RAM, cores, CPU flags), asks llama.cpp what it was compiled with, and
-estimates the memory a model needs from its GGUF metadata alone (gguf-py; no weights are loaded):
-
-    model file + KV cache (f16 K and V for every layer, per token of context) + a fixed overhead
-
-The engine allocates n_ctx KV cells (the roles' kept prompt prefixes share them with the prompt),
-so the KV term uses that many tokens.
+shows the memory plan every command uses by default (memory_plan.py: the KV-cache type and context
+that fit the model on this board, estimated from its GGUF metadata alone; no weights are loaded).
 """
 
 from __future__ import annotations
@@ -15,19 +11,12 @@ import os
 import platform
 from dataclasses import asdict, dataclass
 
-from . import settings
-from .board import Cores, Memory, cpu_features, read_cores, read_memory
+from .board import Cores, Memory, cpu_features, read_cores
 from .engine.plain import llama_cpp_build
 from .errors import EdgeQwenError
-from .gguf_info import GGUFInfo, inspect_gguf
+from .gguf_info import inspect_gguf
+from .memory_plan import CTX_CHOICES, MiB, MemoryPlan, board_memory, estimate_bytes, kv_bytes_per_token, plan_memory
 from .model_paths import resolve_model
-
-MiB = 1 << 20
-# Python, numpy, llama.cpp's vocabulary, compute buffers and logits, beyond the model file and the KV
-# cache: measured peak RSS less those two, with room to spare (docs/hardening.md).
-OVERHEAD_BYTES = 110 * MiB
-HEADROOM = 0.8  # recommend a context whose estimate stays within this share of the available RAM
-CTX_CHOICES = (2048, 1024, 512, 256)  # the default (2048) at most: longer prompts are slow on these boards
 
 
 @dataclass
@@ -36,9 +25,9 @@ class ModelEstimate:
     architecture: str
     file_type: str | None
     file_bytes: int
-    kv_bytes_per_token: int | None
+    kv_bytes_per_token: int | None  # f16
     context_length: int | None
-    estimate_bytes: dict[int, int]  # n_ctx -> estimated peak memory
+    estimate_bytes: dict[str, dict[int, int]]  # KV type -> n_ctx -> estimated peak memory
 
 
 @dataclass
@@ -50,76 +39,52 @@ class Report:
     llama_cpp_features: str
     model: ModelEstimate | None
     model_error: str | None
+    plan: MemoryPlan | None  # what every command uses unless --ctx / --kv-cache say otherwise
     recommended_ctx: int | None
+    recommended_kv_cache: str | None
     recommended_threads: int
     warnings: list[str]
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["memory"]["usable"] = self.memory.usable
+        if self.plan is not None:
+            data["plan"]["fits"] = self.plan.fits
         return data
 
 
 # --------------------------------------------------------------------------- the model
 
 
-def kv_bytes_per_token(info: GGUFInfo) -> int | None:
-    """f16 K and V for every layer: block_count × head_count_kv × head_dim × 2 (K, V) × 2 bytes."""
-    if not (info.block_count and info.head_count and info.embedding_length):
-        return None
-    head_count_kv = info.head_count_kv or info.head_count
-    return info.block_count * head_count_kv * (info.embedding_length // info.head_count) * 2 * 2
-
-
-def estimate_bytes(info: GGUFInfo, n_ctx: int) -> int:
-    """Peak memory of the engine with this model and context (see the module docstring)."""
-    per_token = kv_bytes_per_token(info) or 0
-    return info.file_size + per_token * n_ctx + OVERHEAD_BYTES
-
-
-def recommend_ctx(info: GGUFInfo, usable: int | None) -> int | None:
-    """The largest usual context that fits in HEADROOM of the usable RAM (None: not even the smallest)."""
-    for n_ctx in CTX_CHOICES:
-        if info.context_length and n_ctx > info.context_length:
-            continue
-        if usable is None or estimate_bytes(info, n_ctx) <= usable * HEADROOM:
-            return n_ctx
-    return None
-
-
-def diagnose(model: str | os.PathLike | None = None, *, ram_bytes: int | None = None, n_ctx: int | None = None) -> Report:
-    """Everything `edgeqwen doctor` prints. ram_bytes: plan for this much available RAM instead of this board's."""
-    memory = read_memory()
-    if ram_bytes is not None:
-        memory = Memory(total=ram_bytes, available=ram_bytes, cgroup_limit=None)
+def diagnose(model: str | os.PathLike | None = None, *, ram_bytes: int | None = None, n_ctx: int | None = None,
+             kv_cache: str | None = None) -> Report:
+    """Everything `edgeqwen doctor` prints. ram_bytes: plan for a board with this much RAM instead of this one."""
+    memory = Memory(total=ram_bytes, available=ram_bytes, cgroup_limit=None) if ram_bytes is not None else board_memory()
     cores = read_cores()
     warnings: list[str] = []
-    estimate = None
+    estimate = plan = None
     model_error = None
-    recommended = None
     try:
         info = inspect_gguf(resolve_model(model))
     except EdgeQwenError as error:
         model_error = str(error)
         warnings.append(f"no usable model: {error}")
     else:
-        contexts = sorted({*CTX_CHOICES, settings.N_CTX, *([n_ctx] if n_ctx else [])})
+        contexts = sorted({*CTX_CHOICES, *([n_ctx] if n_ctx else [])})
         estimate = ModelEstimate(
             path=str(info.path), architecture=info.architecture, file_type=info.file_type, file_bytes=info.file_size,
             kv_bytes_per_token=kv_bytes_per_token(info), context_length=info.context_length,
-            estimate_bytes={c: estimate_bytes(info, c) for c in contexts},
+            estimate_bytes={kv: {c: estimate_bytes(info, c, kv) for c in contexts} for kv in ("f16", "q8_0")},
         )
-        usable = memory.usable
-        recommended = recommend_ctx(info, usable)
-        chosen = n_ctx or settings.N_CTX
-        need = estimate_bytes(info, chosen)
-        if usable is not None and need > usable:
+        plan = plan_memory(info, memory, n_ctx=n_ctx, kv_type=kv_cache)
+        if not plan.fits:
+            usable = memory.usable
             warnings.append(
-                f"the model will not fit: about {need / MiB:.0f} MiB needed at --ctx {chosen}, {usable / MiB:.0f} MiB available"
-                + (f"; try --ctx {recommended}" if recommended else "; use a smaller model or free memory (swap makes it very slow)")
+                f"the model will not fit: about {plan.estimate_bytes / MiB:.0f} MiB needed at --ctx {plan.n_ctx} "
+                f"--kv-cache {plan.kv_type}, {plan.budget_bytes / MiB:.0f} MiB to plan with"
+                + (f" ({usable / MiB:.0f} MiB available)" if usable else "")
+                + "; use a smaller model or free memory (swap makes it very slow)"
             )
-        elif recommended is None:
-            warnings.append(f"tight on memory: even --ctx {CTX_CHOICES[-1]} leaves less than {100 - HEADROOM * 100:.0f}% of RAM free")
         if not info.has_chat_template:
             warnings.append("the model has no chat template: edgeqwen needs an instruct/chat model")
     features = cpu_features()
@@ -135,7 +100,9 @@ def diagnose(model: str | os.PathLike | None = None, *, ram_bytes: int | None = 
         llama_cpp_features=llama_cpp_build(),
         model=estimate,
         model_error=model_error,
-        recommended_ctx=recommended,
+        plan=plan,
+        recommended_ctx=plan.n_ctx if plan and plan.fits else None,
+        recommended_kv_cache=plan.kv_type if plan and plan.fits else None,
         recommended_threads=cores.physical,
         warnings=warnings,
     )
@@ -163,10 +130,12 @@ def format_report(report: Report) -> list[str]:
         lines += [
             f"model          {e.path} ({e.architecture}, {e.file_type}, {mib(e.file_bytes)})",
             f"KV cache       {per_token} (f16; about half with --kv-cache q8_0), n_ctx cells allocated",
-            "estimate       " + ", ".join(f"--ctx {n}: {mib(b)}" for n, b in e.estimate_bytes.items()),
+            *(f"estimate {kv:5} " + ", ".join(f"--ctx {n}: {mib(b)}" for n, b in by_ctx.items()) for kv, by_ctx in e.estimate_bytes.items()),
         ]
+    if report.plan is not None:
+        lines.append(f"default plan   {report.plan.describe()}")
     if report.recommended_ctx or report.model is None:
-        ctx = f"--ctx {report.recommended_ctx} " if report.recommended_ctx else ""
+        ctx = f"--ctx {report.recommended_ctx} --kv-cache {report.recommended_kv_cache} " if report.recommended_ctx else ""
         lines.append(f"recommended    {ctx}--threads {report.recommended_threads}")
     else:
         lines.append(f"recommended    --threads {report.recommended_threads} (no --ctx fits the available RAM)")

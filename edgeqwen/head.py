@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RoleError
+from .hashing import recorded_sha256
 from .numeric import log_softmax
 
 HEAD_FORMAT = 3  # 1: weights over the hidden state (retired: it cost a second decode); 2: no layer heads
@@ -36,13 +38,15 @@ _warned: set[tuple[str, str]] = set()
 def model_identity(engine: Any) -> dict[str, Any]:
     """What ties a head to a model file: cheap to compute at load (no hash of the whole file)."""
     info = engine.info
-    return {
+    identity = {
         "name": info.name,
         "architecture": info.architecture,
         "n_embd": int(engine.n_embd),
         "n_vocab": int(engine.n_vocab),
         "file_size": int(info.file_size),
     }
+    sha256 = recorded_sha256(Path(info.path))  # when a stamp records it (fetch and quantize write one)
+    return {**identity, "sha256": sha256} if sha256 else identity
 
 
 def prompt_fingerprint(role: Any) -> str:
@@ -95,16 +99,31 @@ class Head:
         if sorted(self.labels) != sorted(labels):
             return f"its labels {list(self.labels)} are not the role's {labels}"
         differs = [key for key in ("architecture", "n_embd", "n_vocab", "name", "file_size") if self.model.get(key) != model.get(key)]
+        if self.model.get("sha256") and model.get("sha256") and self.model["sha256"] != model["sha256"]:
+            differs.append("sha256")
         if differs:
             return f"it was trained on another model ({self.model.get('name')}, n_embd {self.model.get('n_embd')}; differs in {', '.join(differs)})"
         if self.prompt_sha256 != prompt_sha256:
-            return "the role's prompt changed since it was trained (retrain it with edgeqwen eval --train-head)"
+            return "the role's prompt changed since it was trained"
         return None
 
 
 def save_head(path: str | Path, head: Head) -> None:
+    """Write a head file; written under a temporary name and renamed, so an interruption leaves no half file."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.part")
+    try:
+        with open(partial, "wb") as handle:
+            _write_head(handle, head)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _write_head(handle: Any, head: Head) -> None:
     np.savez(
-        Path(path),
+        handle,
         format=np.array(HEAD_FORMAT),
         labels=np.array(head.labels, dtype=str),
         weight=head.weight.astype(np.float32),
@@ -155,30 +174,33 @@ def role_head_path(role: Any) -> Path | None:
 
 def model_heads_dir(model_path: str | Path) -> Path:
     """Where heads trained for one model file live, so they need no edit of the roles: beside the
-    model, `<model stem>.heads/` (`make heads MODEL=...` writes them there)."""
+    model, `<model stem>.heads/` (`edgeqwen heads` writes them there)."""
     model_path = Path(model_path)
     return model_path.with_name(model_path.stem + ".heads")
 
 
+def heads_command(model_path: str | Path, role: Any) -> str:
+    """The command that trains `role`'s head for this model file."""
+    data = "" if getattr(role, "training", None) else " --data LABELLED.jsonl"
+    return f"edgeqwen heads --model {model_path} --role {role.name}{data}"
+
+
 def head_for(engine: Any, role: Any) -> Head | None:
     """The role's head that fits the loaded model and the role's prompt: first the one trained for
-    this model file (in its heads folder), then the one beside the role. None when neither fits,
-    warned once."""
-    path = role_head_path(role)
-    if path is None:
-        return None
-    for candidate in (model_heads_dir(engine.info.path) / path.name, path):
-        if candidate == path or candidate.exists():
-            head = load_head(candidate)
-            reason = head.mismatch(model_identity(engine), prompt_fingerprint(role), role.label_names)
-            if reason is None:
-                reason = _shape_problem(head, engine)
-            if reason is None:
-                return head.reordered(role.label_names)
-    if (str(path), reason) not in _warned:
-        _warned.add((str(path), reason))
-        log.warning(f"warning: {path}: head not used, {reason}; role '{role.name}' uses its label logits "
-                    f"(train heads for this model: make heads MODEL={engine.info.path})")
+    this model file (`<model stem>.heads/<role's head file>`), then the one beside the role. None
+    when neither exists or fits; a misfit is warned once, with the command that trains a fitting one."""
+    beside = role_head_path(role)
+    candidates = [p for p in (model_heads_dir(engine.info.path) / role.head_file, beside) if p is not None and p.exists()]
+    reason = None
+    for candidate in candidates:
+        head = load_head(candidate)
+        reason = head.mismatch(model_identity(engine), prompt_fingerprint(role), role.label_names) or _shape_problem(head, engine)
+        if reason is None:
+            return head.reordered(role.label_names)
+    if reason is not None and (str(candidates[0]), reason) not in _warned:
+        _warned.add((str(candidates[0]), reason))
+        log.warning(f"warning: {candidates[0]}: head not used, {reason}; role '{role.name}' uses its label logits "
+                    f"(train its head for this model: {heads_command(engine.info.path, role)})")
     return None
 
 

@@ -216,7 +216,7 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
     return {
         "data": [str(p) for p in options.data], "task": options.task, "role": name, "model": eq.engine.info.path.name,
         "model_path": str(eq.engine.info.path), "n": len(held), "split": f"seed {seed}, {len(train) - len(extra)} texts for training (+{len(extra)} from --train-extra), {len(held)} held out (stratified by lang and gold)",
-        "head": str(output), "layer": layer, "l2": l2, "blend": blend, "cv_accuracy": head.meta["cv_accuracy"],
+        "head": str(output), "reads": head.reads, "n_train": len(train), "layer": layer, "l2": l2, "blend": blend, "cv_accuracy": head.meta["cv_accuracy"],
         "cv_accuracy_by_layer": cv_by_layer, "cv_blend_accuracy": head.meta["cv_blend_accuracy"], "systems": systems,
     }
 

@@ -66,6 +66,16 @@ class Sampling(_Strict):
     dry_allowed_length: int = Field(2, ge=1, le=64, description="DRY: runs up to this many tokens may repeat freely.")
 
 
+class Training(_Strict):
+    """How `edgeqwen heads` trains this role's head for a model: labelled texts beside the role file."""
+
+    data: str = Field(description="JSON Lines beside the role file: text + label (or + route, for a router role).")
+    reads: Literal["final", "block"] = Field(
+        "final", description="final: the last hidden state, blended with the label logits; block: the middle block "
+        "chosen by cross-validation, so llama.cpp can stop there.",
+    )
+
+
 class Role(_Strict):
     """One validated prompt file."""
 
@@ -86,6 +96,11 @@ class Role(_Strict):
     )
     head: str | None = Field(
         None, description="A classification head file (.npz) beside the role file, from `edgeqwen eval --train-head`."
+    )
+    training: Training | None = Field(None, description="Texts `edgeqwen heads` trains the role's head on for a new model.")
+    abstain_below: float = Field(
+        0.0, ge=0.0, lt=1.0, description="A router role: below this confidence --task auto answers with both roles "
+        "(label and reply), marked as abstained. 0: off.",
     )
 
     @field_validator("template")
@@ -112,6 +127,14 @@ class Role(_Strict):
         names = [label.name for label in self.labels]
         if self.head is not None and self.kind != "classify":
             raise ValueError("head: only a classify role can have a head")
+        if self.abstain_below and not self.is_router:
+            raise ValueError("abstain_below: only a router role (every label has routes_to) can abstain")
+        if self.training is not None:
+            if self.kind != "classify":
+                raise ValueError("training: only a classify role can have a head to train")
+            data = self.training.data
+            if Path(data).name != data or not (Path(self.source).parent / data).is_file():
+                raise ValueError(f"training.data: {data!r} must be a JSON Lines file in the role file's folder")
         if self.kind == "classify":
             if len(names) < 2:
                 raise ValueError("labels: a classify role needs at least two labels")
@@ -131,6 +154,20 @@ class Role(_Strict):
     @property
     def label_names(self) -> list[str]:
         return [label.name for label in self.labels]
+
+    @property
+    def is_router(self) -> bool:
+        """Every label names the role it routes to: its data's gold field is `route`, not `label`."""
+        return bool(self.labels) and all(label.routes_to for label in self.labels)
+
+    @property
+    def head_file(self) -> str:
+        """The file name of this role's head: its `head`, or <role name>.head.npz."""
+        return self.head or f"{self.name}.head.npz"
+
+    @property
+    def training_path(self) -> Path | None:
+        return Path(self.source).parent / self.training.data if self.training else None
 
     def label(self, name: str) -> Label:
         return next(label for label in self.labels if label.name == name)

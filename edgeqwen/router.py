@@ -27,6 +27,7 @@ class RouteDecision:
     task: str  # "sentiment" or "chat"
     strategy: str
     confidence: float | None = None
+    abstained: bool = False  # the confidence is below the route role's abstain_below: run both roles
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,5 +57,7 @@ class Router:
         if self.strategy == "rules":
             return RouteDecision(task=rules_route(text), strategy="rules")
         result = self._classifier.classify(text)
-        target = self._classifier.role.label(result.label).routes_to or result.label
-        return RouteDecision(task=target, strategy="llm", confidence=round(result.confidence, 4))
+        role = self._classifier.role
+        target = role.label(result.label).routes_to or result.label
+        return RouteDecision(task=target, strategy="llm", confidence=round(result.confidence, 4),
+                             abstained=result.confidence < role.abstain_below)

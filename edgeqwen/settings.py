@@ -16,6 +16,8 @@ ENV_MODEL = "EDGEQWEN_MODEL"  # the model file, when --model is not given
 ENV_MODELS_DIR = "EDGEQWEN_MODELS_DIR"  # where models are looked for and fetched to (replaces ./models)
 ENV_CACHE = "EDGEQWEN_CACHE"  # where saved role prefixes go (default: $XDG_CACHE_HOME/edgeqwen)
 ENV_API_KEY = "EDGEQWEN_API_KEY"  # `edgeqwen serve --api-key`
+ENV_RAY_ADDRESS = "RAY_ADDRESS"  # Ray's own variable: the cluster `--ray` joins when --ray-address is not given
+ENV_MEMORY = "EDGEQWEN_MEMORY"  # plan --ctx and --kv-cache for this much memory (e.g. 1G) instead of the board's
 
 
 def model_file() -> Path | None:
@@ -30,6 +32,20 @@ def models_dir() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
+def memory_override() -> int | None:
+    """$EDGEQWEN_MEMORY in bytes ("1G", "900M", "1.5G"; plain numbers are MiB), if set."""
+    value = os.environ.get(ENV_MEMORY, "").strip().upper().removesuffix("B")
+    if not value:
+        return None
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    unit = units.get(value[-1], 1 << 20)
+    try:
+        amount = float(value.rstrip("KMG"))
+    except ValueError:
+        raise ValueError(f"${ENV_MEMORY}={os.environ[ENV_MEMORY]!r} is not a size like 1G or 900M") from None
+    return int(amount * unit) if amount > 0 else None
+
+
 def cache_dir() -> Path:
     """$EDGEQWEN_CACHE, else $XDG_CACHE_HOME/edgeqwen, else ~/.cache/edgeqwen."""
     if os.environ.get(ENV_CACHE):
@@ -38,9 +54,21 @@ def cache_dir() -> Path:
     return Path(base) / "edgeqwen"
 
 
+def api_key() -> str | None:
+    """$EDGEQWEN_API_KEY, if set (`edgeqwen serve` reads it through its --api-key option)."""
+    return os.environ.get(ENV_API_KEY) or None
+
+
+def ray_address() -> str | None:
+    """$RAY_ADDRESS, if set: the Ray cluster that `--ray` joins instead of starting one on this machine."""
+    return os.environ.get(ENV_RAY_ADDRESS) or None
+
+
 # -- the engine -------------------------------------------------------------------------------
 
-N_CTX = 2048  # context window in tokens: prompt + reply, and the number of KV cells
+# The context window (prompt + reply, and the number of KV cells) and the KV-cache type are chosen
+# per model and board by memory_plan.py unless given; N_CTX and KV_CACHE are what it prefers.
+N_CTX = 2048
 MIN_N_CTX = 64
 N_BATCH = 128  # tokens per llama_decode call: less memory than 512 at the same speed (docs/benchmarks.md)
 KV_CACHE_TYPES = ("f16", "q8_0")
@@ -65,3 +93,13 @@ QUEUE_SIZE = 8  # requests that may wait behind the running one
 MAX_BODY_BYTES = 256 * 1024
 MAX_TEXT_CHARS = 16_000
 LOG_LEVEL = "info"
+
+# -- a Ray cluster (`--ray`, docs/ray.md) -------------------------------------------------------
+
+# The custom resource a node offers once per model copy it can hold (`ray start --resources`): Ray
+# places each actor or replica on a node with a free one, so a small board never gets a second model.
+RAY_SLOT = "edgeqwen"
+RAY_THREADS = 2  # llama.cpp threads per model copy, and the CPUs Ray reserves for it
+RAY_BATCHES_PER_BLOCK = 2  # a Ray Data block holds this many BATCH_SIZE batches: the work one actor call does
+RAY_NODE_CHECK_TIMEOUT = 900  # seconds for every node to find and hash its model file (a first sha256 on a board)
+RAY_SERVE_EXTRA_REQUESTS = 8  # requests a replica takes beyond its queue: /health, /v1/models and the page need no model

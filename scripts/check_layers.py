@@ -7,7 +7,7 @@ Rules (docs/architecture.md):
 - A module imports only from its own layer or a lower one; convert stands apart (base, files and
   the engine only) and only faces import it.
 - No import circle between modules.
-- llama_cpp is imported only inside edgeqwen/engine/.
+- llama_cpp is imported only inside edgeqwen/engine/, and ray only inside edgeqwen/cluster/ (an optional extra).
 - No module over MAX_LINES lines; every module starts with a docstring whose first line says its job.
 """
 
@@ -22,16 +22,18 @@ MAX_LINES = 450
 # Lowest first. A module's layer is found from its first name below the package.
 LAYERS = {
     "base": {"errors", "signals", "settings", "numeric", "hashing", "board", "text"},
-    "files": {"gguf_info", "model_paths", "standin", "grammar", "roles"},
+    "files": {"gguf_info", "model_paths", "standin", "grammar", "roles", "memory_plan"},
     "engine": {"engine"},
     "convert": {"convert"},
     "tasks": {"prompt_fit", "classifier", "conversation", "head", "router"},
     "api": {"api", "batch"},
-    "faces": {"cli", "server", "evaluate", "head_training", "chat_check", "bench", "doctor", "smoke_check", "console", "__main__", "__init__"},
+    # cluster: Ray Data and Ray Serve around the public API and the server's app (edgeqwen[ray]).
+    "faces": {"cli", "server", "cluster", "evaluate", "head_training", "model_heads", "chat_check", "bench", "doctor", "smoke_check", "console", "__main__", "__init__"},
 }
 RANK = {layer: rank for rank, layer in enumerate(LAYERS)}
 CONVERT_MAY_USE = {"base", "files", "engine", "convert"}
 LLAMA_CPP_HOME = "edgeqwen.engine"
+RAY_HOME = "edgeqwen.cluster"
 
 
 def module_name(path: Path) -> str:
@@ -76,6 +78,8 @@ def problems() -> tuple[list[str], dict[str, set[str]]]:
             found.append(f"{path.relative_to(PACKAGE.parent)}: no docstring whose first line says the module's job")
         if "llama_cpp" in outer and not module.startswith(LLAMA_CPP_HOME):
             found.append(f"{module} imports llama_cpp: only {LLAMA_CPP_HOME} may")
+        if "ray" in outer and not module.startswith(RAY_HOME):
+            found.append(f"{module} imports ray: only {RAY_HOME} may")
         for target in graph[module]:
             found += _layer_problem(module, target)
     found += [f"import circle: {' -> '.join(circle)}" for circle in _circles(graph)]

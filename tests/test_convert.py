@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -355,20 +356,72 @@ def test_quantize_gguf_refuses_bad_input(work, tied_f32_gguf):
         quantize_gguf(tied_f32_gguf, work / "never.gguf", "Q3_K")
 
 
-def test_cli_quantize_command(work, tied_f32):
-    out = work / "cli-models" / "tiny-q4_k_m.gguf"
+@pytest.fixture(scope="session")
+def qwen15_tiny(work, tokenizer_dir) -> Path:
+    """Qwen1.5's layout in small: its config keys, tied embeddings with lm_head stored as a copy, no
+    grouped-query attention, BF16, four blocks (so a head can read a middle one)."""
+    return make_checkpoint(work / "qwen15-tiny", tokenizer_dir, layers=4, heads=4, kv_heads=4, tied=True,
+                           lm_head="equal", dtype="BF16", seed=5)
+
+
+def test_quantize_leaves_a_ready_model(work, qwen15_tiny):
+    """quantize -> heads -> run: the new model's roles use heads trained for it, with no warning."""
+    cache = work / "hf-cache-chain"
+    make_hub_cache(cache, HUB_REPO, qwen15_tiny, commit="e" * 40)
+    out = work / "chain-models" / "qwen1.5-0.5b-chat-q4_k_m.gguf"
     proc = subprocess.run(
-        [sys.executable, "-m", "edgeqwen", "quantize", "--local-dir", str(tied_f32), "--type", "Q4_K_M",
-         "--output", str(out), "--threads", str(THREADS), "--no-verify"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [sys.executable, "-m", "edgeqwen", "quantize", "--local-dir", str(cache), "--output", str(out),
+         "--threads", str(THREADS), "--no-verify"],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert out.is_file() and read_manifest(out)["quantization"] == "Q4_K_M"
-    assert "sentiment" in proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "head not used" not in proc.stderr, proc.stderr[-3000:]  # (a random model may miss the smoke check)
+    heads = out.with_name(out.stem + ".heads")
+    assert sorted(p.name for p in heads.iterdir()) == ["route.head.npz", "sentiment.head.npz"]
+    manifest = read_manifest(out)
+    assert manifest["quantization"] == "Q4_K_M" and [h["role"] for h in manifest["heads"]] == ["route", "sentiment"]
+    for head in manifest["heads"]:
+        assert 0 <= head["with_head"] <= 1 and 0 <= head["without_head"] <= 1 and head["n_held_out"] > 50
+    assert "with head" in proc.stderr and "label logits" in proc.stderr  # the one-screen summary
+    assert "sentiment" in proc.stdout + proc.stderr  # the smoke check
+
+    env = {**os.environ, "EDGEQWEN_MODEL": str(out)}
+    for text in ("The hotel room was filthy and the staff were rude.", "你好，请给我讲一个笑话"):
+        run = subprocess.run([sys.executable, "-m", "edgeqwen", "run", "--json", "--threads", str(THREADS), text],
+                             capture_output=True, text=True, timeout=300, env=env)
+        assert run.returncode == 0 and "warning" not in run.stderr.lower(), run.stderr[-2000:]
+        result = json.loads(run.stdout)
+        assert result["route"]["task"] in ("sentiment", "chat")
+        assert result["label"] in ("positive", "negative") if result["task"] == "sentiment" else result["reply"] is not None
+
     bad = subprocess.run([sys.executable, "-m", "edgeqwen", "quantize", "--local-dir", str(work / "nope")],
                          capture_output=True, text=True, timeout=120)
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert bad.returncode == 1 and len(errors) == 1 and "--local-dir" in errors[0], bad.stderr
+
+
+def test_quantize_interrupted_while_training_heads_leaves_a_usable_model(work, qwen15_tiny):
+    out = work / "interrupted-models" / "tiny-q8_0.gguf"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeqwen", "quantize", "--local-dir", str(qwen15_tiny), "--type", "Q8_0",
+         "--output", str(out), "--threads", str(THREADS), "--no-verify", "--no-smoke"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 600
+    while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # the model is renamed into place only once built: then the heads start
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert f"edgeqwen heads --model {out}" in stderr
+    assert inspect_gguf(out).file_type == "Q8_0"
+    heads = out.with_name(out.stem + ".heads")
+    assert not heads.exists() or all(not p.name.startswith(".") for p in heads.iterdir())  # no half-written head
+
+    finish = subprocess.run([sys.executable, "-m", "edgeqwen", "heads", "--model", str(out), "--role", "sentiment",
+                             "--threads", str(THREADS)], capture_output=True, text=True, timeout=600)
+    assert finish.returncode == 0, finish.stderr[-2000:]
+    assert (heads / "sentiment.head.npz").is_file() and "sentiment" in finish.stdout
 
 
 def test_chat_check_mechanics_on_a_random_model(work, tied_f32):

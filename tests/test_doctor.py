@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
-from edgeqwen.doctor import cpu_features, estimate_bytes, kv_bytes_per_token, read_memory, recommend_ctx
-from edgeqwen.board import physical_cores
+from edgeqwen.board import Memory, cpu_features, physical_cores, read_memory
+from edgeqwen.memory_plan import estimate_bytes, kv_bytes_per_token, plan_memory
 from edgeqwen.gguf_info import inspect_gguf
 
 from conftest import STANDIN, run_cli
@@ -42,15 +45,16 @@ def test_doctor_warns_when_the_model_will_not_fit():
     done = run_cli("doctor", "--model", str(STANDIN), "--ram-mb", "400", timeout=120)
     assert done.returncode == 0
     warning = done.stderr.decode()
-    assert "warning: the model will not fit" in warning and "--ctx 2048" in warning
+    assert "warning: the model will not fit" in warning and "--ctx 2048" in warning  # the best plan: shorter saves little here
     assert "no --ctx fits" in done.stdout.decode()
 
 
-def test_doctor_plans_a_smaller_context_for_a_small_board():
-    done = run_cli("doctor", "--json", "--model", str(STANDIN), "--ram-mb", "850", timeout=120)
+def test_doctor_plans_for_a_given_board():
+    done = run_cli("doctor", "--json", "--model", str(STANDIN), "--ram-mb", "1400", timeout=120)
     report = json.loads(done.stdout)
-    assert report["recommended_ctx"] is not None and report["recommended_ctx"] <= 2048
-    assert estimate_bytes(inspect_gguf(STANDIN), report["recommended_ctx"]) <= 850 * 2**20 * 0.8
+    plan = report["plan"]
+    assert plan["fits"] and (report["recommended_ctx"], report["recommended_kv_cache"]) == (plan["n_ctx"], plan["kv_type"])
+    assert estimate_bytes(inspect_gguf(STANDIN), plan["n_ctx"], plan["kv_type"]) <= 1400 * 2**20 * 0.5
 
 
 def test_doctor_without_a_model_still_reports_the_board(tmp_path):
@@ -67,7 +71,42 @@ def test_estimate_follows_the_engine_allocation():
     # Qwen1.5-0.5B (no grouped-query attention): 96 KiB per token, as the README says.
     qwen15 = dataclasses.replace(info, embedding_length=1024, head_count=16, head_count_kv=16, block_count=24)
     assert kv_bytes_per_token(qwen15) == 96 * 1024
-    assert recommend_ctx(info, None) == 2048 and recommend_ctx(info, 100 * 2**20) is None
+    assert kv_bytes_per_token(qwen15, "q8_0") == 96 * 1024 * 17 // 32  # 34 bytes per 32 values
+
+
+def board(mib: int) -> Memory:
+    return Memory(total=mib << 20, available=mib << 20, cgroup_limit=None)
+
+
+def test_the_memory_plan_fits_the_model_to_the_board():
+    """Defaults chosen by the model's KV cost and the board's memory, not by the stand-in's."""
+    info = inspect_gguf(STANDIN)
+    qwen15 = dataclasses.replace(info, embedding_length=1024, head_count=16, head_count_kv=16, block_count=24,
+                                 file_size=336_000_000)  # Qwen1.5-0.5B's shape and its Q4_K_M's size
+    roomy = plan_memory(qwen15, board(8192))
+    assert (roomy.kv_type, roomy.n_ctx, roomy.fits) == ("f16", 2048, True)
+    small = plan_memory(qwen15, board(1024))  # a 1 GB board: half of it at most
+    assert (small.kv_type, small.n_ctx, small.fits) == ("q8_0", 1024, True) and small.estimate_bytes <= 500 * 2**20
+    assert plan_memory(qwen15, board(1024), n_ctx=2048).kv_type == "q8_0"  # what is given is kept
+    assert plan_memory(qwen15, board(1024), kv_type="f16").n_ctx == 512
+    given = plan_memory(qwen15, board(256), n_ctx=4096, kv_type="f16")
+    assert (given.n_ctx, given.kv_type, given.chosen_by, given.fits) == (4096, "f16", "you", False)
+    # Nothing fits: no pointless cut of the context when the model file is nearly all of the estimate.
+    tight = plan_memory(info, board(1024))
+    assert not tight.fits and (tight.kv_type, tight.n_ctx) == ("f16", 2048)
+
+
+def test_the_plan_reaches_the_engine_and_the_environment_sets_the_board(tmp_path):
+    code = ("import json; from edgeqwen.engine import Engine; e = Engine(%r); "
+            "print(json.dumps([e.n_ctx, e.kv_type, e.memory_plan.describe()]))" % str(STANDIN))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "EDGEQWEN_MEMORY": "300M"})
+    assert done.returncode == 0, done.stderr[-1000:]
+    n_ctx, kv_type, described = json.loads(done.stdout.splitlines()[-1])
+    assert (n_ctx, kv_type) == (2048, "f16") and "nothing fits" in described
+    assert "may not fit this board's memory" in done.stderr  # said once, on stderr
+    bad = run_cli("doctor", "--model", str(STANDIN), env={"EDGEQWEN_MEMORY": "lots"}, timeout=120)
+    assert bad.returncode == 2 and b"EDGEQWEN_MEMORY" in bad.stderr and b"Traceback" not in bad.stderr
 
 
 def test_cpu_features_from_cpuinfo_text():

@@ -53,7 +53,7 @@ def test_engine_runs_under_a_1_gib_data_cap_and_reports_peak_rss():
     peak = figures["peak_rss_kib"] * 1024
     assert peak < CAP, f"peak RSS {peak / 2**20:.0f} MiB"
     assert figures["data_kib"] * 1024 < CAP
-    from edgeqwen.doctor import estimate_bytes
+    from edgeqwen.memory_plan import estimate_bytes
     from edgeqwen.gguf_info import inspect_gguf
 
     estimate = estimate_bytes(inspect_gguf(STANDIN), 2048)

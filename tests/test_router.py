@@ -35,3 +35,37 @@ def test_llm_router_on_clear_cases(eq, text, expected):
     decision = eq.route(text)
     assert decision.task == expected and decision.strategy == "llm"
     assert 0.5 <= decision.confidence <= 1
+
+
+def test_an_unsure_router_answers_with_both_when_its_role_says_so(tmp_path):
+    """abstain_below in the route role: below it, --task auto runs both roles, marked in --json."""
+    import json
+    import shutil
+
+    from conftest import REPO, run_cli
+
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    shutil.copy(REPO / "prompts" / "route.head.npz", prompts)
+    route = (REPO / "prompts" / "route.yaml").read_text(encoding="utf-8")
+    (prompts / "route.yaml").write_text(route + "abstain_below: 0.99999\n", encoding="utf-8")  # unsure of everything
+    done = run_cli("run", "--json", "--prompts", str(prompts), "The soup was cold but the staff were lovely.")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["task"] == "both" and result["route"]["abstained"] is True
+    assert result["label"] in ("positive", "negative") and result["reply"]
+    assert b"warning" not in done.stderr  # the head still fits: abstaining is not part of the prompt
+
+    (prompts / "route.yaml").write_text(route + "abstain_below: 0.5\n", encoding="utf-8")  # a confidence is never below 0.5
+    plain = json.loads(run_cli("run", "--json", "--prompts", str(prompts), "How do I make green tea?").stdout)
+    assert plain["task"] == "chat" and plain["route"]["abstained"] is False
+
+
+def test_only_a_router_role_can_abstain(tmp_path):
+    from edgeqwen.errors import RoleError
+    from edgeqwen.roles import load_role
+
+    path = tmp_path / "mood.yaml"
+    path.write_text("kind: classify\nsystem: Mood?\nlabels: [{name: happy}, {name: sad}]\nabstain_below: 0.7\n", encoding="utf-8")
+    with pytest.raises(RoleError, match="abstain_below: only a router role"):
+        load_role(path)

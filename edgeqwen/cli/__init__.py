@@ -11,6 +11,7 @@ import typer
 from .bench import bench
 from .doctor import doctor
 from .eval import eval_command
+from .heads import heads
 from .info import info
 from .quantize import quantize
 from .roles import roles
@@ -24,7 +25,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for command in (run, roles, info, serve, sentiment, bench, quantize):
+for command in (run, roles, info, serve, sentiment, bench, quantize, heads):
     app.command()(command)
 app.command(name="eval")(eval_command)
 app.command()(doctor)

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import settings
 from ..errors import EdgeQwenError
 from .options import ModelOption, ThreadsOption, fail
 
@@ -16,7 +15,7 @@ from .options import ModelOption, ThreadsOption, fail
 def bench(
     model: ModelOption = None,
     threads: ThreadsOption = None,
-    ctx: Annotated[int, typer.Option("--ctx", min=256, help="Context window in tokens.")] = settings.N_CTX,
+    ctx: Annotated[Optional[int], typer.Option("--ctx", min=256, help="Context window in tokens. Default: the memory plan's, as for every command.")] = None,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Repeat the short-input set this many times.")] = 1,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
 ) -> None:

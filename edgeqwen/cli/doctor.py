@@ -8,16 +8,18 @@ from typing import Annotated, Optional
 import typer
 
 from .. import settings
-from .options import ModelOption
+from ..errors import EdgeQwenError
+from .options import KvCacheOption, ModelOption, fail
 
 
 def doctor(
     model: ModelOption = None,
-    ctx: Annotated[Optional[int], typer.Option("--ctx", min=settings.MIN_N_CTX, help=f"Check this context size too (default: {settings.N_CTX}).")] = None,
-    ram_mb: Annotated[Optional[int], typer.Option("--ram-mb", min=1, help="Plan for a board with this much available RAM (MiB) instead of this one.")] = None,
+    ctx: Annotated[Optional[int], typer.Option("--ctx", min=settings.MIN_N_CTX, help="Plan with this context size (default: the largest that fits, up to 2048).")] = None,
+    kv_cache: KvCacheOption = None,
+    ram_mb: Annotated[Optional[int], typer.Option("--ram-mb", min=1, help=f"Plan for a board with this much RAM (MiB) instead of this one (as ${settings.ENV_MEMORY} does for every command).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Check this board: RAM, cores, CPU features, the llama.cpp build, and the --ctx/--threads that fit the model.
+    """Check this board: RAM, cores, CPU features, the llama.cpp build, and the --ctx/--kv-cache/--threads every command picks for the model here.
 
     \b
     Examples:
@@ -26,7 +28,10 @@ def doctor(
     """
     from ..doctor import diagnose, format_report
 
-    report = diagnose(model, ram_bytes=ram_mb * (1 << 20) if ram_mb else None, n_ctx=ctx)
+    try:
+        report = diagnose(model, ram_bytes=ram_mb * (1 << 20) if ram_mb else None, n_ctx=ctx, kv_cache=kv_cache)
+    except EdgeQwenError as error:
+        fail(error)
     if json_output:
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2, default=str))
     else:

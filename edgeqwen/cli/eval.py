@@ -10,7 +10,7 @@ import typer
 
 from .. import settings
 from ..errors import EdgeQwenError
-from .options import CtxOption, ModelOption, PromptsOption, ThreadsOption, fail, interrupted, status
+from .options import CtxOption, KvCacheOption, ModelOption, PromptsOption, ThreadsOption, fail, interrupted, status
 
 
 def eval_command(
@@ -33,7 +33,8 @@ def eval_command(
     model: ModelOption = None,
     prompts: PromptsOption = None,
     threads: ThreadsOption = None,
-    ctx: CtxOption = settings.N_CTX,
+    ctx: CtxOption = None,
+    kv_cache: KvCacheOption = None,
 ) -> None:
     """Accuracy, per-class precision/recall/F1, confusion matrix, per-language split and latency of a classify role.
 
@@ -42,7 +43,7 @@ def eval_command(
       edgeqwen eval sentiment_en_dev.jsonl sentiment_zh_dev.jsonl --task sentiment --compare
       edgeqwen eval router_en_dev.jsonl router_zh_dev.jsonl --task route --compare --json report.json
       edgeqwen eval router_*.jsonl --task route --train-head my_prompts/route.head.npz --choose-layer
-      edgeqwen eval scripts/data/route.train.jsonl --task route -m models/x.gguf --train-fraction 0.8 --train-head models/x.heads/route.head.npz
+      edgeqwen eval prompts/route.train.jsonl --task route -m models/x.gguf --train-fraction 0.8 --train-head models/x.heads/route.head.npz
       edgeqwen eval scripts/data/chat.eval.jsonl --task chat --json chat-report.json
     """
     from ..api import check_choice
@@ -66,7 +67,7 @@ def eval_command(
         items = read_data(options.data, task, limit)  # bad data fails before the model loads
         check_role(load_roles(prompts), task, role)
         status("loading model…")
-        eq = EdgeQwen(model, n_ctx=ctx, threads=threads, prompts_dir=prompts, router="rules")
+        eq = EdgeQwen(model, n_ctx=ctx, threads=threads, prompts_dir=prompts, router="rules", kv_cache=kv_cache)
         if train_head is not None:
             extra = read_data(train_extra, task) if train_extra else []
             report = fit_head(eq, options, items, train_head, train_fraction, seed, extra, head_layer, choose_layer)
@@ -92,7 +93,7 @@ def _head_hint(path: Path, model_path: str) -> str:
 
 
 def _chat(data: list[Path], json_out: Path | None, limit: int | None, max_tokens: int | None, sampling: str, seed: int,
-          model: Path | None, prompts: Path | None, threads: int | None, ctx: int) -> None:
+          model: Path | None, prompts: Path | None, threads: int | None, ctx: int | None) -> None:
     from ..api import EdgeQwen, check_choice
     from ..chat_check import MODES, format_report, read_prompts, run_chat_check
     from ..evaluate import Progress

@@ -24,10 +24,10 @@ def run(
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per input: task, label, confidence, reply, timings.")] = False,
     model: ModelOption = None,
     threads: ThreadsOption = None,
-    ctx: CtxOption = settings.N_CTX,
+    ctx: CtxOption = None,
     prompts: PromptsOption = None,
     router: RouterOption = settings.ROUTER,
-    kv_cache: KvCacheOption = settings.KV_CACHE,
+    kv_cache: KvCacheOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Answer with the right role: sentiment label or a streamed chat reply.
@@ -46,6 +46,8 @@ def run(
             clean_text(text)
         status("loading model…")
         eq = EdgeQwen(model, n_ctx=ctx, threads=threads, prompts_dir=prompts, router=router, kv_cache=kv_cache, verbose=verbose)
+        if verbose:
+            typer.echo(f"memory plan: {eq.engine.memory_plan.describe()}", err=True)
         if interactive_session:
             interactive(eq, task, json_output)
         elif text is None or text == "-":

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 from edgeqwen.errors import ConvertError
 from edgeqwen.gguf_info import inspect_gguf
-from edgeqwen.hashing import sha256_file
+from edgeqwen.hashing import sha256_file, write_stamp
 from edgeqwen.model_paths import default_models_dir
 
 from .fetch import DEFAULT_REPO, fetch_checkpoint
@@ -132,9 +132,15 @@ def _input_hashes(folder: Path) -> dict[str, str]:
     return {f.name: sha256_file(f) for f in files}
 
 
+def planned_output(options: QuantizeOptions) -> Path:
+    """Where run_quantize writes the model: --output, else models/<repo name>-<type>.gguf."""
+    qtype = normalize_type(options.qtype)
+    return Path(options.output) if options.output else default_models_dir() / default_output_name(options.repo, qtype)
+
+
 def run_quantize(options: QuantizeOptions, log: Log = print) -> QuantizeResult:
     qtype = normalize_type(options.qtype)
-    output = Path(options.output) if options.output else default_models_dir() / default_output_name(options.repo, qtype)
+    output = planned_output(options)
     if output.suffix != ".gguf":
         raise ConvertError(f"output {output} must end in .gguf")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +201,7 @@ def run_quantize(options: QuantizeOptions, log: Log = print) -> QuantizeResult:
                     "versions": _versions(),
                 }
             partial.replace(output)
+            write_stamp(output, manifest["sha256"])  # heads trained for this file record it (head.model_identity)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise

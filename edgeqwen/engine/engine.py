@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import logging
 import os
 import re
 import time
@@ -29,6 +30,7 @@ from ..board import physical_cores
 from ..errors import ContextOverflowError, EngineError, GrammarError, ModelFileError
 from ..gguf_info import GGUFInfo, inspect_gguf
 from ..grammar import check_grammar, grammar_literals
+from ..memory_plan import plan_memory
 from ..numeric import logsumexp
 from ..signals import held_signals
 from .layer_tap import LayerTap
@@ -37,6 +39,7 @@ from .prefix_store import PrefixStore
 from .sampling import SamplingParams, build_sampler
 
 KV_TYPES = {"f16": 1, "q8_0": 8}  # ggml type ids of the KV cache (settings.KV_CACHE_TYPES)
+log = logging.getLogger("edgeqwen.engine")
 _DECODE_NO_SLOT = 1  # llama_decode's return code when the KV cache has no room for the batch
 # Stand-ins for message contents while rendering a chat template, so user text can be tokenized
 # apart from the template and never becomes a control token (private-use code points).
@@ -65,6 +68,7 @@ class Evaluated:
 class Engine:
     """One loaded GGUF model and one llama.cpp context.
 
+    `n_ctx` and `kv_type` default to the memory plan for this model and board (memory_plan.py).
     `n_ctx` is the longest prompt + reply the engine accepts, and the number of KV cells: kept
     prefixes use at most `prefix_budget` of them (default half) and are evicted, oldest first,
     when a prompt needs their room. With `prefix_cache_dir`, kept prefixes are also saved there
@@ -75,30 +79,34 @@ class Engine:
         self,
         model_path: str | os.PathLike,
         *,
-        n_ctx: int = settings.N_CTX,
+        n_ctx: int | None = None,
         n_threads: int | None = None,
         n_batch: int = settings.N_BATCH,
         prefix_budget: int | None = None,
         prefix_cache_dir: str | os.PathLike | None = None,
         use_mmap: bool = True,
         repack: bool = settings.REPACK,
-        kv_type: str = settings.KV_CACHE,
+        kv_type: str | None = None,
         flash_attn: bool = settings.FLASH_ATTN,
         verbose: bool = False,
     ) -> None:
         self.info: GGUFInfo = inspect_gguf(Path(model_path))  # raises before llama.cpp sees a bad file
         if not self.info.has_chat_template:
             raise ModelFileError(f"{model_path}: the GGUF has no chat template (tokenizer.chat_template); use an instruct/chat model")
-        if n_ctx < settings.MIN_N_CTX:
+        if n_ctx is not None and n_ctx < settings.MIN_N_CTX:
             raise ValueError(f"n_ctx must be at least {settings.MIN_N_CTX}")
-        self.n_ctx = n_ctx
+        if kv_type is not None and kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}")
+        self.memory_plan = plan_memory(self.info, n_ctx=n_ctx, kv_type=kv_type)  # fills in what was not given
+        if not self.memory_plan.fits:
+            log.warning(f"warning: {self.info.path.name} may not fit this board's memory: {self.memory_plan.describe()}")
+        self.n_ctx = n_ctx = self.memory_plan.n_ctx
+        kv_type = self.memory_plan.kv_type
         self.n_threads = n_threads or physical_cores()
         self.n_batch = min(n_batch, n_ctx)
         self.prefix_budget = int(n_ctx * PREFIX_SHARE) if prefix_budget is None else min(prefix_budget, n_ctx)
         self.kv_type = kv_type
         self.verbose = verbose
-        if kv_type not in KV_TYPES:
-            raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}")
         with held_signals():  # llama.cpp logs through a Python callback during the load
             self._load(str(model_path), use_mmap, repack, kv_type, flash_attn)
         self._cells = Cells(self._ctx.ctx, n_ctx, self.prefix_budget, self._prefix_store(prefix_cache_dir))

@@ -15,7 +15,7 @@ class ServerConfig:
     api_key: str | None = None
     prompts: str | None = None
     threads: int | None = None
-    ctx: int = settings.N_CTX
+    ctx: int | None = None  # None: the memory plan's (memory_plan.py)
     router: str = settings.ROUTER
     queue_size: int = settings.QUEUE_SIZE
     max_body_bytes: int = settings.MAX_BODY_BYTES

@@ -1,0 +1,51 @@
+"""`edgeqwen heads`: the classification heads of a model file trained, so its roles use them without editing YAML."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import EdgeQwenError
+from .options import ModelOption, PromptsOption, ThreadsOption, fail, interrupted, status
+
+
+def heads(
+    model: ModelOption = None,
+    role: Annotated[Optional[list[str]], typer.Option("--role", "-r", help="Train this classify role's head (repeat for more). Default: every role whose YAML names training texts.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Labelled JSON Lines for one --role: text + label per line (text + route for a router role).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results (accuracy with and without each head) to this JSON file.")] = None,
+    prompts: PromptsOption = None,
+    threads: ThreadsOption = None,
+) -> None:
+    """Train classification heads for a model file (80 % of the texts; the other 20 % scored), written to <model>.heads/.
+
+    The roles pick them up whenever that model runs. Run it after building a model (`edgeqwen quantize`
+    does it for you), after editing a role's prompt, or for your own classify role with --data.
+
+    \b
+    Examples:
+      edgeqwen heads --model models/qwen1.5-0.5b-chat-q4_k_m.gguf          # sentiment and route
+      edgeqwen heads --role sentiment                                      # after editing its prompt
+      edgeqwen heads --prompts my_prompts --role topic --data topics.jsonl # your own role
+    """
+    from ..api import EdgeQwen
+    from ..model_heads import format_summary, train_model_heads
+
+    try:
+        status("loading model…")
+        eq = EdgeQwen(model, threads=threads, prompts_dir=prompts, router="rules")
+        results = train_model_heads(eq, role or (), data, log=lambda message: typer.echo(message, err=True))
+    except EdgeQwenError as error:
+        fail(error)
+    except KeyboardInterrupt:
+        interrupted("interrupted: heads finished before this are written; run the same command again for the rest")
+    for line in format_summary(results):
+        typer.echo(line)
+    if json_out is not None:
+        try:
+            json_out.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n", encoding="utf-8")
+        except OSError as error:
+            fail(EdgeQwenError(f"{json_out}: cannot write the results: {error}"))
