@@ -90,6 +90,39 @@ def last_done_line(output: Path) -> int:
     return int(json.loads(lines[-1])["line"])
 
 
+class RecordWriter:
+    """Appends result records to `output` (.jsonl or .csv) or, without one, JSONL to `stdout`, flushed
+    after each write: the one output format of every batch path (one process, or a Ray cluster)."""
+
+    def __init__(self, output: Path | None, *, resume: bool = False, stdout: TextIO | None = None) -> None:
+        if output is not None and output.exists() and output.stat().st_size and not resume:
+            raise InputError(f"{output} exists: pass --resume to continue it, or choose another --output")
+        self.skip_through = last_done_line(output) if output is not None and resume else 0
+        self._owned = output is not None
+        self._handle = output.open("a", encoding="utf-8", newline="") if output is not None else stdout
+        self._csv = csv.writer(self._handle) if output is not None and output.suffix.lower() == ".csv" else None
+        if self._csv is not None and self._handle.tell() == 0:
+            self._csv.writerow(OUTPUT_FIELDS)
+
+    def write(self, records: list[dict]) -> None:
+        for record in records:
+            if self._csv is not None:
+                self._csv.writerow([record[field] for field in OUTPUT_FIELDS])
+            else:
+                self._handle.write(json.dumps({field: record[field] for field in OUTPUT_FIELDS}, ensure_ascii=False) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        if self._owned:
+            self._handle.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def classify_file(
     classify_many: Callable[[list[str]], list[Classification]],
     inputs: Path,
@@ -102,33 +135,20 @@ def classify_file(
 ) -> BatchSummary:
     """Classify every input of `inputs`, `batch_size` at a time, appending a record per result to
     `output` (or `stdout`) in input order, flushed after each batch."""
-    if output is not None and output.exists() and output.stat().st_size and not resume:
-        raise InputError(f"{output} exists: pass --resume to continue it, or choose another --output")
-    skip_through = last_done_line(output) if output is not None and resume else 0
-    as_csv = output is not None and output.suffix.lower() == ".csv"
-    handle = output.open("a", encoding="utf-8", newline="") if output is not None else stdout
-    writer = csv.writer(handle) if as_csv else None
-    if writer is not None and handle.tell() == 0:
-        writer.writerow(OUTPUT_FIELDS)
     started, done, skipped = time.perf_counter(), 0, 0
     pending: list[tuple[int, str]] = []
+    with RecordWriter(output, resume=resume, stdout=stdout) as writer:
 
-    def flush() -> None:
-        nonlocal done
-        for record in _records(classify_many, pending):
-            if writer is not None:
-                writer.writerow([record[field] for field in OUTPUT_FIELDS])
-            else:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        handle.flush()
-        done += len(pending)
-        pending.clear()
-        if on_progress:
-            on_progress(done + skipped)
+        def flush() -> None:
+            nonlocal done
+            writer.write(classify_records(classify_many, pending))
+            done += len(pending)
+            pending.clear()
+            if on_progress:
+                on_progress(done + skipped)
 
-    try:
         for number, text in read_inputs(inputs):
-            if number <= skip_through:
+            if number <= writer.skip_through:
                 skipped += 1
                 continue
             pending.append((number, text))
@@ -136,13 +156,10 @@ def classify_file(
                 flush()
         if pending:
             flush()
-    finally:
-        if output is not None:
-            handle.close()
     return BatchSummary(done=done, skipped=skipped, seconds=time.perf_counter() - started)
 
 
-def _records(classify_many: Callable[[list[str]], list[Classification]], batch: list[tuple[int, str]]) -> list[dict]:
+def classify_records(classify_many: Callable[[list[str]], list[Classification]], batch: list[tuple[int, str]]) -> list[dict]:
     """A record per input of `batch`, in order; an input that cannot be classified (e.g. empty) is
     reported in its record, and the others are classified together."""
     records: list[dict] = []

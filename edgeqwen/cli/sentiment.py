@@ -1,4 +1,4 @@
-"""`edgeqwen sentiment FILE`: every text of a file classified, with a progress bar, resumable."""
+"""`edgeqwen sentiment FILE`: every text of a file classified, with a progress bar, resumable; on one machine or a Ray cluster."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import typer
 
 from .. import settings
 from ..errors import EdgeQwenError
-from .options import CtxOption, ModelOption, PromptsOption, ThreadsOption, fail, interrupted
+from .options import (
+    ActorsPerNodeOption, CtxOption, ModelOption, ModelSha256Option, PromptsOption, RayAddressOption, RayFlag, ThreadsOption,
+    fail, interrupted, ray_module, ray_options,
+)
+
+ActorsOption = Annotated[Optional[int], typer.Option("--actors", min=1, help="With --ray: model copies (Ray actors) in all. Default: as many as the cluster holds.")]
 
 
 def sentiment(
@@ -21,8 +26,13 @@ def sentiment(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Texts evaluated together; 1: one at a time (same labels, slower).")] = settings.BATCH_SIZE,
     model: ModelOption = None,
     threads: ThreadsOption = None,
-    ctx: CtxOption = settings.N_CTX,
+    ctx: CtxOption = None,
     prompts: PromptsOption = None,
+    ray: RayFlag = False,
+    ray_address: RayAddressOption = None,
+    actors: ActorsOption = None,
+    actors_per_node: ActorsPerNodeOption = None,
+    model_sha256: ModelSha256Option = None,
 ) -> None:
     """Classify every text of a file, with a progress bar; results are flushed as they come, so Ctrl-C loses nothing.
 
@@ -30,20 +40,27 @@ def sentiment(
     Examples:
       edgeqwen sentiment reviews.csv -o labels.csv
       edgeqwen sentiment reviews.jsonl -o labels.jsonl --resume   # after an interruption
+      edgeqwen sentiment reviews.jsonl -o labels.jsonl --ray --threads 2          # a Ray cluster (docs/ray.md)
     """
     from tqdm import tqdm
 
     from ..api import EdgeQwen
     from ..batch import classify_file, count_inputs
 
+    on_ray = ray_options(
+        ray or ray_address is not None, address=ray_address, copies=actors, copies_flag="--actors", actors_per_node=actors_per_node,
+        model_sha256=model_sha256, model=model, threads=threads, ctx=ctx, prompts=prompts,
+    )
+    cluster = ray_module("batch") if on_ray else None
     try:
         total = count_inputs(inputs)
-        eq = EdgeQwen(model, n_ctx=ctx, threads=threads, prompts_dir=prompts, router="rules")
+        eq = None if on_ray else EdgeQwen(model, n_ctx=ctx, threads=threads, prompts_dir=prompts, router="rules")
         with tqdm(total=total, unit="text", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
-            summary = classify_file(
-                lambda texts: eq.classify_many(texts, role), inputs, output, resume=resume, stdout=sys.stdout,
-                on_progress=lambda n: bar.update(n - bar.n), batch_size=batch_size,
-            )
+            common = {"resume": resume, "stdout": sys.stdout, "on_progress": lambda n: bar.update(n - bar.n), "batch_size": batch_size}
+            if cluster is not None:
+                summary = cluster.classify_file_on_ray(inputs, output, on_ray, role=role, **common)
+            else:
+                summary = classify_file(lambda texts: eq.classify_many(texts, role), inputs, output, **common)
     except EdgeQwenError as error:
         fail(error)
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""`edgeqwen serve`: the OpenAI-compatible API and the web page, with the options that bound them."""
+"""`edgeqwen serve`: the OpenAI-compatible API and the web page, with the options that bound them; on one machine or a Ray cluster."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import typer
 
 from .. import settings
 from ..errors import EdgeQwenError
-from .options import CtxOption, ModelOption, PromptsOption, ThreadsOption, fail
+from .options import (
+    ActorsPerNodeOption, CtxOption, ModelOption, ModelSha256Option, PromptsOption, RayAddressOption, RayFlag, ThreadsOption,
+    fail, ray_module, ray_options,
+)
+
+ReplicasOption = Annotated[Optional[int], typer.Option("--replicas", min=1, help="With --ray: Ray Serve replicas, each a model copy with its own queue. Default: as many as the cluster holds.")]
 
 
 def serve(
@@ -18,13 +23,18 @@ def serve(
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar=settings.ENV_API_KEY, help=f"Require 'Authorization: Bearer KEY' on every endpoint but /health (or set ${settings.ENV_API_KEY}).")] = None,
     prompts: PromptsOption = None,
     threads: ThreadsOption = None,
-    ctx: CtxOption = settings.N_CTX,
+    ctx: CtxOption = None,
     router: Annotated[str, typer.Option("--router", help="How task auto decides: llm or rules.")] = settings.ROUTER,
     queue_size: Annotated[int, typer.Option("--queue-size", min=0, help="Requests that may wait behind the running one; more get 503 + Retry-After.")] = settings.QUEUE_SIZE,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1024, help="Largest request body (413 above).")] = settings.MAX_BODY_BYTES,
     max_text_chars: Annotated[int, typer.Option("--max-text-chars", min=1, help="Longest text or message (422 above).")] = settings.MAX_TEXT_CHARS,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")] = settings.LOG_LEVEL,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's own log.")] = False,
+    ray: RayFlag = False,
+    ray_address: RayAddressOption = None,
+    replicas: ReplicasOption = None,
+    actors_per_node: ActorsPerNodeOption = None,
+    model_sha256: ModelSha256Option = None,
 ) -> None:
     """Serve an OpenAI-compatible API and a web page (needs the extra: pip install 'edgeqwen\\[serve]').
 
@@ -32,7 +42,12 @@ def serve(
     Examples:
       edgeqwen serve                         # http://127.0.0.1:8080/ (page), /v1/chat/completions, ...
       edgeqwen serve --host 0.0.0.0 --api-key "$(openssl rand -hex 16)"
+      edgeqwen serve --ray --replicas 2 --threads 2      # Ray Serve on a Ray cluster (docs/ray.md)
     """
+    on_ray = ray_options(
+        ray or ray_address is not None, address=ray_address, copies=replicas, copies_flag="--replicas", actors_per_node=actors_per_node,
+        model_sha256=model_sha256, model=model, threads=threads, ctx=ctx, prompts=prompts,
+    )
     try:
         from ..server.app import ServerConfig, serve as run_server  # the optional extra: imported only here
     except ImportError as error:
@@ -42,8 +57,12 @@ def serve(
         prompts=str(prompts) if prompts else None, threads=threads, ctx=ctx, router=router, queue_size=queue_size,
         max_body_bytes=max_body_bytes, max_text_chars=max_text_chars, log_level=log_level, verbose=verbose,
     )
+    serving = ray_module("serving") if on_ray is not None else None
     try:
-        run_server(config)
+        if serving is not None:
+            serving.serve_on_ray(config, on_ray)  # the same config: same app, auth, limits and errors
+        else:
+            run_server(config)
     except EdgeQwenError as error:
         fail(error)
     except KeyboardInterrupt:
