@@ -147,13 +147,15 @@ def split_items(items: Sequence[Item], train_fraction: float, seed: int) -> tupl
 
 
 def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Path, train_fraction: float = 0.5,
-               seed: int = 0, extra: Sequence[Item] = (), layer: int | None = None, choose_layer: bool = False) -> dict[str, Any]:
+               seed: int = 0, extra: Sequence[Item] = (), layer: int | None = None, choose_layer: bool = False,
+               l2: float | None = None) -> dict[str, Any]:
     """Fit a head for the role on a split of `items` (plus `extra`, always in the training part);
     report it and the label logits on the held-out part of `items` only.
 
     The head reads the final state (blended with the label logits at a weight chosen by CV), or with
     `layer` that block's output alone (head.layer_features; no blend, so llama.cpp can stop at that
-    block). `choose_layer` picks the block by CV on the training part among every second one.
+    block). `choose_layer` picks the block by CV on the training part among every second one. `l2`
+    fixes the penalty (chosen elsewhere, e.g. by leave-one-source-out validation) instead of CV.
     """
     if not 0 <= train_fraction < 1 or (train_fraction == 0 and not extra):
         raise InputError("--train-fraction must be between 0 and 1 (0: train on --train-extra only and score every text of DATA)")
@@ -183,7 +185,7 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
         cv_layers = {block: choose_l2(x_by_layer[block][train], y[train], len(labels), seed=seed)[1] for block in candidates}
         layer = max(candidates, key=lambda block: (max(cv_layers[block].values()), -block))  # ties: the earlier block, cheaper
     x = x_by_layer[layer]
-    l2, cv = choose_l2(x[train], y[train], len(labels), seed=seed)
+    l2, cv = (l2, {}) if l2 is not None else choose_l2(x[train], y[train], len(labels), seed=seed)
     blend, cv_blend = (choose_blend(x[train], y[train], logit_scores[train], len(labels), l2, seed=seed)
                        if classifier.single_token and layer is None else (1.0, {}))
     w, b, mean, scale = fit_logistic(x[train], y[train], len(labels), l2)

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Which head generalises to text from sources it never saw: leave-one-source-out validation (not a CI test).
+
+For a classify role (sentiment, or the router with --task route), every text's features are read
+once (cached in models/.validate-cache/): each candidate block's output (mean over the input's
+tokens and the last token) and the final hidden state. Then, for each head configuration (block,
+pooling, two blocks at once, the final state; the L2 penalty), two figures over the dev sets'
+source groups:
+
+- written -> source: fitted on the written training texts only (how the shipped heads are trained),
+  scored on each dev source group; every group is unseen;
+- leave one source out: fitted on the written texts plus every other dev group, scored on the group
+  left out.
+
+Each is reported as the mean over groups (each group counts once) and the worst group. Choose by
+these, never by a pooled dev score.
+
+    .venv/bin/python scripts/validate_heads.py --task route --train prompts/route.train.jsonl \
+        --dev ../shared/data/router_en_dev.jsonl ../shared/data/router_zh_dev.jsonl [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+L2_GRID = (0.01, 0.1, 1.0)
+POOLS = ("mean+last", "mean", "last")
+
+
+def read_all(task: str, paths: list[Path], layers: list[int], threads: int | None) -> dict:
+    """read_features of each file, joined in order."""
+    from edgeqwen.api import EdgeQwen
+
+    eq = EdgeQwen(threads=threads, router="rules")
+    parts = [read_features(eq, task, path, layers) for path in paths]
+    joined = {name: np.concatenate([p[name] for p in parts]) for name in parts[0] if name != "items"}
+    return joined | {"items": [item for p in parts for item in p["items"]]}
+
+
+def read_features(eq, task: str, path: Path, layers: list[int]) -> dict:
+    """Features of every text of `path` for the task's role, from the cache when the same model,
+    prompt, texts and layers were read before."""
+    from edgeqwen.classifier import Classifier
+    from edgeqwen.evaluate import read_data
+    from edgeqwen.gguf_info import output_matrix
+    from edgeqwen.head import prompt_fingerprint
+    from edgeqwen.head_training import READ_TOGETHER, HiddenFromLogits
+
+    items = read_data([path], task)
+    role = eq.roles["route" if task == "route" else "sentiment"]
+    key = hashlib.sha256(json.dumps([eq.engine.info.path.name, prompt_fingerprint(role), layers,
+                                     [i.text for i in items]], ensure_ascii=False).encode()).hexdigest()[:16]
+    cache = REPO / "models" / ".validate-cache" / f"{task}-{key}.npz"
+    if cache.is_file():
+        with np.load(cache) as data:
+            return {name: data[name] for name in data.files} | {"items": items}
+    classifier = Classifier(eq.engine, role, use_head=False)
+    basis = HiddenFromLogits(output_matrix(eq.engine.info.path))
+    rows = {layer: [] for layer in layers}
+    moments, label_scores = [], []
+    started = time.perf_counter()
+    for first in range(0, len(items), READ_TOGETHER):
+        for read in classifier.read_many([i.text for i in items[first:first + READ_TOGETHER]], layers):
+            for layer in layers:
+                rows[layer].append(read.layers[layer].astype(np.float32))
+            moments.append(basis.moments(read.logits))
+            label_scores.append(read.label_scores)
+        done = min(first + READ_TOGETHER, len(items))
+        print(f"\r  read {done}/{len(items)} ({done / (time.perf_counter() - started):.1f} texts/s)", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    features = {f"block{layer}": np.array(r) for layer, r in rows.items()}
+    features["final"] = basis.hidden(np.array(moments)).astype(np.float32)
+    features["label_scores"] = np.array(label_scores)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **features)
+    return features | {"items": items}
+
+
+def configurations(features: dict, layers: list[int]) -> dict[str, np.ndarray]:
+    n_embd = features["final"].shape[1]
+    configs = {}
+    for layer in layers:
+        x = features[f"block{layer}"]
+        configs[f"block {layer} mean+last"] = x
+        configs[f"block {layer} mean"] = x[:, :n_embd]
+        configs[f"block {layer} last"] = x[:, n_embd:]
+    configs["final state"] = features["final"]
+    return configs
+
+
+def fit_and_score(x_train, y_train, x_test, n_classes: int, l2: float) -> np.ndarray:
+    from edgeqwen.head_training import fit_logistic, predict_logistic
+
+    w, b, mean, scale = fit_logistic(x_train, y_train, n_classes, l2, steps=250)
+    return predict_logistic(x_test, w, b, mean, scale)
+
+
+def validate(x: np.ndarray, y: np.ndarray, written: np.ndarray, groups: np.ndarray, n_classes: int, l2: float) -> dict:
+    names = sorted(set(groups[~written]))
+    pred = fit_and_score(x[written], y[written], x[~written], n_classes, l2)
+    dev_groups = groups[~written]
+    dev_y = y[~written]
+    unseen = {g: float((pred[dev_groups == g] == dev_y[dev_groups == g]).mean()) for g in names}
+    pooled = float((pred == dev_y).mean())
+    loso = {}
+    for g in names:
+        train = written | ((groups != g) & ~written)
+        test = groups == g
+        loso[g] = float((fit_and_score(x[train], y[train], x[test], n_classes, l2) == y[test]).mean())
+    return {"l2": l2, "unseen": unseen, "loso": loso, "pooled_dev": pooled}
+
+
+def summary(by_group: dict[str, float]) -> tuple[float, float, str]:
+    worst = min(by_group, key=by_group.get)
+    return float(np.mean(list(by_group.values()))), by_group[worst], worst
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--task", choices=("sentiment", "route"), required=True)
+    parser.add_argument("--train", type=Path, nargs="+", required=True, help="written training texts")
+    parser.add_argument("--dev", type=Path, nargs="+", required=True, help="dev sets with a source field")
+    parser.add_argument("--layers", default="6,8,10,12,14,16,18,20,22")
+    parser.add_argument("--l2", default=",".join(map(str, L2_GRID)))
+    parser.add_argument("--pairs", type=int, default=3, help="also try every pair of the best N single blocks together")
+    parser.add_argument("--only", help="a regular expression: score only the configurations it matches (e.g. 'block (10|14) ')")
+    parser.add_argument("--train-limit", type=int, help="use only the first N written texts (e.g. the file before lines were added)")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    layers = [int(v) for v in args.layers.split(",")]
+    features = read_all(args.task, [*args.train, *args.dev], layers, args.threads)
+    items = features.pop("items")
+    n_written = sum(1 for i in items if any(i.where.startswith(str(p)) for p in args.train))
+    written = np.arange(len(items)) < n_written
+    if args.train_limit is not None and args.train_limit < n_written:  # drop the written texts past the limit
+        keep = ~written | (np.arange(len(items)) < args.train_limit)
+        items = [item for item, k in zip(items, keep) if k]
+        features = {name: value[keep] for name, value in features.items()}
+        n_written = args.train_limit
+        written = np.arange(len(items)) < n_written
+    golds = sorted({i.gold for i in items})
+    y = np.array([golds.index(i.gold) for i in items])
+    from edgeqwen.evaluate import source_group
+
+    groups = np.array(["written" if w else source_group(i.source or "unknown") for i, w in zip(items, written)])
+    print(f"{args.task}: {n_written} written texts, {len(items) - n_written} dev texts in "
+          f"{len(set(groups[~written]))} source groups: " + ", ".join(f"{g} {int((groups == g).sum())}" for g in sorted(set(groups[~written]))))
+    configs = configurations(features, layers)
+    results = []
+    l2s = [float(v) for v in args.l2.split(",")]
+
+    def run(name: str, x: np.ndarray) -> None:
+        for l2 in l2s:
+            r = validate(x, y, written, groups, len(golds), l2) | {"config": name}
+            results.append(r)
+            u, l_ = summary(r["unseen"]), summary(r["loso"])
+            print(f"{name:26} l2 {l2:<5} written->source mean {u[0]:.1%} worst {u[1]:.1%} ({u[2]}) | "
+                  f"LOSO mean {l_[0]:.1%} worst {l_[1]:.1%} ({l_[2]}) | pooled dev {r['pooled_dev']:.1%}", flush=True)
+
+    for name, x in configs.items():
+        if args.only is None or re.search(args.only, name):
+            run(name, x)
+    singles = sorted({r["config"] for r in results if r["config"].endswith("mean+last") and r["config"].startswith("block")},
+                     key=lambda c: -max(summary(r["loso"])[0] for r in results if r["config"] == c))[: args.pairs]
+    for i, a in enumerate(singles):
+        for b in singles[i + 1:]:
+            run(f"{a.split()[1]}+{b.split()[1]} mean+last", np.hstack([configs[a], configs[b]]))
+    best = max(results, key=lambda r: summary(r["loso"])[0])
+    print(f"\nbest by LOSO mean: {best['config']} l2 {best['l2']}: LOSO mean {summary(best['loso'])[0]:.1%}, "
+          f"worst {summary(best['loso'])[1]:.1%}; written->source mean {summary(best['unseen'])[0]:.1%}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
