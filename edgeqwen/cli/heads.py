@@ -22,8 +22,7 @@ def heads(
 ) -> None:
     """Train classification heads for a model file (80 % of the texts; the other 20 % scored), written to <model>.heads/.
 
-    The roles pick them up whenever that model runs. Run it after building a model (`edgeqwen quantize`
-    does it for you), after editing a role's prompt, or for your own classify role with --data.
+    The roles pick them up whenever that model runs. Run it after editing a role's prompt, for a model built elsewhere (`edgeqwen quantize` does it for you), or for your own classify role with --data.
 
     \b
     Examples:
