@@ -321,7 +321,8 @@ def test_quantize_pipeline_from_hub_cache(work, tied_f32):
     assert manifest["conversion"]["bytes_saved_unquantized"] == 151936 * 64 * 4
     verification = manifest["verification"]
     assert verification["passed"] and verification["top1_agreement"] >= 0.8 and verification["mean_kl"] < 0.02
-    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny-q8_0.gguf", "tiny-q8_0.gguf.manifest.json"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny-q8_0.gguf", "tiny-q8_0.gguf.manifest.json", "tiny-q8_0.gguf.sha256"]
+    assert json.loads((out.parent / "tiny-q8_0.gguf.sha256").read_text())["sha256"] == manifest["sha256"]  # heads record it
 
     info = subprocess.run([sys.executable, "-m", "edgeqwen", "info", str(out)], capture_output=True, text=True,
                           timeout=120)

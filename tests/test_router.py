@@ -46,7 +46,8 @@ def test_an_unsure_router_answers_with_both_when_its_role_says_so(tmp_path):
 
     prompts = tmp_path / "prompts"
     prompts.mkdir()
-    shutil.copy(REPO / "prompts" / "route.head.npz", prompts)
+    for name in ("route.head.npz", "route.train.jsonl"):  # the role's head and the training texts it names
+        shutil.copy(REPO / "prompts" / name, prompts)
     route = (REPO / "prompts" / "route.yaml").read_text(encoding="utf-8")
     (prompts / "route.yaml").write_text(route + "abstain_below: 0.99999\n", encoding="utf-8")  # unsure of everything
     done = run_cli("run", "--json", "--prompts", str(prompts), "The soup was cold but the staff were lovely.")
