@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 
@@ -25,15 +24,6 @@ def write_stamp(path: Path, digest: str) -> None:
         stamp_path(path).write_text(json.dumps(stamp) + "\n")
     except OSError:
         pass  # the stamp only saves a rehash next time; a read-only dir is fine
-
-
-def stamp_matches(path: Path, digest: str, st: os.stat_result) -> bool:
-    try:
-        stamp = json.loads(stamp_path(path).read_text())
-    except (OSError, ValueError):
-        return False
-    expected = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    return stamp == expected
 
 
 def recorded_sha256(path: Path) -> str | None:
