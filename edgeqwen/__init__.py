@@ -14,11 +14,12 @@ if TYPE_CHECKING:
     from .errors import EdgeQwenError
     from .roles import Role, load_roles
     from .classifier import Classification
-    from .conversation import Conversation
+    from .conversation import ChatStreams, Conversation
     from .router import RouteDecision
 
 # public name -> the submodule that defines it
 _EXPORTS = {
+    "ChatStreams": "conversation",
     "Classification": "classifier",
     "Conversation": "conversation",
     "EdgeQwen": "api",
@@ -32,6 +33,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "ChatStreams",
     "Classification",
     "Conversation",
     "EdgeQwen",

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .settings import KV_CACHE_TYPES, ROUTER, cache_dir as settings_cache_dir  # names, not the package: __init__ imports this module
+from .settings import CHAT_SLOTS, KV_CACHE_TYPES, ROUTER, cache_dir as settings_cache_dir  # names, not the package: __init__ imports this module
 from .classifier import Classification, Classifier, check_labels
-from .conversation import Conversation
+from .conversation import ChatStreams, Conversation
 from .engine import Engine
 from .errors import InputError
 from .model_paths import resolve_model
@@ -121,6 +121,12 @@ class EdgeQwen:
             chosen = chosen.model_copy(update={"sampling": chosen.sampling.model_copy(update=dict(sampling))})
         return Conversation(self.engine, chosen, history)
 
+    def chat_streams(self, slots: int = CHAT_SLOTS) -> ChatStreams:
+        """Chat slots on this model: several conversations' replies generated together, one token of
+        each per decode step (`start(conversation, conversation.prepare(text))`, then `step()`); for a
+        server that answers several chats at once. Classify calls may run between steps."""
+        return ChatStreams(self.engine, slots)
+
     def chat(self, message: str | Sequence[Message], *, stream: bool = False, role: str = "chat") -> str | Iterator[str]:
         """A reply to one message, or to a list of {"role", "content"} messages ending with a user turn."""
         conversation = self._conversation_for(message, role)
@@ -137,9 +143,11 @@ class EdgeQwen:
         conversation: Conversation | None = None,
         on_text: Callable[[str], None] | None = None,
         on_step: Callable[[str, RouteDecision | Classification], None] | None = None,
+        chat: bool = True,
     ) -> RunResult:
         """Route `text` (task="auto") or run the named task. A route the router is unsure of (its
-        confidence below the route role's `abstain_below`, off by default) runs both roles.
+        confidence below the route role's `abstain_below`, off by default) runs both roles. With
+        chat=False the reply is left to the caller (`result.task` says whether one is due).
 
         `on_text` receives the reply as it streams; `on_step` receives ("route", RouteDecision) and
         ("sentiment", Classification) as each is decided. An exception raised by either stops the run
@@ -158,7 +166,7 @@ class EdgeQwen:
             result.sentiment = self.sentiment(text)
             result.timings["sentiment_ms"] = result.sentiment.timings["total_ms"]
             notify("sentiment", result.sentiment)
-        if task in ("chat", "both"):
+        if task in ("chat", "both") and chat:
             conversation = conversation or self.conversation()
             pieces = []
             with closing(conversation.stream(text)) as stream:  # closed at once if a callback raises

@@ -1,14 +1,40 @@
-"""Generate roles: a multi-turn conversation whose reply streams, its history trimmed to fit n_ctx."""
+"""Generate roles: a multi-turn conversation whose reply streams, its history trimmed to fit n_ctx.
+
+A turn is prepared (prompt fitted, history trimmed) apart from its generation, so a reply can come
+from Conversation.stream (the engine's working sequence, one reply at a time) or from ChatStreams
+(chat slots: several conversations' replies share each decode step), and is recorded the same way.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
-from .engine import Engine, SamplingParams
-from .prompt_fit import clean_text, fit_prompt, fixed_prefix
+from .engine import Engine, Generation, Piece, SamplingParams, Streams
+from .prompt_fit import FittedPrompt, clean_text, fit_prompt, fixed_prefix
 from .roles import Message, Role
+from .settings import CHAT_SLOTS
 from .text import script_language
+
+
+@dataclass
+class Turn:
+    """One user turn ready to generate: its prompt, and the reply as it comes."""
+
+    text: str
+    prompt: FittedPrompt
+    started: float
+    pieces: list[str] = field(default_factory=list)
+    first_token_at: float | None = None
+
+    def add(self, piece: str) -> None:
+        self.first_token_at = self.first_token_at or time.perf_counter()
+        self.pieces.append(piece)
+
+    @property
+    def reply(self) -> str:
+        return "".join(self.pieces)
 
 
 class Conversation:
@@ -28,21 +54,23 @@ class Conversation:
     def sampling(self) -> SamplingParams:
         return SamplingParams(**self.role.sampling.model_dump())
 
-    def stream(self, text: str) -> Iterator[str]:
-        """Yield the reply as it is generated; the turn joins the history even if interrupted."""
+    def prepare(self, text: str) -> Turn:
+        """The prompt for a reply to `text` (the history trimmed to fit); `record` adds the turn afterwards."""
         text = clean_text(text)
         started = time.perf_counter()
         prompt = fit_prompt(self.engine, self.role, text, self.history, reserve=self.sampling.max_tokens, prefix=self._prefix(text))
         self.history, self.last_truncated = prompt.history, prompt.truncated
-        pieces: list[str] = []
-        first_token_at = None
+        return Turn(text, prompt, started)
+
+    def stream(self, text: str) -> Iterator[str]:
+        """Yield the reply as it is generated; the turn joins the history even if interrupted."""
+        turn = self.prepare(text)
         try:
-            for piece in self.engine.stream(prompt.tokens, self.sampling, keep_prefix=prompt.fixed):
-                first_token_at = first_token_at or time.perf_counter()
-                pieces.append(piece)
+            for piece in self.engine.stream(turn.prompt.tokens, self.sampling, keep_prefix=turn.prompt.fixed):
+                turn.add(piece)
                 yield piece
         finally:
-            self._record(text, "".join(pieces), started, first_token_at)
+            self.record(turn, self.engine.last_generation)
 
     def _prefix(self, text: str) -> list[int]:
         language = script_language(text) if self.role.system_by_language else None
@@ -56,14 +84,72 @@ class Conversation:
     def reset(self) -> None:
         self.history = []
 
-    def _record(self, text: str, reply: str, started: float, first_token_at: float | None) -> None:
+    def record(self, turn: Turn, generation: Generation) -> None:
+        """Add a generated (or interrupted) turn to the history, with its finish reason and timings."""
         ended = time.perf_counter()
-        generation = self.engine.last_generation
-        self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+        self.history += [{"role": "user", "content": turn.text}, {"role": "assistant", "content": turn.reply}]
         self.finish_reason = generation.finish_reason
         self.timings = {
-            "total_ms": round((ended - started) * 1000, 2),
-            "first_token_ms": round(((first_token_at or ended) - started) * 1000, 2),
+            "total_ms": round((ended - turn.started) * 1000, 2),
+            "first_token_ms": round(((turn.first_token_at or ended) - turn.started) * 1000, 2),
             "prompt_tokens": generation.prompt_tokens,
             "reply_tokens": generation.tokens,
         }
+
+
+class ChatStreams:
+    """Replies of several conversations generated together, in a fixed number of chat slots: every
+    step() decodes one token of each active reply in one batch (engine Streams). Each reply keeps its
+    own sampler, budget and history; a reply that ends or is closed frees its slot at once."""
+
+    def __init__(self, engine: Engine, slots: int = CHAT_SLOTS) -> None:
+        self._streams = Streams(engine, slots)
+        self._turns: dict[int, tuple[Conversation, Turn]] = {}
+
+    @property
+    def slots(self) -> int:
+        return self._streams.slots
+
+    @property
+    def active(self) -> int:
+        return self._streams.active
+
+    @property
+    def free(self) -> int:
+        return self._streams.free
+
+    def start(self, conversation: Conversation, turn: Turn) -> int | None:
+        """Start generating a prepared turn; its handle, or None while no slot or too few KV cells are free."""
+        prompt = turn.prompt
+        handle = self._streams.start(prompt.tokens, conversation.sampling, keep_prefix=prompt.fixed)
+        if handle is not None:
+            self._turns[handle] = (conversation, turn)
+        return handle
+
+    def step(self) -> dict[int, Piece]:
+        """One token of every active reply: handle -> Piece (text, and finish_reason on its last step,
+        when its conversation has recorded the turn)."""
+        try:
+            pieces = self._streams.step()
+        except BaseException:
+            self.close_all()
+            raise
+        for handle, piece in pieces.items():
+            conversation, turn = self._turns[handle]
+            if piece.text:
+                turn.add(piece.text)
+            if piece.generation is not None:
+                del self._turns[handle]
+                conversation.record(turn, piece.generation)
+        return pieces
+
+    def close(self, handle: int) -> None:
+        """Stop a reply (its client went away); what it said so far joins its history."""
+        generation = self._streams.close(handle)
+        conversation, turn = self._turns.pop(handle, (None, None))
+        if conversation is not None:
+            conversation.record(turn, generation or Generation())
+
+    def close_all(self) -> None:
+        for handle in list(self._turns):
+            self.close(handle)

@@ -47,3 +47,7 @@ class VerificationError(EdgeQwenError):
 
 class EngineError(EdgeQwenError):
     """llama.cpp could not do what was asked (e.g. no memory for the context)."""
+
+
+class CacheBusyError(EngineError):
+    """A prompt does not fit the KV cells that running chat slots leave free; it can run once they finish."""

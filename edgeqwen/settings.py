@@ -89,7 +89,9 @@ QUANT_TYPE = "Q4_K_M"
 
 HOST = "127.0.0.1"
 PORT = 8080
-QUEUE_SIZE = 8  # requests that may wait behind the running one
+QUEUE_SIZE = 8  # requests that may wait behind the running ones
+CHAT_SLOTS = 4  # chat replies generated together, one token of each per decode step (`edgeqwen serve --slots`)
+MAX_CHAT_SLOTS = 8  # the KV cache's sequence ids set aside for chat slots
 MAX_BODY_BYTES = 256 * 1024
 MAX_TEXT_CHARS = 16_000
 LOG_LEVEL = "info"

@@ -178,3 +178,72 @@ def test_layer_states_cover_the_input_and_never_depend_on_the_previous_call(eq):
     assert not np.allclose(engine.layer_states(first, 11, keep_prefix=len(prefix))[1], states)
     with pytest.raises(ValueError, match="layer must be between 0 and"):
         engine.layer_states(first, engine.n_layer - 1)
+
+
+# -- chat slots: several replies decoded together (ChatStreams over engine Streams) -----------------
+
+SECRETS = {"zorblax": "Remember this secret word: zorblax.", "quimbly": "Remember this secret word: quimbly."}
+GREEDY = {"temperature": 0, "max_tokens": 24}
+
+
+def _chats(eq):
+    """Four conversations: two with a made-up word in their history, two plain questions."""
+    asks = [(SECRETS[word], word) for word in SECRETS]
+    chats = [(eq.conversation(sampling=GREEDY, history=[{"role": "user", "content": said}, {"role": "assistant", "content": f"Understood, the secret word is {word}."}]),
+              "What is the secret word? Answer with the word only.") for said, word in asks]
+    chats += [(eq.conversation(sampling=GREEDY), q) for q in ("Name one famous Chinese dish.", "用一句话介绍一下长城。")]
+    return chats
+
+
+def _together(eq, streams, chats, between=None):
+    handles = {streams.start(conversation, conversation.prepare(text)): i for i, (conversation, text) in enumerate(chats)}
+    assert None not in handles and streams.active == len(chats)
+    replies, reasons = [""] * len(chats), [None] * len(chats)
+    while streams.active:
+        for handle, piece in streams.step().items():
+            replies[handles[handle]] += piece.text
+            reasons[handles[handle]] = piece.finish_reason or reasons[handles[handle]]
+        if between:
+            between()
+    return replies, reasons
+
+
+def test_replies_decoded_together_are_the_replies_alone_and_keep_to_their_own_history(eq):
+    alone = []
+    for conversation, text in _chats(eq):
+        alone.append((conversation.reply(text), conversation.finish_reason))
+    streams = eq.chat_streams(4)
+    chats = _chats(eq)
+    sentiments = []
+    # A classification between steps must neither disturb the slots nor be disturbed by them.
+    replies, reasons = _together(eq, streams, chats, between=lambda: sentiments.append(eq.sentiment("The battery died after two days.").label))
+    # Greedy, so equal unless llama.cpp's batch rounding flips a near-tie (not seen here on the stand-in).
+    assert replies == [reply for reply, _ in alone]
+    assert reasons == [reason for _, reason in alone] and set(reasons) <= {"stop", "length"}
+    assert "zorblax" in replies[0] and "quimbly" not in replies[0]
+    assert "quimbly" in replies[1] and "zorblax" not in replies[1]
+    assert not any(word in reply for reply in replies[2:] for word in SECRETS)
+    assert set(sentiments) == {"negative"}
+    for (conversation, _), reply in zip(chats, replies):  # each reply recorded in its own conversation only
+        assert conversation.history[-1] == {"role": "assistant", "content": reply}
+        assert conversation.timings["reply_tokens"] > 0
+    assert streams.free == 4 and not eq.engine._cells.slots
+
+
+def test_a_closed_stream_frees_its_slot_and_the_others_finish(eq):
+    streams = eq.chat_streams(2)
+    long_chat = eq.conversation(sampling={"temperature": 0, "max_tokens": 200})
+    short_chat = eq.conversation(sampling=GREEDY)
+    alone = eq.conversation(sampling=GREEDY).reply("Name one famous Chinese dish.")
+    long_handle = streams.start(long_chat, long_chat.prepare("Count from 1 to 100, separated by commas."))
+    short_handle = streams.start(short_chat, short_chat.prepare("Name one famous Chinese dish."))
+    assert streams.free == 0 and streams.start(eq.conversation(), eq.conversation().prepare("hi")) is None  # waits for a slot
+    reply = ""
+    for _ in range(3):
+        reply += streams.step()[short_handle].text
+    streams.close(long_handle)  # its client went away
+    assert streams.free == 1 and long_chat.finish_reason is None and long_chat.history[-1]["role"] == "assistant"
+    while streams.active:
+        reply += streams.step()[short_handle].text
+    assert reply == alone and short_chat.finish_reason in ("stop", "length")
+    assert streams.free == 2 and not eq.engine._cells.slots

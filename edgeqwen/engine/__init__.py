@@ -1,6 +1,7 @@
 """The engine: the only package that talks to llama.cpp (engine.py drives it; the other files serve it)."""
 
-from .cells import common_prefix_length
+from .cells import MAX_SLOTS, common_prefix_length
 from .engine import Engine, Evaluated, Generation, SamplingParams
+from .streams import Piece, Streams
 
-__all__ = ["Engine", "Evaluated", "Generation", "SamplingParams", "common_prefix_length"]
+__all__ = ["Engine", "Evaluated", "Generation", "MAX_SLOTS", "Piece", "SamplingParams", "Streams", "common_prefix_length"]

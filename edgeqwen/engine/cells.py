@@ -1,9 +1,12 @@
 """The KV cache's bookkeeping: which tokens the working sequence holds, which role prefixes are kept as
-sequences of their own (in memory and on disk), and the sequences lent to prompts evaluated together.
+sequences of their own (in memory and on disk), the sequences lent to prompts evaluated together, and
+the cells chat slots hold.
 
 All sequences share one pool of n_ctx cells (llama.cpp's unified KV cache): a sequence that starts
 with a kept prefix points at that prefix's cells instead of evaluating it again, and kept prefixes
-make way, oldest first, when a prompt needs their cells.
+make way, oldest first, when a prompt needs their cells. A chat slot's cells (its prompt and its whole
+token budget, reserved when it starts) never make way: a prompt that does not fit beside them is
+refused with CacheBusyError, to be run once the slots are done.
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ from collections.abc import Sequence
 import llama_cpp as llama
 import numpy as np
 
+from .. import settings
+from ..errors import CacheBusyError
 from .prefix_store import PrefixStore
 
 WORKING_SEQ = 0
 MAX_KEPT_PREFIXES = 4
 MAX_PARALLEL = 16  # prompts evaluated together, each its own sequence
 FIRST_PARALLEL_SEQ = MAX_KEPT_PREFIXES + 1
-N_SEQ_MAX = FIRST_PARALLEL_SEQ + MAX_PARALLEL
+MAX_SLOTS = settings.MAX_CHAT_SLOTS  # chat streams decoded together, each its own sequence
+FIRST_SLOT_SEQ = FIRST_PARALLEL_SEQ + MAX_PARALLEL
+N_SEQ_MAX = FIRST_SLOT_SEQ + MAX_SLOTS
 PREFIX_SHARE = 0.5  # kept prefixes hold at most this share of the cells by default
 
 
@@ -35,6 +42,7 @@ class Cells:
         self.store = store
         self.working: list[int] = []  # tokens held by the working sequence
         self.kept: OrderedDict[tuple[int, ...], int] = OrderedDict()  # prefix -> sequence id, oldest first
+        self.slots: dict[int, tuple[tuple[int, ...], int]] = {}  # slot sequence -> (prefix it shares, cells of its own)
 
     def reuse(self, tokens: Sequence[int], keep_prefix: int) -> int:
         """Point the working sequence at the longest start of `tokens` already in the cache (its own
@@ -54,9 +62,12 @@ class Cells:
         llama.llama_memory_seq_rm(self._memory, WORKING_SEQ, length, -1)
 
     def make_room(self, length: int) -> None:
-        """Evict kept prefixes, oldest first, until `length` cells of the working prompt fit beside them."""
-        while self.kept and length + self._cells_kept_apart() > self.n_ctx:
+        """Evict kept prefixes, oldest first, until `length` cells of the working prompt fit beside them
+        and the slots' cells; CacheBusyError if the slots' cells leave too little room even then."""
+        while self.kept and length + self._cells_kept_apart() + self.cells_in_slots() > self.n_ctx:
             self.forget_oldest()
+        if self.slots and length + self._cells_kept_apart() + self.cells_in_slots() > self.n_ctx:
+            raise CacheBusyError(f"{length} cells do not fit beside the {self.cells_in_slots()} that chat slots hold (n_ctx {self.n_ctx})")
 
     def forget_oldest(self) -> bool:
         """Give up the oldest kept prefix's sequence (its cells go once no other sequence shares them)."""
@@ -90,6 +101,29 @@ class Cells:
     def give_back(self, seqs: Sequence[int]) -> None:
         for seq in seqs:
             llama.llama_memory_seq_rm(self._memory, seq, -1, -1)
+
+    # -- chat slots -------------------------------------------------------------------------------
+
+    def cells_in_slots(self) -> int:
+        """Cells the slots hold: their own, and the prefixes they share that are no longer kept (a kept
+        prefix's cells are counted with the kept ones)."""
+        lost = {prefix for prefix, _ in self.slots.values() if prefix not in self.kept}
+        return sum(own for _, own in self.slots.values()) + sum(map(len, lost))
+
+    def open_slot(self, seq: int, prefix: Sequence[int], own: int) -> None:
+        """Reserve `own` cells for slot `seq`, which starts with `prefix`: copied from its kept sequence
+        (shared cells, no evaluation) if kept, else from the working sequence, which must hold it."""
+        prefix = tuple(prefix)
+        llama.llama_memory_seq_rm(self._memory, seq, -1, -1)
+        self.slots[seq] = (prefix, own)
+        if prefix:
+            source = self.kept[prefix] if prefix in self.kept else WORKING_SEQ
+            llama.llama_memory_seq_cp(self._memory, source, seq, 0, len(prefix))
+
+    def close_slot(self, seq: int) -> None:
+        """Free a slot's cells at once."""
+        self.slots.pop(seq, None)
+        llama.llama_memory_seq_rm(self._memory, seq, -1, -1)
 
     # -- internals ------------------------------------------------------------------------------
 
