@@ -1,7 +1,7 @@
 """`edgeqwen serve` as a real subprocess on a free port, driven over HTTP and by the official openai client.
 
-One server for the whole module (one model load): API key set, a wait queue of 1 (so a test can fill
-it), small limits, and a test prompts dir whose chat role answers in at most 32 tokens at temperature 0.
+One server for the whole module (one model load): API key set, one chat slot and a wait queue of 1
+(so a test can fill both), small limits, and a test prompts dir whose chat role answers in at most 32 tokens at temperature 0.
 One llama.cpp thread: on a shared 2-core machine that is faster than two, and leaves a core to the rest.
 """
 
@@ -62,7 +62,7 @@ def write_test_prompts(directory: Path) -> Path:
 def server(tmp_path_factory):
     prompts = write_test_prompts(tmp_path_factory.mktemp("prompts"))
     args = [
-        "--model", str(standin_path()), "--prompts", str(prompts), "--api-key", KEY, "--queue-size", "1", "--threads", "1",
+        "--model", str(standin_path()), "--prompts", str(prompts), "--api-key", KEY, "--queue-size", "1", "--slots", "1", "--threads", "1",
         "--max-body-bytes", str(MAX_BODY), "--max-text-chars", str(MAX_TEXT), "--log-level", "warning",
     ]
     with ServerProcess(*args) as running:
@@ -301,36 +301,40 @@ def wait_for_queue(server, condition, message: str, timeout: float = 30) -> None
         time.sleep(0.05)
 
 
-def test_full_queue_gets_503_and_a_disconnect_frees_the_engine(server, client):
+def test_full_queue_gets_503_and_a_disconnect_frees_the_slot(server, client):
     before = call(server, "GET", "/health")[2]["queue"]
-    # A: a long generation holds the engine (the request's max_tokens overrides the role's 32).
+    assert before["slots"] == 1
+    # A: a long generation holds the only chat slot (the request's max_tokens overrides the role's 32).
     conn, response = _open_stream(server, {
         "model": "chat", "stream": True, "max_tokens": 1500,
         "messages": [{"role": "user", "content": "Count from 1 to 1000, separated by commas. Do not stop early."}],
     })
     assert call(server, "GET", "/health")[2]["queue"]["busy"] is True
-    # W: waits in the queue, then its client gives up: its place is free again at once.
+    # W: a chat waits for the slot, then its client gives up: its place is free again at once.
     quitter = http.client.HTTPConnection(server.host, server.port, timeout=30)
-    quitter.request("POST", "/v1/sentiment", body=json.dumps({"text": "I give up waiting."}).encode(),
+    quitter.request("POST", "/v1/chat/completions", body=json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}).encode(),
                     headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     wait_for_queue(server, lambda q: q["waiting"] == 1, "request W never queued")
     quitter.sock.shutdown(socket.SHUT_RDWR)
     quitter.close()
     wait_for_queue(server, lambda q: q["waiting"] == 0, "the abandoned request kept its place in the queue")
-    # B: waits in the queue (size 1).
+    # B: a chat waits in the queue (size 1).
     waiting: dict = {}
-    thread = threading.Thread(target=lambda: waiting.update(result=call(server, "POST", "/v1/sentiment", {"text": "Great value, works perfectly."})))
+    body = {"model": "chat", "max_tokens": 8, "messages": [{"role": "user", "content": "Say hello."}]}
+    thread = threading.Thread(target=lambda: waiting.update(result=call(server, "POST", "/v1/chat/completions", body)))
     thread.start()
     wait_for_queue(server, lambda q: q["waiting"] == 1, "request B never queued")
-    # C: the queue is full.
-    status, headers, error = call(server, "POST", "/v1/sentiment", {"text": "one more"})
-    assert status == 503
-    assert int(headers["retry-after"]) >= 1
-    assert error["error"]["code"] == "queue_full" and "retry in" in error["error"]["message"]
+    # C: the queue is full for another chat...
     with pytest.raises(openai.APIStatusError) as raised:
         client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
-    assert raised.value.status_code == 503
-    # A's client goes away mid-stream: the generation stops and B gets the engine.
+    assert raised.value.status_code == 503 and int(raised.value.response.headers["retry-after"]) >= 1
+    status, headers, error = call(server, "POST", "/v1/chat/completions", body)
+    assert status == 503 and int(headers["retry-after"]) >= 1
+    assert error["error"]["code"] == "queue_full" and "retry in" in error["error"]["message"]
+    # ...but a classification runs between A's decode steps, without waiting for the slot.
+    status, _, label = call(server, "POST", "/v1/sentiment", {"text": "Great value, works perfectly."})
+    assert status == 200 and label["label"] == "positive"
+    # A's client goes away mid-stream: its slot is freed at the next step and B gets it.
     closed_at = time.monotonic()
     conn.sock.shutdown(socket.SHUT_RDWR)
     response.close()
@@ -338,10 +342,10 @@ def test_full_queue_gets_503_and_a_disconnect_frees_the_engine(server, client):
     thread.join(timeout=120)
     assert not thread.is_alive()
     status, _, result = waiting["result"]
-    assert status == 200 and result["label"] == "positive"
+    assert status == 200 and result["choices"][0]["message"]["content"]
     assert time.monotonic() - closed_at < 60
     after = call(server, "GET", "/health")[2]["queue"]
     assert after["cancelled"] == before["cancelled"] + 2, "W was dropped and A stopped, not run to 1500 tokens"
-    assert after["served"] == before["served"] + 1
+    assert after["served"] == before["served"] + 2
     assert after["rejected"] == before["rejected"] + 2
-    assert after["busy"] is False and after["waiting"] == 0
+    assert after["busy"] is False and after["waiting"] == 0 and after["streams"] == 0

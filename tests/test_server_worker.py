@@ -1,8 +1,15 @@
-"""The inference queue on its own (no model, no HTTP): one thread, bounded wait, cancellation. Runs in well under a second."""
+"""The inference thread's scheduler: first on its own (no model, no HTTP: one thread, bounded wait,
+cancellation; well under a second), then over the real model behind a real HTTP server in this
+process (the session's model, no second load): chat replies in slots that share decode steps, and
+classification requests that arrive together evaluated in one classify_many.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
+import socket
 import threading
 import time
 
@@ -104,3 +111,147 @@ def test_errors_reach_the_request_and_the_thread_survives():
         worker.close()
 
     asyncio.run(scenario())
+
+
+# -- over the real model and a real HTTP server ------------------------------------------------------
+
+SENTIMENT_TEXTS = ["这家餐厅的服务太差了，我再也不会来了。", "The battery lasts all day and the screen is gorgeous.",
+                   "物流很快，包装完好，质量超出预期。", "I wanted to like this film, but the plot drags.", "Works exactly as described."]
+QUESTIONS = ["Name one famous Chinese dish.", "用一句话介绍一下长城。", "What is 2 + 2?", "Give me one tip for sleeping well."]
+
+
+@pytest.fixture(scope="module")
+def live(eq):
+    """`create_app` over the session's model, served by uvicorn on a free loopback port in this process."""
+    pytest.importorskip("starlette", reason="the serve extra: pip install -e '.[serve]'")
+    import uvicorn
+
+    from edgeqwen.server.app import ServerConfig, create_app
+    from edgeqwen.server.launch import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(eq, ServerConfig(queue_size=8, slots=4)), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        time.sleep(0.01)
+    yield port
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def post(port: int, path: str, body: dict, results: list | None = None) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    conn.request("POST", path, body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    answer = response.status, json.loads(response.read())
+    conn.close()
+    if results is not None:
+        results.append(answer)
+    return answer
+
+
+def queue_state(port: int) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/health")
+    state = json.loads(conn.getresponse().read())["queue"]
+    conn.close()
+    return state
+
+
+def wait_until(port: int, condition, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while not condition(state := queue_state(port)):
+        assert time.monotonic() < deadline, state
+        time.sleep(0.02)
+    return state
+
+
+def in_threads(calls) -> list[threading.Thread]:
+    threads = [threading.Thread(target=call) for call in calls]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def chat_body(question: str, stream: bool = False, max_tokens: int = 24) -> dict:
+    return {"model": "chat", "temperature": 0, "max_tokens": max_tokens, "stream": stream, "messages": [{"role": "user", "content": question}]}
+
+
+def test_sentiment_requests_that_arrive_together_are_evaluated_in_one_call(eq, live):
+    alone = [eq.sentiment(text).label for text in SENTIMENT_TEXTS]
+    before = queue_state(live)
+    blocker: list = []
+    threads = in_threads([lambda: post(live, "/v1/sentiment", {"texts": SENTIMENT_TEXTS * 4}, blocker)])  # 20 texts: 2 calls
+    wait_until(live, lambda q: q["busy"])
+    answers: dict[int, tuple] = {}
+    threads += in_threads([lambda i=i: answers.update({i: post(live, "/v1/sentiment", {"text": SENTIMENT_TEXTS[i]})}) for i in range(5)])
+    for thread in threads:
+        thread.join(timeout=300)
+    after = queue_state(live)
+    assert blocker[0][0] == 200 and [r["label"] for r in blocker[0][1]["results"]] == alone * 4
+    assert [answers[i][1]["label"] for i in range(5)] == alone and {answers[i][0] for i in range(5)} == {200}
+    # The five waited behind the blocker and then went through one classify_many together.
+    assert after["classify_calls"] - before["classify_calls"] == 2 + 1
+    assert after["classify_jobs"] - before["classify_jobs"] == 1 + 5
+
+
+def test_a_cancelled_job_in_a_batch_does_not_fail_the_others(eq):
+    async def scenario():
+        worker = InferenceWorker(queue_size=8)
+        release = threading.Event()
+        worker.submit(blocking_job(release))
+        victim: list = []
+
+        def classify_many(texts):
+            victim[0].cancel()  # its client goes away while the batch runs
+            return eq.classify_many(texts)
+
+        jobs = [worker.submit_batch("sentiment", [text], classify_many) for text in SENTIMENT_TEXTS[:3]]
+        victim.append(jobs[1])
+        release.set()
+        first, third = await jobs[0].result(), await jobs[2].result()
+        with pytest.raises(Cancelled):
+            await jobs[1].result()
+        assert [first[0].label, third[0].label] == [eq.sentiment(SENTIMENT_TEXTS[0]).label, eq.sentiment(SENTIMENT_TEXTS[2]).label]
+        assert worker.status()["classify_calls"] == 1 and worker.status()["cancelled"] == 1
+        worker.close()
+
+    asyncio.run(scenario())
+
+
+def test_chats_share_decode_steps_and_each_gets_its_reply_alone(live):
+    alone = [post(live, "/v1/chat/completions", chat_body(q))[1]["choices"][0]["message"]["content"] for q in QUESTIONS]
+    answers: dict[int, tuple] = {}
+    threads = in_threads([lambda i=i, q=q: answers.update({i: post(live, "/v1/chat/completions", chat_body(q))}) for i, q in enumerate(QUESTIONS)])
+    peak = 0
+    while any(thread.is_alive() for thread in threads):
+        peak = max(peak, queue_state(live)["streams"])
+        time.sleep(0.01)
+    assert peak >= 2, "the chats never ran together"
+    # Greedy: the same text as alone (one token per stream per batch; no rounding flip seen on the stand-in).
+    assert [answers[i][1]["choices"][0]["message"]["content"] for i in range(4)] == alone
+    assert wait_until(live, lambda q: q["streams"] == 0 and not q["busy"])
+
+
+def test_a_cancelled_stream_frees_its_slot_and_the_others_finish(live):
+    alone = post(live, "/v1/chat/completions", chat_body(QUESTIONS[0]))[1]["choices"][0]["message"]["content"]
+    before = queue_state(live)
+    conn = http.client.HTTPConnection("127.0.0.1", live, timeout=300)
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(chat_body("Count from 1 to 500, separated by commas.", True, 1000)).encode(),
+                 headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    while '"content":"' not in (line := response.fp.readline().decode()) or '"content":""' in line:
+        pass
+    answers: list = []
+    (thread,) = in_threads([lambda: post(live, "/v1/chat/completions", chat_body(QUESTIONS[0]), answers)])
+    wait_until(live, lambda q: q["streams"] == 2)
+    conn.sock.shutdown(socket.SHUT_RDWR)  # the long stream's client goes away
+    conn.close()
+    wait_until(live, lambda q: q["cancelled"] == before["cancelled"] + 1)
+    thread.join(timeout=120)
+    assert answers[0][0] == 200 and answers[0][1]["choices"][0]["message"]["content"] == alone
+    after = wait_until(live, lambda q: q["streams"] == 0)
+    assert after["served"] == before["served"] + 1

@@ -25,7 +25,8 @@ def serve(
     threads: ThreadsOption = None,
     ctx: CtxOption = None,
     router: Annotated[str, typer.Option("--router", help="How task auto decides: llm or rules.")] = settings.ROUTER,
-    queue_size: Annotated[int, typer.Option("--queue-size", min=0, help="Requests that may wait behind the running one; more get 503 + Retry-After.")] = settings.QUEUE_SIZE,
+    queue_size: Annotated[int, typer.Option("--queue-size", min=0, help="Requests that may wait to start; more get 503 + Retry-After.")] = settings.QUEUE_SIZE,
+    slots: Annotated[int, typer.Option("--slots", min=1, max=settings.MAX_CHAT_SLOTS, help="Chat replies generated together, one token of each per decode step.")] = settings.CHAT_SLOTS,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1024, help="Largest request body (413 above).")] = settings.MAX_BODY_BYTES,
     max_text_chars: Annotated[int, typer.Option("--max-text-chars", min=1, help="Longest text or message (422 above).")] = settings.MAX_TEXT_CHARS,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")] = settings.LOG_LEVEL,
@@ -54,7 +55,7 @@ def serve(
         fail(EdgeQwenError(f"edgeqwen serve needs the server extra ({error.name or error} is missing): pip install 'edgeqwen[serve]'"))
     config = ServerConfig(
         host=host, port=port, model=str(model) if model else None, api_key=api_key or None,
-        prompts=str(prompts) if prompts else None, threads=threads, ctx=ctx, router=router, queue_size=queue_size,
+        prompts=str(prompts) if prompts else None, threads=threads, ctx=ctx, router=router, queue_size=queue_size, slots=slots,
         max_body_bytes=max_body_bytes, max_text_chars=max_text_chars, log_level=log_level, verbose=verbose,
     )
     serving = ray_module("serving") if on_ray is not None else None

@@ -9,8 +9,10 @@ Endpoints (all JSON; errors are {"error": {"message", "type", "code", "param"}})
   POST /v1/run                     routed like `edgeqwen run` (task auto|sentiment|chat|both), SSE with stream
   GET  /                           the page (static/index.html); /static/* its script and style
 
-Every model call goes through one InferenceWorker (worker.py): serialized on one thread, a bounded
-wait queue, 503 + Retry-After when it is full, and cancellation when a client disconnects.
+Every model call goes through one InferenceWorker (worker.py): one thread that advances chat replies
+in slots, one token of each per decode step, and runs classifications between steps (those of one
+role that wait together as one batch); a bounded wait queue, 503 + Retry-After when it is full, and
+cancellation when a client disconnects.
 Settings: config.py; error bodies: errors.py; the API key: auth.py.
 """
 
@@ -59,7 +61,7 @@ class Server:
     def __init__(self, eq: EdgeQwen, config: ServerConfig, worker: InferenceWorker | None = None) -> None:
         self.eq = eq
         self.config = config
-        self.worker = worker or InferenceWorker(config.queue_size)
+        self.worker = worker or InferenceWorker(config.queue_size, eq.chat_streams(config.slots))
         self.model_path = Path(eq.engine.info.path)
         self.model_id = self.model_path.stem
         self.started = int(time.time())
@@ -135,7 +137,7 @@ class Server:
         where = ["text"] if body.text is not None else [f"texts.{i}" for i in range(len(texts))]
         texts = [self.text(t, w) for t, w in zip(texts, where)]
         started = time.perf_counter()
-        job = self.worker.submit(lambda job: service.classify_texts(self.eq, role.name, texts, job))
+        job = self.worker.submit_batch(role.name, texts, service.classify_texts(self.eq, role.name), service.labels)
         results = await self.wait(job, request)
         if body.text is not None:
             return JSONResponse(results[0])
@@ -166,9 +168,9 @@ class Server:
         target = openai.resolve_model(body.model, self.model_id, self.eq.roles)
         text, spec = openai.chat_spec(body, target, self.config.max_text_chars)
         if target.kind == "classify":
-            job = self.worker.submit(lambda job: service.classify_as_chat(self.eq, target.name, text, job))
+            job = self.worker.submit_batch(target.name, [text], service.classify_texts(self.eq, target.name), service.label_reply)
         else:
-            job = self.worker.submit(lambda job: service.generate(self.eq, spec, job))
+            job = self.worker.submit(lambda job: service.generate(self.eq, spec, job), chat=True)
         meta = openai.new_meta(body.model)
         if body.stream:
             return JobStream(openai.chunks(job, meta, openai.wants_usage(body)), job)
@@ -227,7 +229,7 @@ def serve(config: ServerConfig) -> None:
     shown = f"[{config.host}]" if ":" in config.host else config.host
     print(
         f"edgeqwen: {server.model_id} with roles {', '.join(sorted(eq.roles))}; "
-        f"queue {config.queue_size}; page at http://{shown}:{config.port}/",
+        f"{config.slots} chat slots, queue {config.queue_size}; page at http://{shown}:{config.port}/",
         file=sys.stderr,
         flush=True,
     )

@@ -18,6 +18,7 @@ class ServerConfig:
     ctx: int | None = None  # None: the memory plan's (memory_plan.py)
     router: str = settings.ROUTER
     queue_size: int = settings.QUEUE_SIZE
+    slots: int = settings.CHAT_SLOTS
     max_body_bytes: int = settings.MAX_BODY_BYTES
     max_text_chars: int = settings.MAX_TEXT_CHARS
     log_level: str = settings.LOG_LEVEL

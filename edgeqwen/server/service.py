@@ -1,20 +1,23 @@
 """The model work behind each endpoint. Every function here runs on the inference thread (worker.py).
 
-They use the public Python API (EdgeQwen, Conversation, Classification) and stream through
-`job.emit`, which raises `Cancelled` when the client has gone: the `closing(...)` around each
-generator then stops llama.cpp's generation at once.
+They use the public Python API (EdgeQwen, Conversation, ChatStreams, Classification). A chat reply
+goes on in a chat slot: the function prepares its prompt and returns a SlotRequest, and the worker
+starts it when a slot is free and hands each piece to `job.emit` (which raises `Cancelled` when the
+client has gone: the worker then frees the slot). Classifications are batch jobs: the worker runs
+waiting texts of one role together through `classify_texts`, and `labels` / `label_reply` give each
+job its answer.
 """
 
 from __future__ import annotations
 
-from contextlib import closing
+import time
 from dataclasses import dataclass, field
 
-from .. import settings
 from ..api import EdgeQwen, RunResult
-from ..conversation import Conversation
+from ..classifier import Classification
+from ..conversation import Conversation, Turn
 from ..roles import Message, Role
-from .worker import Job
+from .worker import Job, SlotRequest
 
 
 @dataclass
@@ -36,23 +39,33 @@ class Generated:
     classification: dict | None = None
 
 
-def generate(eq: EdgeQwen, spec: ChatSpec, job: Job) -> Generated:
-    """A streamed reply of a generate role; each text piece goes to `job.emit`."""
+def generate(eq: EdgeQwen, spec: ChatSpec, job: Job) -> SlotRequest:
+    """A reply of a generate role, to run in a chat slot; each text piece goes to `job.emit`."""
     conversation = Conversation(eq.engine, spec.role, spec.history)
-    pieces: list[str] = []
-    with closing(conversation.stream(spec.text)) as stream:
-        for piece in stream:
-            pieces.append(piece)
-            job.emit(piece)
+    turn = conversation.prepare(spec.text)
+    return SlotRequest(start=lambda streams: streams.start(conversation, turn), done=lambda piece: _generated(conversation, turn))
+
+
+def _generated(conversation: Conversation, turn: Turn) -> Generated:
     timings = conversation.timings
     # The conversation records why the engine stopped: the end-of-turn token ("stop") or the token budget ("length").
     finish = conversation.finish_reason or "stop"
-    return Generated("".join(pieces), finish, int(timings.get("prompt_tokens", 0)), int(timings.get("reply_tokens", 0)), dict(timings))
+    return Generated(turn.reply, finish, int(timings.get("prompt_tokens", 0)), int(timings.get("reply_tokens", 0)), dict(timings))
 
 
-def classify_as_chat(eq: EdgeQwen, role: str, text: str, job: Job) -> Generated:
+def classify_texts(eq: EdgeQwen, role: str):
+    """What the worker runs for a batch of texts of one classify role (one classify_many call)."""
+    return lambda texts: eq.classify_many(texts, role)
+
+
+def labels(job: Job, results: list[Classification]) -> list[dict]:
+    """A /v1/classify job's answer: one classification per text, in order."""
+    return [_classification(result) for result in results]
+
+
+def label_reply(job: Job, results: list[Classification]) -> Generated:
     """A classify role answering a chat request: the reply is exactly one label."""
-    result = eq.classify(text, role)
+    (result,) = results
     job.emit(result.label)
     return Generated(
         reply=result.label,
@@ -64,18 +77,8 @@ def classify_as_chat(eq: EdgeQwen, role: str, text: str, job: Job) -> Generated:
     )
 
 
-def classify_texts(eq: EdgeQwen, role: str, texts: list[str], job: Job) -> list[dict]:
-    """One classification per text, in order, evaluated settings.BATCH_SIZE at a time; stops between
-    batches if the client went away."""
-    results = []
-    for first in range(0, len(texts), settings.BATCH_SIZE):
-        job.check()
-        results += [_classification(result) for result in eq.classify_many(texts[first : first + settings.BATCH_SIZE], role)]
-    return results
-
-
-def run(eq: EdgeQwen, text: str, task: str, history: list[Message], job: Job) -> RunResult:
-    """`EdgeQwen.run` with each step streamed as it finishes and the job's cancellation checked between steps.
+def run(eq: EdgeQwen, text: str, task: str, history: list[Message], job: Job) -> RunResult | SlotRequest:
+    """`EdgeQwen.run` with each step streamed as it finishes; the reply, if one is due, goes on in a chat slot.
 
     Events: ("route", {...}), ("sentiment", {...}), ("delta", "text piece").
     """
@@ -83,9 +86,21 @@ def run(eq: EdgeQwen, text: str, task: str, history: list[Message], job: Job) ->
     def step(kind: str, value) -> None:
         job.emit((kind, value.to_dict() if kind == "route" else _classification(value)))
 
+    started = time.perf_counter()
     job.check()
-    return eq.run(text, task, conversation=eq.conversation(history=history),
-                  on_text=lambda piece: job.emit(("delta", piece)), on_step=step)
+    result = eq.run(text, task, on_step=step, chat=False)
+    if result.task not in ("chat", "both"):
+        return result
+    conversation = eq.conversation(history=history)
+    turn = conversation.prepare(text)
+
+    def done(piece) -> RunResult:
+        result.reply = turn.reply
+        result.timings.update({f"chat_{k}": v for k, v in conversation.timings.items()})
+        result.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        return result
+
+    return SlotRequest(start=lambda streams: streams.start(conversation, turn), item=lambda piece: ("delta", piece), done=done)
 
 
 def _classification(result) -> dict:
