@@ -188,10 +188,10 @@ def test_without_ray_installed_it_says_how_to_install_it(tmp_path):
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, tmp_path_factory):
-    """`edgeqwen serve --ray` over 2 replicas of 1 thread, on the module's cluster, with the server tests' key and roles."""
+    """`edgeqwen serve --ray` over 2 replicas of 1 thread and 1 chat slot, on the module's cluster, with the server tests' key and roles."""
     prompts = write_test_prompts(tmp_path_factory.mktemp("ray-prompts"))
     args = ["--ray", "--ray-address", ray_cluster["address"], "--replicas", "2", "--threads", "1", "--model", str(standin_path()),
-            "--prompts", str(prompts), "--api-key", KEY, "--queue-size", "0", "--max-text-chars", "2000", "--log-level", "warning"]
+            "--prompts", str(prompts), "--api-key", KEY, "--queue-size", "0", "--slots", "1", "--max-text-chars", "2000", "--log-level", "warning"]
     server = ServerProcess(*args, startup_timeout=240).start()  # up once one replica answers /health
     deadline = time.monotonic() + 120
     while _replica_states().get("RUNNING") != 2:
@@ -246,7 +246,7 @@ def test_serve_sentiment_auth_limits_and_errors_match_edgeqwen_serve(served):
 
 
 def test_serve_busy_replicas_answer_503_with_retry_after(served):
-    # Queue size 0: each replica runs one request and takes no other; with both generating, a third is refused.
+    # One chat slot and queue size 0: each replica runs one chat and queues no other; with both generating, a third is refused.
     body = json.dumps({"model": "chat", "stream": True, "max_tokens": 1500,
                        "messages": [{"role": "user", "content": "Count from 1 to 1000, separated by commas. Do not stop early."}]}).encode()
     open_streams, refused = [], None

@@ -27,7 +27,7 @@ from .nodes import ClusterError, ModelSpec, RayOptions, actor_options, check_eve
 
 APP_NAME = "edgeqwen"
 # `serve run ... build_app KEY=VALUE`: the ServerConfig fields it may set, beside the RayOptions ones.
-BUILD_ARGS = ("api_key", "router", "queue_size", "max_body_bytes", "max_text_chars", "log_level")
+BUILD_ARGS = ("api_key", "router", "queue_size", "slots", "max_body_bytes", "max_text_chars", "log_level")
 
 
 class Replica:
@@ -53,10 +53,10 @@ def application(config: ServerConfig, model: ModelSpec, options: RayOptions, rep
     return EdgeQwenDeployment.options(
         num_replicas=replicas,
         ray_actor_options=actor_options(options),
-        # A replica takes every request its own queue can hold and a few more (health, models, the
-        # page), so a full queue answers 503 + Retry-After from the app, as `edgeqwen serve` does,
-        # instead of the request waiting in Serve's proxy.
-        max_ongoing_requests=config.queue_size + 1 + settings.RAY_SERVE_EXTRA_REQUESTS,
+        # A replica takes every request its slots, its thread and its queue can hold and a few more
+        # (health, models, the page), so a full queue answers 503 + Retry-After from the app, as
+        # `edgeqwen serve` does, instead of the request waiting in Serve's proxy.
+        max_ongoing_requests=config.queue_size + config.slots + 1 + settings.RAY_SERVE_EXTRA_REQUESTS,
     ).bind(config, model)
 
 
