@@ -247,3 +247,25 @@ def test_a_closed_stream_frees_its_slot_and_the_others_finish(eq):
         reply += streams.step()[short_handle].text
     assert reply == alone and short_chat.finish_reason in ("stop", "length")
     assert streams.free == 2 and not eq.engine._cells.slots
+
+
+def test_a_prompt_that_does_not_fit_beside_a_slot_is_refused_and_the_slot_goes_on(model_path):
+    from edgeqwen.engine import Streams
+    from edgeqwen.errors import CacheBusyError
+
+    engine = Engine(model_path, n_ctx=512)
+    tokens = engine.chat_tokens([{"role": "user", "content": "Count from 1 to 500, separated by commas."}])
+    alone = "".join(engine.stream(tokens, SamplingParams(temperature=0.0, max_tokens=16)))
+    streams = Streams(engine, 2)
+    handle = streams.start(tokens, SamplingParams(temperature=0.0, max_tokens=400))  # reserves ~430 of 512 cells
+    text = streams.step()[handle].text
+    long_prompt = engine.tokenize("the quick brown fox jumps over the lazy dog " * 40)[:200]
+    with pytest.raises(CacheBusyError):
+        engine.next_token_logits(long_prompt)  # would need the slot's cells: refused, nothing evicted
+    assert streams.start(tokens, SamplingParams(temperature=0.0, max_tokens=400)) is None  # a second one waits
+    for _ in range(15):
+        text += streams.step()[handle].text
+    assert text == alone
+    streams.close(handle)
+    engine.next_token_logits(long_prompt)  # the slot's cells are free again
+    assert engine.tokens_evaluated == 200

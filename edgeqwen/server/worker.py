@@ -138,7 +138,7 @@ class InferenceWorker:
         self._running: Job | None = None  # the job on the thread now, other than chat slots
         self._resumed: deque[Job] = deque()  # started, waiting for a slot (their SlotRequest)
         self._active: dict[int, Job] = {}  # stream handle -> its job
-        self._deferred: list[Job] = []  # too big beside the slots' cells: run once they are empty
+        self._deferred: deque[list[Job]] = deque()  # groups too big beside the slots' cells: run once they are empty
         self._closed = False
         self._durations: deque[float] = deque(maxlen=32)
         self.counts = {"served": 0, "cancelled": 0, "failed": 0, "rejected": 0, "classify_calls": 0, "classify_jobs": 0}
@@ -175,7 +175,7 @@ class InferenceWorker:
         """Stop taking jobs, cancel the running and waiting ones, and end the thread."""
         with self._lock:
             self._closed = True
-            running = [self._running, *self._active.values(), *self._resumed, *self._deferred]
+            running = [self._running, *self._active.values(), *self._resumed, *(job for group in self._deferred for job in group)]
             self._wake.notify()
         for job in running:
             if job is not None:
@@ -256,7 +256,7 @@ class InferenceWorker:
         waiting job that is not a chat, with the waiting batch jobs of its key that fit beside it."""
         with self._lock:
             if self._deferred and not self._active:
-                jobs, self._deferred = self._deferred, []
+                jobs = self._deferred.popleft()
                 self._running = jobs[0]
                 return jobs
             first = next((j for j in self._queue if j.state == "waiting" and j.kind != "chat"), None)
@@ -293,7 +293,9 @@ class InferenceWorker:
             return self._finish(job, "cancelled", error)
         except BaseException as error:  # noqa: BLE001 - every failure goes back to its request
             return self._finish(job, "failed", error)
-        if isinstance(value, SlotRequest):
+        if isinstance(value, SlotRequest) and not self.streams:
+            self._finish(job, "failed", RuntimeError("this worker has no chat slots"))
+        elif isinstance(value, SlotRequest):
             job.request = value
             self._resumed.append(job)
         else:
@@ -336,7 +338,7 @@ class InferenceWorker:
 
     def _defer(self, jobs: list[Job]) -> None:
         with self._lock:
-            self._deferred += jobs
+            self._deferred.append(jobs)
 
     def _admit(self) -> None:
         """Waiting chats into free slots, in order; none while a deferred job waits for the slots to empty."""
@@ -403,7 +405,7 @@ class InferenceWorker:
         job._post("result" if outcome == "served" else "error", value)
 
     def _cancel_all_locked(self) -> None:
-        for job in [*self._queue, *self._resumed, *self._deferred]:
+        for job in [*self._queue, *self._resumed, *(job for group in self._deferred for job in group)]:
             if job.state in ("waiting", "running"):
                 job.cancelled.set()
                 job.state = "done"
