@@ -46,6 +46,8 @@ LONG_INPUTS = [
     "早餐种类很少，咖啡是凉的。价格却一点都不便宜，非常失望，不会再来了。",
 ]
 CHAT_PROMPT = "Give me three tips for staying focused while studying."
+TOGETHER_PROMPTS = [CHAT_PROMPT, "Name three rivers in Europe and one fact about each.", "用三句话介绍一下大熊猫。",
+                    "How do I boil an egg so the yolk stays soft?"]
 NAIVE_PROMPT = "Analyze the sentiment of the following text and answer Positive or Negative.\nText: {text}\nSentiment:"
 DECODE_TOKENS = 64
 BATCH_ROUNDS = 4  # the short inputs, this many times over, classified one at a time and together
@@ -64,6 +66,25 @@ def _timed(fn: Callable[[], object]) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
+
+
+def _streams_rate(eq, prompts: list[str], max_tokens: int) -> float:
+    """Tokens per second, all replies together, of `prompts` answered at once in chat slots (greedy,
+    each prompt evaluated before the clock starts): what a server's concurrent chats get."""
+    streams = eq.chat_streams(len(prompts))
+    for text in prompts:
+        conversation = eq.conversation()
+        conversation.role = _greedy(conversation.role, max_tokens)
+        streams.start(conversation, conversation.prepare(text))
+    produced = 0
+    started = time.perf_counter()
+    while streams.active:
+        produced += sum(piece.generation.tokens for piece in streams.step().values() if piece.generation is not None)
+    return produced / (time.perf_counter() - started)
+
+
+def _greedy(role, max_tokens: int):
+    return role.model_copy(update={"sampling": role.sampling.model_copy(update={"temperature": 0.0, "max_tokens": max_tokens})})
 
 
 def _rss_mb() -> float:
@@ -155,7 +176,7 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
 
     log("chat and raw decode…")
     chat = eq.conversation()
-    chat.role = chat.role.model_copy(update={"sampling": chat.role.sampling.model_copy(update={"temperature": 0.0, "max_tokens": DECODE_TOKENS})})
+    chat.role = _greedy(chat.role, DECODE_TOKENS)
     prompt = eq.engine.chat_tokens(chat.role.messages(CHAT_PROMPT))
     penalty = chat.role.sampling.repeat_penalty
     ttfts, ours_tps, raw_tps, raw_same_tps, bare_tps = [], [], [], [], []
@@ -168,6 +189,9 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         raw_tps.append(raw.decode_rate(prompt, DECODE_TOKENS, temp=0.0))
         raw_same_tps.append(raw.decode_rate(prompt, DECODE_TOKENS, temp=0.0, repeat_penalty=penalty))
         bare_tps.append(eq.engine.bare_decode_rate(prompt, DECODE_TOKENS - 1))
+    log("chat replies together in slots…")
+    alone = statistics.median(_streams_rate(eq, [CHAT_PROMPT], DECODE_TOKENS) for _ in range(2))
+    together_tps = statistics.median(_streams_rate(eq, TOGETHER_PROMPTS, DECODE_TOKENS) for _ in range(2))
     decode_tps, raw_tps_p50, raw_same_p50, bare_p50 = (statistics.median(x) for x in (ours_tps, raw_tps, raw_same_tps, bare_tps))
 
     floor_p50 = statistics.median(floor)
@@ -188,6 +212,8 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         "chat_decode_tok_s": round(decode_tps, 1), "raw_decode_tok_s": round(raw_tps_p50, 1),
         f"raw_decode_repeat_penalty_{penalty}_tok_s": round(raw_same_p50, 1),
         "bare_llama_decode_same_context_tok_s": round(bare_p50, 1),
+        "chat_slots_1_reply_tok_s": round(alone, 1),
+        f"chat_slots_{len(TOGETHER_PROMPTS)}_replies_together_tok_s": round(together_tps, 1),
         "bench_process_peak_rss_mb": _rss_mb(),
     })
     figures["ratios"] = {
@@ -202,6 +228,7 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         "chat_decode_over_raw": round(decode_tps / raw_tps_p50, 3),
         "chat_decode_over_raw_same_penalty": round(decode_tps / raw_same_p50, 3),
         "chat_decode_over_bare_llama_decode": round(decode_tps / bare_p50, 3),
+        f"chat_slots_{len(TOGETHER_PROMPTS)}_together_over_1": round(together_tps / alone, 2),
     }
     return figures
 
