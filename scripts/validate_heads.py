@@ -36,11 +36,11 @@ L2_GRID = (0.01, 0.1, 1.0)
 POOLS = ("mean+last", "mean", "last")
 
 
-def read_all(task: str, paths: list[Path], layers: list[int], threads: int | None) -> dict:
-    """read_features of each file, joined in order."""
+def read_all(task: str, paths: list[Path], layers: list[int], threads: int | None, prompts: Path | None = None) -> dict:
+    """read_features of each file, joined in order (with the roles of `prompts`, e.g. a reworded prompt)."""
     from edgeqwen.api import EdgeQwen
 
-    eq = EdgeQwen(threads=threads, router="rules")
+    eq = EdgeQwen(threads=threads, router="rules", prompts_dir=prompts)
     parts = [read_features(eq, task, path, layers) for path in paths]
     joined = {name: np.concatenate([p[name] for p in parts]) for name in parts[0] if name != "items"}
     return joined | {"items": [item for p in parts for item in p["items"]]}
@@ -135,10 +135,11 @@ def main() -> int:
     parser.add_argument("--only", help="a regular expression: score only the configurations it matches (e.g. 'block (10|14) ')")
     parser.add_argument("--train-limit", type=int, help="use only the first N written texts (e.g. the file before lines were added)")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--prompts", type=Path, help="read features with the roles of this folder (the prompt is a feature extractor too)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     layers = [int(v) for v in args.layers.split(",")]
-    features = read_all(args.task, [*args.train, *args.dev], layers, args.threads)
+    features = read_all(args.task, [*args.train, *args.dev], layers, args.threads, args.prompts)
     items = features.pop("items")
     n_written = sum(1 for i in items if any(i.where.startswith(str(p)) for p in args.train))
     written = np.arange(len(items)) < n_written

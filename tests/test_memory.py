@@ -19,8 +19,6 @@ import resource
 import subprocess
 import sys
 
-import pytest
-
 from conftest import REPO, STANDIN
 
 CAP = 1 << 30
