@@ -248,7 +248,8 @@ def test_a_closed_stream_frees_its_slot_and_the_others_finish(eq):
     assert streams.free == 1 and long_chat.finish_reason is None and long_chat.history[-1]["role"] == "assistant"
     while streams.active:
         reply += streams.step()[short_handle].text
-    assert reply == alone and short_chat.finish_reason in ("stop", "length")
+    assert_same_or_near_tie(eq.engine, eq.conversation(sampling=GREEDY).prepare("Name one famous Chinese dish.").prompt.tokens, alone, reply)
+    assert short_chat.finish_reason in ("stop", "length")
     assert streams.free == 2 and not eq.engine._cells.slots
 
 
@@ -268,7 +269,7 @@ def test_a_prompt_that_does_not_fit_beside_a_slot_is_refused_and_the_slot_goes_o
     assert streams.start(tokens, SamplingParams(temperature=0.0, max_tokens=400)) is None  # a second one waits
     for _ in range(15):
         text += streams.step()[handle].text
-    assert text == alone
     streams.close(handle)
+    assert_same_or_near_tie(engine, tokens, alone, text)
     engine.next_token_logits(long_prompt)  # the slot's cells are free again
     assert engine.tokens_evaluated == 200
