@@ -87,6 +87,7 @@ class Classifier:
             raise RoleError(f"{role.source}: field 'calibration': needs labels that are single tokens for this model")
         self._grammar = None if self.single_token else label_grammar(role.label_names)
         self._prefix = fixed_prefix(engine, role)
+        self._reply_header = engine.reply_header_length()
         self._bias: np.ndarray | None = None
         # A trained head over the final hidden state, when the role names one that fits this model.
         self.head: Head | None = head_for(engine, role) if use_head else None
@@ -107,29 +108,39 @@ class Classifier:
         each_ms = (time.perf_counter() - started) * 1000 / max(1, len(texts))
         return [self._result(label, scores, prompt, each_ms, len(texts)) for (label, scores), prompt in zip(scored, prompts)]
 
-    def read_many(self, texts: Sequence[str], layers: Sequence[int] = (), logits: bool = True) -> list[Read]:
-        """What heads are trained on, per text: each block's layer features, the next-token logits and
-        the calibrated label scores (zeros when the labels are not single tokens)."""
-        return self._read([fit_prompt(self.engine, self.role, clean_text(text), prefix=self._prefix) for text in texts], layers, logits)
+    def read_many(self, texts: Sequence[str], layers: Sequence[int] = (), logits: bool = True, to_message: bool = False) -> list[Read]:
+        """What heads are trained on, per text: each block's layer features (with `to_message`, of the
+        rows up to the end of the user's message), the next-token logits and the calibrated label
+        scores (zeros when the labels are not single tokens)."""
+        prompts = [fit_prompt(self.engine, self.role, clean_text(text), prefix=self._prefix) for text in texts]
+        return self._read(prompts, layers, logits, to_message)
 
-    def _read(self, prompts: list[FittedPrompt], layers: Sequence[int] | None = None, logits: bool | None = None) -> list[Read]:
+    def _read(self, prompts: list[FittedPrompt], layers: Sequence[int] | None = None, logits: bool | None = None,
+              to_message: bool = False) -> list[Read]:
         """Read `prompts` for this role's head (or `layers` and `logits` if given), evaluated together
         where they share a start: the fixed prefix, or in the rare prompt whose input merges into the
         prefix's last token, what it shares of it."""
         if layers is None:
             layers = [self.head.layer] if self.head is not None and self.head.layer is not None else []
             logits = not layers or (self.head is not None and self.head.blend < 1 and self.single_token)
+            to_message = self.head is not None and self.head.to_message
         if logits and self.single_token:
             self._calibration_bias()  # evaluated once, before the batch
         by_start: dict[int, list[int]] = {}
         for index, prompt in enumerate(prompts):
             by_start.setdefault(prompt.fixed or common_prefix_length(self._prefix, prompt.tokens), []).append(index)
+        # Rows read to the end of the user's message: the reply header after it is needed only for the
+        # logits, so without them it is not evaluated at all.
+        past_message = self._reply_header if to_message else 0
+        unread = 0 if logits else past_message
         reads: list[Read | None] = [None] * len(prompts)
         for start, indices in by_start.items():
-            results = self.engine.evaluate_many([prompts[i].tokens for i in indices], start, layers=layers, logits=bool(logits))
+            results = self.engine.evaluate_many([prompts[i].tokens[: len(prompts[i].tokens) - unread] for i in indices], start,
+                                                layers=layers, logits=bool(logits))
             for index, result in zip(indices, results):
                 label_scores = self._label_scores(result.logits) if result.logits is not None and self.single_token else np.zeros(len(self._sequences))
-                reads[index] = Read({layer: layer_features(rows) for layer, rows in result.states.items()}, result.logits, label_scores)
+                read_rows = {layer: rows[: len(rows) - (past_message - unread)] for layer, rows in result.states.items()}
+                reads[index] = Read({layer: layer_features(rows) for layer, rows in read_rows.items()}, result.logits, label_scores)
         return reads
 
     def _head_scores(self, read: Read) -> np.ndarray:

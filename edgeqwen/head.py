@@ -73,6 +73,9 @@ class Head:
     model: dict[str, Any]
     prompt_sha256: str
     layer: int | None = None  # the block whose output the head reads; None: the final state, through the logits
+    # A block head's rows end with the user's message (the role template's last token): the chat
+    # template's end of turn and reply header are then never evaluated. False: they end after them.
+    to_message: bool = False
     trained_on: frozenset[str] = frozenset()
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -88,7 +91,9 @@ class Head:
     @property
     def reads(self) -> str:
         """What the head reads, in words (reports)."""
-        return "the final hidden state" if self.layer is None else f"block {self.layer}'s output (mean over the input, last token)"
+        if self.layer is None:
+            return "the final hidden state"
+        return f"block {self.layer}'s output (mean over the input, last token{' of the message' if self.to_message else ''})"
 
     def reordered(self, labels: list[str]) -> "Head":
         order = [self.labels.index(name) for name in labels]
@@ -132,6 +137,7 @@ def _write_head(handle: Any, head: Head) -> None:
         model=np.array(json.dumps(head.model)),
         prompt_sha256=np.array(head.prompt_sha256),
         layer=np.array(-1 if head.layer is None else head.layer),
+        to_message=np.array(head.to_message),
         trained_on=np.array(sorted(head.trained_on), dtype=str),
         meta=np.array(json.dumps(head.meta, ensure_ascii=False)),
     )
@@ -153,6 +159,7 @@ def load_head(path: str | Path) -> Head:
                 model=json.loads(str(data["model"])),
                 prompt_sha256=str(data["prompt_sha256"]),
                 layer=None if layer < 0 else layer,
+                to_message="to_message" in data.files and bool(data["to_message"]),
                 trained_on=frozenset(str(x) for x in data["trained_on"]),
                 meta=json.loads(str(data["meta"])),
             )

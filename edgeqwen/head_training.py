@@ -148,14 +148,15 @@ def split_items(items: Sequence[Item], train_fraction: float, seed: int) -> tupl
 
 def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Path, train_fraction: float = 0.5,
                seed: int = 0, extra: Sequence[Item] = (), layer: int | None = None, choose_layer: bool = False,
-               l2: float | None = None) -> dict[str, Any]:
+               l2: float | None = None, to_message: bool = False) -> dict[str, Any]:
     """Fit a head for the role on a split of `items` (plus `extra`, always in the training part);
     report it and the label logits on the held-out part of `items` only.
 
     The head reads the final state (blended with the label logits at a weight chosen by CV), or with
     `layer` that block's output alone (head.layer_features; no blend, so llama.cpp can stop at that
     block). `choose_layer` picks the block by CV on the training part among every second one. `l2`
-    fixes the penalty (chosen elsewhere, e.g. by leave-one-source-out validation) instead of CV.
+    fixes the penalty (chosen elsewhere, e.g. by leave-one-source-out validation) instead of CV. With
+    `to_message` a block head reads the rows up to the end of the user's message only (Head.to_message).
     """
     if not 0 <= train_fraction < 1 or (train_fraction == 0 and not extra):
         raise InputError("--train-fraction must be between 0 and 1 (0: train on --train-extra only and score every text of DATA)")
@@ -163,6 +164,8 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
         raise InputError(f"{output}: a head file must end in .npz")
     if layer is not None and layer not in eq.engine.readable_layers:
         raise InputError(f"--head-layer must be between 0 and {eq.engine.n_layer - 2}: the model has {eq.engine.n_layer} blocks, and the last one's output is the final state (the default)")
+    if to_message and layer is None and not choose_layer:
+        raise InputError("--head-to-message is for a head that reads a block: give --head-layer N or --choose-layer")
     name = check_role(eq.roles, options.task, options.role)
     role = eq.roles[name]
     check_gold([*items, *extra], options.task, role)
@@ -179,7 +182,7 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
         raise DataError("too few labelled texts to split into a training and a held-out part")
     candidates = sorted({*range(2, eq.engine.n_layer - 1, 2), *([layer] if layer is not None else [])}) if choose_layer else [layer]
     basis = HiddenFromLogits(output_matrix(eq.engine.info.path)) if None in candidates else None
-    x_by_layer, logit_scores, latencies = _read_features(classifier, items, candidates, basis, options.progress, name)
+    x_by_layer, logit_scores, latencies = _read_features(classifier, items, candidates, basis, options.progress, name, to_message)
     cv_layers = {}
     if choose_layer:
         cv_layers = {block: choose_l2(x_by_layer[block][train], y[train], len(labels), seed=seed)[1] for block in candidates}
@@ -192,7 +195,7 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
     weight, bias = unstandardize(w, b, mean, scale) if basis is None or layer is not None else basis.fold(w, b, mean, scale)
     head = Head(
         labels=tuple(labels), weight=weight, bias=bias, blend=blend,
-        model=model_identity(eq.engine), prompt_sha256=prompt_fingerprint(role), layer=layer,
+        model=model_identity(eq.engine), prompt_sha256=prompt_fingerprint(role), layer=layer, to_message=to_message,
         trained_on=frozenset(text_key(clean_text(items[i].text)) for i in train),
     )
     head_pred = np.argmax(blend_scores(((x[held] - mean) / scale) @ w.T + b, logit_scores[held], blend), axis=1)
@@ -224,7 +227,7 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
 
 
 def _read_features(classifier: Classifier, items: Sequence[Item], layers: list[int | None], basis: HiddenFromLogits | None,
-                   progress: bool, name: str) -> tuple[dict[int | None, np.ndarray], np.ndarray, list[float]]:
+                   progress: bool, name: str, to_message: bool = False) -> tuple[dict[int | None, np.ndarray], np.ndarray, list[float]]:
     """Per candidate block (None: the final state, from the logits) a feature row per item; the
     items' label scores; the time per item."""
     blocks = [layer for layer in layers if layer is not None]
@@ -236,7 +239,7 @@ def _read_features(classifier: Classifier, items: Sequence[Item], layers: list[i
         for first in range(0, len(items), READ_TOGETHER):
             chunk = items[first : first + READ_TOGETHER]
             t0 = time.perf_counter()
-            reads = classifier.read_many([item.text for item in chunk], blocks)
+            reads = classifier.read_many([item.text for item in chunk], blocks, to_message=to_message)
             latencies += [(time.perf_counter() - t0) * 1000 / len(chunk)] * len(chunk)
             for read in reads:
                 for layer in layers:

@@ -76,9 +76,10 @@ def _job(roles: dict[str, Role], name: str, data: Path | None) -> tuple[Role, Pa
 def _train_one(eq: Any, role: Role, path: Path, task: str, items: list, progress: bool) -> HeadResult:
     output = model_heads_dir(eq.engine.info.path) / role.head_file
     options = EvalOptions(data=[path], task=task, role=role.name, progress=progress)
-    block = role.training is not None and role.training.reads == "block" and bool(_blocks(eq))
+    block = role.training is not None and role.training.reads in ("block", "message") and bool(_blocks(eq))
     started = time.perf_counter()
-    report = train_head(eq, options, items, output, TRAIN_FRACTION, SEED, choose_layer=block)
+    report = train_head(eq, options, items, output, TRAIN_FRACTION, SEED, choose_layer=block,
+                        to_message=block and role.training.reads == "message")
     head, logits = report["systems"][0], report["systems"][1]
     eq.reload_heads()  # the next call of this role uses the new head
     return HeadResult(

@@ -70,9 +70,10 @@ class Training(_Strict):
     """How `edgeqwen heads` trains this role's head for a model: labelled texts beside the role file."""
 
     data: str = Field(description="JSON Lines beside the role file: text + label (or + route, for a router role).")
-    reads: Literal["final", "block"] = Field(
+    reads: Literal["final", "block", "message"] = Field(
         "final", description="final: the last hidden state, blended with the label logits; block: the middle block "
-        "chosen by cross-validation, so llama.cpp can stop there.",
+        "chosen by cross-validation, so llama.cpp can stop there; message: the same, read at the end of the user's "
+        "message, so the chat template's reply header is not evaluated either.",
     )
 
 

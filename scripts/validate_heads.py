@@ -36,17 +36,19 @@ L2_GRID = (0.01, 0.1, 1.0)
 POOLS = ("mean+last", "mean", "last")
 
 
-def read_all(task: str, paths: list[Path], layers: list[int], threads: int | None, prompts: Path | None = None) -> dict:
-    """read_features of each file, joined in order (with the roles of `prompts`, e.g. a reworded prompt)."""
+def read_all(task: str, paths: list[Path], layers: list[int], threads: int | None, prompts: Path | None = None,
+             to_message: bool = False) -> dict:
+    """read_features of each file, joined in order (with the roles of `prompts`, e.g. a reworded prompt;
+    with `to_message`, block rows up to the end of the user's message only)."""
     from edgeqwen.api import EdgeQwen
 
     eq = EdgeQwen(threads=threads, router="rules", prompts_dir=prompts)
-    parts = [read_features(eq, task, path, layers) for path in paths]
+    parts = [read_features(eq, task, path, layers, to_message) for path in paths]
     joined = {name: np.concatenate([p[name] for p in parts]) for name in parts[0] if name != "items"}
     return joined | {"items": [item for p in parts for item in p["items"]]}
 
 
-def read_features(eq, task: str, path: Path, layers: list[int]) -> dict:
+def read_features(eq, task: str, path: Path, layers: list[int], to_message: bool = False) -> dict:
     """Features of every text of `path` for the task's role, from the cache when the same model,
     prompt, texts and layers were read before."""
     from edgeqwen.classifier import Classifier
@@ -57,7 +59,7 @@ def read_features(eq, task: str, path: Path, layers: list[int]) -> dict:
 
     items = read_data([path], task)
     role = eq.roles["route" if task == "route" else "sentiment"]
-    key = hashlib.sha256(json.dumps([eq.engine.info.path.name, prompt_fingerprint(role), layers,
+    key = hashlib.sha256(json.dumps([eq.engine.info.path.name, prompt_fingerprint(role), layers, to_message,
                                      [i.text for i in items]], ensure_ascii=False).encode()).hexdigest()[:16]
     cache = REPO / "models" / ".validate-cache" / f"{task}-{key}.npz"
     if cache.is_file():
@@ -69,7 +71,7 @@ def read_features(eq, task: str, path: Path, layers: list[int]) -> dict:
     moments, label_scores = [], []
     started = time.perf_counter()
     for first in range(0, len(items), READ_TOGETHER):
-        for read in classifier.read_many([i.text for i in items[first:first + READ_TOGETHER]], layers):
+        for read in classifier.read_many([i.text for i in items[first:first + READ_TOGETHER]], layers, to_message=to_message):
             for layer in layers:
                 rows[layer].append(read.layers[layer].astype(np.float32))
             moments.append(basis.moments(read.logits))
@@ -136,10 +138,11 @@ def main() -> int:
     parser.add_argument("--train-limit", type=int, help="use only the first N written texts (e.g. the file before lines were added)")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--prompts", type=Path, help="read features with the roles of this folder (the prompt is a feature extractor too)")
+    parser.add_argument("--to-message", action="store_true", help="blocks read up to the end of the user's message (Head.to_message)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     layers = [int(v) for v in args.layers.split(",")]
-    features = read_all(args.task, [*args.train, *args.dev], layers, args.threads, args.prompts)
+    features = read_all(args.task, [*args.train, *args.dev], layers, args.threads, args.prompts, args.to_message)
     items = features.pop("items")
     n_written = sum(1 for i in items if any(i.where.startswith(str(p)) for p in args.train))
     written = np.arange(len(items)) < n_written

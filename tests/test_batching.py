@@ -53,6 +53,21 @@ def test_the_route_head_stops_llama_cpp_at_its_block(eq):
         assert np.allclose(rows, whole.states[classifier.head.layer], atol=1e-3)  # the blocks below ran alike
 
 
+def test_rows_to_the_end_of_the_message_are_the_same_with_or_without_the_reply_header(eq):
+    """What training reads (the whole prompt, for the logits too) is what a head that stops at the end
+    of the user's message reads alone, where the reply header is never evaluated."""
+    classifier, header = eq._classifier("sentiment"), eq.engine.reply_header_length()
+    assert header == 5  # ChatML: <|im_end|> \n <|im_start|> assistant \n
+    prompt = _prompt(eq, "sentiment", TEXTS[0])
+    (alone,) = classifier.read_many([TEXTS[0]], [12], logits=False, to_message=True)
+    assert eq.engine.tokens_evaluated == len(prompt.tokens) - prompt.fixed - header
+    (whole,) = classifier.read_many([TEXTS[0]], [12], logits=True, to_message=True)
+    (past,) = classifier.read_many([TEXTS[0]], [12], logits=False)
+    assert alone.logits is None and whole.logits is not None
+    assert np.allclose(alone.layers[12], whole.layers[12], rtol=1e-2, atol=1e-2)
+    assert not np.allclose(alone.layers[12], past.layers[12], rtol=1e-2, atol=1e-2)
+
+
 def test_cells_of_skipped_blocks_are_never_read(eq, model_path):
     """After a stopped evaluation, the input's tokens hold no cells: a full pass over the same prompt
     evaluates them afresh and matches a fresh engine (stale upper-block cells would not)."""

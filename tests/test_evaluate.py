@@ -18,6 +18,7 @@ from edgeqwen.evaluate import DataError, EvalOptions, Item, abstain_band, format
 from edgeqwen.head_training import HiddenFromLogits, choose_blend, fit_logistic, predict_logistic, split_items, train_head
 from edgeqwen.head import Head, load_head, model_heads_dir, model_identity, prompt_fingerprint, save_head
 from edgeqwen.gguf_info import output_matrix
+from edgeqwen.prompt_fit import fixed_prefix
 from edgeqwen.roles import load_role, load_roles
 from edgeqwen.classifier import Classifier
 
@@ -400,8 +401,10 @@ def test_dev_accuracy_script_is_gone():
     assert not (REPO / "scripts" / "dev_accuracy.py").exists()
 
 
-def test_a_head_over_a_middle_block_is_trained_saved_and_used(eq, tmp_path):
-    """--head-layer: the head reads a block's output; training and use see the same numbers."""
+@pytest.mark.parametrize("to_message", [False, True])
+def test_a_head_over_a_middle_block_is_trained_saved_and_used(eq, tmp_path, to_message):
+    """--head-layer: the head reads a block's output (--head-to-message: up to the end of the user's
+    message); training and use see the same numbers."""
     prompts = tmp_path / "prompts"
     prompts.mkdir()
     (prompts / "kind.yaml").write_text(ROLE, encoding="utf-8")
@@ -411,18 +414,22 @@ def test_a_head_over_a_middle_block_is_trained_saved_and_used(eq, tmp_path):
         options = EvalOptions(data=[data], task="route", role="kind", progress=False)
         with pytest.raises(InputError, match="--head-layer must be between 0 and"):
             train_head(eq, options, read_data([data], "route"), prompts / "kind.head.npz", layer=eq.engine.n_layer - 1)
-        report = train_head(eq, options, read_data([data], "route"), prompts / "kind.head.npz", layer=6)
+        with pytest.raises(InputError, match="--head-to-message is for a head that reads a block"):
+            train_head(eq, options, read_data([data], "route"), prompts / "kind.head.npz", to_message=True)
+        report = train_head(eq, options, read_data([data], "route"), prompts / "kind.head.npz", layer=6, to_message=to_message)
     finally:
         eq.roles = eq_roles
     saved = load_head(prompts / "kind.head.npz")
-    assert saved.layer == 6 == report["layer"] and saved.weight.shape == (2, 2 * eq.engine.n_embd)
+    assert saved.layer == 6 == report["layer"] and saved.weight.shape == (2, 2 * eq.engine.n_embd) and saved.to_message == to_message
     (prompts / "kind.yaml").write_text(ROLE + "head: kind.head.npz\n", encoding="utf-8")
     classifier = Classifier(eq.engine, load_role(prompts / "kind.yaml"))
-    assert classifier.head is not None and classifier.head.layer == 6
-    (read,) = classifier.read_many([ROUTE_ROWS[0]["text"]], layers=[6])
+    assert classifier.head is not None and classifier.head.layer == 6 and classifier.head.to_message == to_message
+    (read,) = classifier.read_many([ROUTE_ROWS[0]["text"]], layers=[6], logits=False, to_message=to_message)
     expected = classifier.head.scores(read.layers[6], read.label_scores)
     result = classifier.classify(ROUTE_ROWS[0]["text"])
     assert result.label == classifier.role.label_names[int(np.argmax(expected))]
+    header = eq.engine.reply_header_length() if to_message else 0  # not evaluated when the head stops before it
+    assert eq.engine.tokens_evaluated == result.timings["prompt_tokens"] - len(fixed_prefix(eq.engine, classifier.role)) - header
     probabilities = np.exp(expected - expected.max()) / np.exp(expected - expected.max()).sum()
     assert np.allclose([result.scores[name] for name in classifier.role.label_names], probabilities, atol=1e-5)
 

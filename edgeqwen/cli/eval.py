@@ -26,6 +26,7 @@ def eval_command(
     train_extra: Annotated[Optional[list[Path]], typer.Option("--train-extra", help="With --train-head: more labelled JSONL, always in the training part (never scored).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="With --train-head: the split's random seed; with --task chat: the sampler's.")] = 0,
     head_layer: Annotated[Optional[int], typer.Option("--head-layer", min=0, help="With --train-head: read transformer block N's output (mean over the input, and its last token) alone instead of the final state, so llama.cpp can stop after that block.")] = None,
+    head_to_message: Annotated[bool, typer.Option("--head-to-message", help="With a block head: read the block's rows up to the end of the user's message (the role template's last token), so the chat template's end of turn and reply header are never evaluated.")] = False,
     choose_layer: Annotated[bool, typer.Option("--choose-layer", help="With --train-head: pick the block by cross-validation on the training part (every second block).")] = False,
     head_l2: Annotated[Optional[float], typer.Option("--head-l2", min=0.0, help="With --train-head: this L2 penalty instead of one chosen by cross-validation (e.g. chosen by scripts/validate_heads.py).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Texts a classify role evaluates together; 1: one at a time (same labels; latency per text is then a call's own).")] = settings.BATCH_SIZE,
@@ -71,7 +72,7 @@ def eval_command(
         eq = EdgeQwen(model, n_ctx=ctx, threads=threads, prompts_dir=prompts, router="rules", kv_cache=kv_cache)
         if train_head is not None:
             extra = read_data(train_extra, task) if train_extra else []
-            report = fit_head(eq, options, items, train_head, train_fraction, seed, extra, head_layer, choose_layer, head_l2)
+            report = fit_head(eq, options, items, train_head, train_fraction, seed, extra, head_layer, choose_layer, head_l2, head_to_message)
         else:
             report = evaluate(eq, options, items)
     except EdgeQwenError as error:

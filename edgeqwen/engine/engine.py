@@ -178,6 +178,13 @@ class Engine:
                 return buffer.raw[:n]
             size = -n  # the piece needs a bigger buffer
 
+    def reply_header_length(self) -> int:
+        """How many tokens the chat template puts after a user message's content when a reply follows
+        (the end of the turn and the reply's header, 5 in ChatML)."""
+        rendered = self._template.render(messages=[{"role": "user", "content": _SENTINEL.format(0)}],
+                                         add_generation_prompt=True, bos_token="", eos_token=self._eos_text)
+        return len(self.tokenize(_SENTINEL_PATTERN.split(rendered)[-1], special=True))
+
     def chat_tokens(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
         """Tokens of `messages` in the model's own chat template.
 
