@@ -46,7 +46,8 @@ LONG_INPUTS = [
     "早餐种类很少，咖啡是凉的。价格却一点都不便宜，非常失望，不会再来了。",
 ]
 CHAT_PROMPT = "Give me three tips for staying focused while studying."
-TOGETHER_PROMPTS = [CHAT_PROMPT, "Name three rivers in Europe and one fact about each.", "用三句话介绍一下大熊猫。",
+# Four replies that each run their whole budget on the stand-in (greedy), so every step decodes four.
+TOGETHER_PROMPTS = [CHAT_PROMPT, "Name three rivers in Europe and one fact about each.", "请详细介绍一下长城的历史。",
                     "How do I boil an egg so the yolk stays soft?"]
 NAIVE_PROMPT = "Analyze the sentiment of the following text and answer Positive or Negative.\nText: {text}\nSentiment:"
 DECODE_TOKENS = 64

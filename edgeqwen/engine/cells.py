@@ -64,10 +64,13 @@ class Cells:
     def make_room(self, length: int) -> None:
         """Evict kept prefixes, oldest first, until `length` cells of the working prompt fit beside them
         and the slots' cells; CacheBusyError if the slots' cells leave too little room even then."""
-        while self.kept and length + self._cells_kept_apart() + self.cells_in_slots() > self.n_ctx:
+        while self.kept and self._overflows(length):
             self.forget_oldest()
-        if self.slots and length + self._cells_kept_apart() + self.cells_in_slots() > self.n_ctx:
+        if self.slots and self._overflows(length):
             raise CacheBusyError(f"{length} cells do not fit beside the {self.cells_in_slots()} that chat slots hold (n_ctx {self.n_ctx})")
+
+    def _overflows(self, length: int) -> bool:
+        return length + self._cells_kept_apart() + self.cells_in_slots() > self.n_ctx
 
     def forget_oldest(self) -> bool:
         """Give up the oldest kept prefix's sequence (its cells go once no other sequence shares them)."""
