@@ -8,6 +8,7 @@ them only at a near tie.
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
@@ -20,9 +21,7 @@ def first_difference(engine, prompt: Sequence[int], alone: str, other: str) -> t
     its two best next tokens where they part."""
     if alone == other:
         return None
-    shared = 0
-    while shared < min(len(alone), len(other)) and alone[shared] == other[shared]:
-        shared += 1
+    shared = len(os.path.commonprefix([alone, other]))
     context: list[int] = []
     for token in engine.tokenize(alone):
         if not alone[:shared].startswith(engine.detokenize(context + [token]).rstrip("\ufffd")):

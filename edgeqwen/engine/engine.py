@@ -181,9 +181,7 @@ class Engine:
     def reply_header_length(self) -> int:
         """How many tokens the chat template puts after a user message's content when a reply follows
         (the end of the turn and the reply's header, 5 in ChatML)."""
-        rendered = self._template.render(messages=[{"role": "user", "content": _SENTINEL.format(0)}],
-                                         add_generation_prompt=True, bos_token="", eos_token=self._eos_text)
-        return len(self.tokenize(_SENTINEL_PATTERN.split(rendered)[-1], special=True))
+        return len(self.tokenize(self._template_pieces([{"role": "user", "content": ""}], True)[-1], special=True))
 
     def chat_tokens(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
         """Tokens of `messages` in the model's own chat template.
@@ -191,6 +189,16 @@ class Engine:
         The template's markup is tokenized with control tokens, message contents without, so text a
         user types can never open or close a turn.
         """
+        tokens: list[int] = []
+        for index, piece in enumerate(self._template_pieces(messages, add_generation_prompt)):
+            if index % 2 == 0:
+                tokens += self.tokenize(piece, special=True)
+            else:
+                tokens += self.tokenize(messages[int(piece)]["content"])
+        return tokens
+
+    def _template_pieces(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> list[str]:
+        """The rendered template split at each message's content: markup, then a message's index, in turn."""
         placeholders = [{**message, "content": _SENTINEL.format(i)} for i, message in enumerate(messages)]
         rendered = self._template.render(
             messages=placeholders, add_generation_prompt=add_generation_prompt, bos_token="", eos_token=self._eos_text
@@ -198,13 +206,7 @@ class Engine:
         pieces = _SENTINEL_PATTERN.split(rendered)
         if len(pieces) != 2 * len(messages) + 1:
             raise ModelFileError("the model's chat template rewrites message contents; edgeqwen cannot render it safely")
-        tokens: list[int] = []
-        for index, piece in enumerate(pieces):
-            if index % 2 == 0:
-                tokens += self.tokenize(piece, special=True)
-            else:
-                tokens += self.tokenize(messages[int(piece)]["content"])
-        return tokens
+        return pieces
 
     # -- evaluation -----------------------------------------------------------------------------
 
