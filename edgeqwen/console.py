@@ -62,6 +62,18 @@ def run(app: Callable[[], object], terminated: list[int]) -> None:
         if terminated and done.code not in (0, None):
             raise SystemExit(TERMINATED) from None
         raise
+    finally:
+        _forget_interrupts_left_in_string_code()
+
+
+def _forget_interrupts_left_in_string_code() -> None:
+    """Keep a caught Ctrl-C from turning `python -m edgeqwen`'s exit code into a death by SIGINT.
+
+    CPython marks an interrupt as unhandled when it leaves code run from a string (dataclasses and
+    namedtuple build their methods that way while modules import), even if a command catches it
+    afterwards; under `python -m` the interpreter then kills itself with SIGINT once it has exited,
+    and the caller sees -2 instead of 130. Running string code resets that mark."""
+    eval("None")
 
 
 def _interrupted(terminated: list[int]) -> NoReturn:

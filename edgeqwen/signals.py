@@ -24,8 +24,10 @@ class held_signals:
         self._previous: dict[int, object] = {}
         try:
             for signum in (_signal.SIGINT, _signal.SIGTERM):
-                if _signal.getsignal(signum) is not None:  # None: a handler not set from Python, left alone
-                    self._previous[signum] = _signal.signal(signum, self._note)
+                previous = _signal.getsignal(signum)
+                if previous is not None:  # None: a handler not set from Python, left alone
+                    self._previous[signum] = previous  # first: a signal right after the swap must find it
+                    _signal.signal(signum, self._note)
         except ValueError:  # not the main thread
             pass
         return self
