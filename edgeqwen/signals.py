@@ -28,8 +28,8 @@ class held_signals:
                 if previous is not None:  # None: a handler not set from Python, left alone
                     self._previous[signum] = previous  # first: a signal right after the swap must find it
                     _signal.signal(signum, self._note)
-        except ValueError:  # not the main thread
-            pass
+        except ValueError:  # not the main thread: the first swap failed, nothing to restore
+            self._previous.clear()
         return self
 
     def _note(self, signum: int, _frame: object) -> None:

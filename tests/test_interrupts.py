@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import STANDIN, console_script
+from edgeqwen.signals import held_signals
 
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -191,6 +192,32 @@ def test_signal_while_the_console_script_imports(signum):
     assert sum(mid_import) >= 3, f"only {sum(mid_import)} signals arrived while the CLI was importing"
 
 
+
+
+def test_held_signals_deliver_a_ctrl_c_at_the_end_of_the_stretch():
+    reached_the_end = False
+    with pytest.raises(KeyboardInterrupt):
+        with held_signals():
+            signal.raise_signal(signal.SIGINT)
+            reached_the_end = True
+    assert reached_the_end and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_held_signals_off_the_main_thread_hold_nothing_and_leave_cleanly():
+    """The server's worker thread decodes inside held_signals: there, handlers cannot be set."""
+    errors: list[BaseException] = []
+
+    def decode() -> None:
+        try:
+            with held_signals():
+                pass
+        except BaseException as error:  # noqa: BLE001 - the test reports whatever escaped
+            errors.append(error)
+
+    worker = threading.Thread(target=decode)
+    worker.start()
+    worker.join()
+    assert errors == [] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 _CAUGHT_IN_STRING_CODE = """
 import sys
