@@ -9,7 +9,6 @@ instead of evaluating them again, across role switches too.
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import logging
 import os
@@ -36,6 +35,7 @@ from ..signals import held_signals
 from .layer_tap import LayerTap
 from .cells import MAX_PARALLEL, N_SEQ_MAX, PREFIX_SHARE, Cells
 from .prefix_store import PrefixStore
+from .reply import Generation, Reply
 from .sampling import SamplingParams, build_sampler
 
 KV_TYPES = {"f16": 1, "q8_0": 8}  # ggml type ids of the KV cache (settings.KV_CACHE_TYPES)
@@ -45,16 +45,6 @@ _DECODE_NO_SLOT = 1  # llama_decode's return code when the KV cache has no room 
 # apart from the template and never becomes a control token (private-use code points).
 _SENTINEL = "\ue000{}\ue001"
 _SENTINEL_PATTERN = re.compile("\ue000(\\d+)\ue001")
-
-
-@dataclass
-class Generation:
-    """What one Engine.stream call produced: tokens, and why it stopped ("stop": end of turn,
-    "length": the max_tokens or context budget ran out; None while it runs or if it was closed)."""
-
-    prompt_tokens: int = 0
-    tokens: int = 0
-    finish_reason: str | None = None
 
 
 @dataclass
@@ -378,30 +368,26 @@ class Engine:
     def stream(self, tokens: Sequence[int], sampling: SamplingParams, keep_prefix: int = 0) -> Iterator[str]:
         """Sample a continuation of `tokens`, yielding text as it decodes; stops at end of turn.
         `last_generation` tells how many tokens it produced and why it stopped."""
-        generation = self.last_generation = Generation(prompt_tokens=len(tokens))
+        reply = Reply(len(tokens), self.reply_budget(tokens, sampling), self._piece, self.end_of_turn)
+        self.last_generation = reply.generation
+        sampler = build_sampler(self._model, sampling, context=tokens, window=self.n_ctx)
+        self._evaluate(list(tokens), keep_prefix)
+        self._cells.make_room(len(tokens) + reply.budget)
+        while True:
+            token = sampler.sample(self._ctx, -1)  # also feeds the token to the sampler's state
+            text = reply.take(token)
+            if text:
+                yield text
+            if reply.done:
+                return
+            self._decode([token])
+
+    def reply_budget(self, tokens: Sequence[int], sampling: SamplingParams) -> int:
+        """Most tokens a reply after `tokens` may have: max_tokens, or what the context has left."""
         budget = min(sampling.max_tokens, self.n_ctx - len(tokens))
         if budget <= 0:
             raise ContextOverflowError(f"prompt of {len(tokens)} tokens leaves no room in n_ctx {self.n_ctx}")
-        sampler = build_sampler(self._model, sampling, context=tokens, window=self.n_ctx)
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._evaluate(list(tokens), keep_prefix)
-        self._cells.make_room(len(tokens) + budget)
-        for count in range(1, budget + 1):
-            token = sampler.sample(self._ctx, -1)  # also feeds the token to the sampler's state
-            if token in self.end_of_turn:
-                generation.finish_reason = "stop"
-                break
-            generation.tokens = count
-            text = decoder.decode(self._piece(token))
-            if text:
-                yield text
-            if count < budget:
-                self._decode([token])
-        else:
-            generation.finish_reason = "length"
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            yield tail
+        return budget
 
     def bare_decode_rate(self, tokens: Sequence[int], n_tokens: int) -> float:
         """Tokens per second of a bare llama_decode + arg-max loop after `tokens` on this context and

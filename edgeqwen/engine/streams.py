@@ -11,14 +11,14 @@ between steps (a classification) can neither overrun the cache nor evict them.
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CacheBusyError, ContextOverflowError
+from ..errors import CacheBusyError
 from .cells import FIRST_SLOT_SEQ, MAX_SLOTS
-from .engine import Engine, Generation
+from .engine import Engine
+from .reply import Generation, Reply
 from .sampling import SamplingParams, build_sampler
 
 
@@ -36,11 +36,9 @@ class Piece:
 class _Stream:
     seq: int
     position: int  # where its next token goes
-    budget: int
     sampler: Any  # its own llama.cpp sampler chain
-    generation: Generation
+    reply: Reply
     next_token: int = -1  # sampled, not yet handed out or evaluated
-    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
 
 class Streams:
@@ -64,15 +62,13 @@ class Streams:
 
     def generation(self, handle: int) -> Generation:
         """Tokens and finish reason of an active stream (also handed back by close())."""
-        return self._active[handle].generation
+        return self._active[handle].reply.generation
 
     def start(self, tokens: Sequence[int], sampling: SamplingParams, keep_prefix: int = 0) -> int | None:
         """Start generating after `tokens` (their first `keep_prefix` are a kept role prefix); returns the
         stream's handle, or None while no slot or too few free cells can take it (try again later)."""
         engine, tokens = self._engine, list(tokens)
-        budget = min(sampling.max_tokens, engine.n_ctx - len(tokens))
-        if budget <= 0:
-            raise ContextOverflowError(f"prompt of {len(tokens)} tokens leaves no room in n_ctx {engine.n_ctx}")
+        budget = engine.reply_budget(tokens, sampling)
         shared = min(keep_prefix, len(tokens) - 1)
         own = len(tokens) - shared + budget
         cells = engine._cells
@@ -87,8 +83,8 @@ class Streams:
         except BaseException:
             self._release(seq)
             raise
-        stream = _Stream(seq, len(tokens), budget, build_sampler(engine._model, sampling, context=tokens, window=engine.n_ctx),
-                         Generation(prompt_tokens=len(tokens)))
+        stream = _Stream(seq, len(tokens), build_sampler(engine._model, sampling, context=tokens, window=engine.n_ctx),
+                         Reply(len(tokens), budget, engine._piece, engine.end_of_turn))
         stream.next_token = stream.sampler.sample(engine._ctx, -1)
         self._active[seq] = stream
         return seq
@@ -99,17 +95,14 @@ class Streams:
         pieces: dict[int, Piece] = {}
         entries, stepped = [], []
         for seq, stream in list(self._active.items()):
-            token = stream.next_token
-            if token in engine.end_of_turn:
-                pieces[seq] = self._finish(stream, "", "stop")
-                continue
-            stream.generation.tokens += 1
-            text = stream.decoder.decode(engine._piece(token))
-            if stream.generation.tokens == stream.budget:
-                pieces[seq] = self._finish(stream, text, "length")
+            reply = stream.reply
+            text = reply.take(stream.next_token)
+            if reply.done:
+                self.close(seq)
+                pieces[seq] = Piece(text, reply.generation.finish_reason, reply.generation)
                 continue
             pieces[seq] = Piece(text)
-            entries.append((token, stream.position, seq, True))
+            entries.append((stream.next_token, stream.position, seq, True))
             stream.position += 1
             stepped.append(stream)
         if entries:
@@ -130,7 +123,7 @@ class Streams:
         if stream is None:
             return None
         self._release(handle)
-        return stream.generation
+        return stream.reply.generation
 
     def close_all(self) -> None:
         for handle in list(self._active):
@@ -151,11 +144,6 @@ class Streams:
         for first in range(0, len(suffix), engine.n_batch):
             engine._fill_batch(suffix[first : first + engine.n_batch])
             engine._run_batch()
-
-    def _finish(self, stream: _Stream, text: str, reason: str) -> Piece:
-        stream.generation.finish_reason = reason
-        self.close(stream.seq)
-        return Piece(text + stream.decoder.decode(b"", final=True), reason, stream.generation)
 
     def _release(self, seq: int) -> None:
         self._engine._cells.close_slot(seq)
