@@ -8,6 +8,7 @@ from edgeqwen import EdgeQwen
 from edgeqwen.errors import InputError
 from edgeqwen.prompt_fit import fit_prompt
 from edgeqwen.text import script_language
+from near_tie import assert_same_or_near_tie
 
 STEADY_CHAT = "kind: generate\nsystem: You are a helpful assistant. Answer briefly.\nsampling: {temperature: 0.0, max_tokens: 48}\n"
 
@@ -41,6 +42,27 @@ def test_history_is_used(steady):
     assert "Zhang" in answer
     assert len(conversation.history) == 4
 
+
+
+def test_a_classification_between_turns_leaves_the_conversation_in_the_cache(steady):
+    """`edgeqwen run --task auto` routes every message before it chats: the router's and other roles'
+    texts are evaluated beside the conversation, so the next turn evaluates only its own new tokens
+    (and replies the same), not the whole history again."""
+    steady.classify("warm", "sentiment")  # each role's prefix is evaluated and kept on its first use
+    steady.route("warm")
+    evaluated, replies = {}, {}
+    for between in (False, True):
+        conversation = steady.conversation()
+        conversation.reply("Name one river in France.")
+        if between:
+            steady.classify("The hotel was lovely.", "sentiment")
+            steady.route("And one in Italy?")
+        replies[between] = conversation.reply("And one in Italy?")
+        evaluated[between] = steady.engine.tokens_evaluated
+    assert evaluated[True] == evaluated[False] < conversation.timings["prompt_tokens"] / 2
+    # The new tokens sit in other cells of the cache then, which may flip a near tie (tests/near_tie.py).
+    prompt = steady.conversation(history=conversation.history[:2]).prepare("And one in Italy?").prompt.tokens
+    assert_same_or_near_tie(steady.engine, prompt, replies[False], replies[True])
 
 def test_message_list_api(steady):
     answer = steady.chat(

@@ -92,14 +92,26 @@ class Cells:
 
     # -- sequences lent to prompts evaluated together ---------------------------------------------
 
-    def lend(self, count: int, shared: int) -> list[int]:
-        """`count` cleared sequence ids, each starting with the working sequence's first `shared` cells."""
+    def lend(self, count: int, shared: int, source: int = WORKING_SEQ) -> list[int]:
+        """`count` cleared sequence ids, each starting with the first `shared` cells of `source` (the
+        working sequence, or a kept prefix's sequence)."""
         seqs = list(range(FIRST_PARALLEL_SEQ, FIRST_PARALLEL_SEQ + count))
         for seq in seqs:
             llama.llama_memory_seq_rm(self._memory, seq, -1, -1)
             if shared:
-                llama.llama_memory_seq_cp(self._memory, WORKING_SEQ, seq, 0, shared)
+                llama.llama_memory_seq_cp(self._memory, source, seq, 0, shared)
         return seqs
+
+    def kept_beside_working(self, prefix: Sequence[int], cells: int) -> int | None:
+        """The sequence of a kept `prefix` (marked as just used) when `cells` more fit beside the working
+        sequence without evicting anything; None otherwise. Prompts lent that prefix leave the working
+        sequence, a conversation say, as it was."""
+        seq = self.kept.get(tuple(prefix)) if prefix else WORKING_SEQ
+        if seq is None or self._overflows(len(self.working) + cells):
+            return None
+        if prefix:
+            self.kept.move_to_end(tuple(prefix))
+        return seq
 
     def give_back(self, seqs: Sequence[int]) -> None:
         for seq in seqs:

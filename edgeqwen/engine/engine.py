@@ -33,7 +33,7 @@ from ..memory_plan import plan_memory
 from ..numeric import logsumexp
 from ..signals import held_signals
 from .layer_tap import LayerTap
-from .cells import MAX_PARALLEL, N_SEQ_MAX, PREFIX_SHARE, Cells
+from .cells import MAX_PARALLEL, N_SEQ_MAX, PREFIX_SHARE, WORKING_SEQ, Cells
 from .prefix_store import PrefixStore
 from .reply import Generation, Reply
 from .sampling import SamplingParams, build_sampler
@@ -236,11 +236,17 @@ class Engine:
         """
         prompts = [list(p) for p in prompts]
         self._check_many(prompts, keep_prefix, layers, logits)
-        evaluated = self._hold(prompts[0][:keep_prefix]) if prompts else 0
+        if not prompts:
+            return []
+        lengths = [len(p) - keep_prefix for p in prompts]
+        groups = list(self._groups(lengths))
+        prefix = prompts[0][:keep_prefix]
+        source = self._cells.kept_beside_working(prefix, max(sum(lengths[i] for i in group) for group in groups))
+        evaluated = 0 if source is not None else self._hold(prefix)  # no room beside it: the working sequence gives way
         results: list[Evaluated] = []
-        for group in self._groups([len(p) - keep_prefix for p in prompts]):
-            results += self._evaluate_group([prompts[i][keep_prefix:] for i in group], keep_prefix, layers, logits)
-        self.tokens_evaluated = evaluated + sum(len(p) - keep_prefix for p in prompts)
+        for group in groups:
+            results += self._evaluate_group([prompts[i][keep_prefix:] for i in group], keep_prefix, layers, logits, source)
+        self.tokens_evaluated = evaluated + sum(lengths)
         return results
 
     def _check_many(self, prompts: list[list[int]], keep_prefix: int, layers: Sequence[int], logits: bool) -> None:
@@ -279,12 +285,15 @@ class Engine:
         if group:
             yield group
 
-    def _evaluate_group(self, suffixes: list[list[int]], start: int, layers: Sequence[int], logits: bool) -> list[Evaluated]:
-        """Each suffix as its own sequence after the working sequence's `start` tokens (a suffix longer
-        than n_batch is alone in its group and goes in several calls)."""
+    def _evaluate_group(self, suffixes: list[list[int]], start: int, layers: Sequence[int], logits: bool,
+                        source: int | None) -> list[Evaluated]:
+        """Each suffix as its own sequence after the first `start` tokens of a kept prefix's sequence
+        (`source`), or else of the working sequence (a suffix longer than n_batch is alone in its group
+        and goes in several calls)."""
         entries = [(token, start + j, k, j == len(suffix) - 1) for k, suffix in enumerate(suffixes) for j, token in enumerate(suffix)]
-        self._cells.make_room(start + len(entries))
-        seqs = self._cells.lend(len(suffixes), start)
+        if source is None:
+            self._cells.make_room(start + len(entries))
+        seqs = self._cells.lend(len(suffixes), start, WORKING_SEQ if source is None else source)
         found: list[np.ndarray | None] = [None] * len(suffixes)
         if layers:
             self._tap.arm(layers, stop=not logits)
