@@ -241,8 +241,9 @@ class Engine:
         lengths = [len(p) - keep_prefix for p in prompts]
         groups = list(self._groups(lengths))
         prefix = prompts[0][:keep_prefix]
-        source = self._cells.kept_beside_working(prefix, max(sum(lengths[i] for i in group) for group in groups))
-        evaluated = 0 if source is not None else self._hold(prefix)  # no room beside it: the working sequence gives way
+        evaluated, source = 0, self._cells.kept_beside_working(prefix, max(sum(lengths[i] for i in group) for group in groups))
+        if source is None:  # not kept yet, or no room beside the working sequence: it gives way and holds the prefix
+            evaluated, source = self._hold(prefix), WORKING_SEQ
         results: list[Evaluated] = []
         for group in groups:
             results += self._evaluate_group([prompts[i][keep_prefix:] for i in group], keep_prefix, layers, logits, source)
@@ -286,14 +287,14 @@ class Engine:
             yield group
 
     def _evaluate_group(self, suffixes: list[list[int]], start: int, layers: Sequence[int], logits: bool,
-                        source: int | None) -> list[Evaluated]:
-        """Each suffix as its own sequence after the first `start` tokens of a kept prefix's sequence
-        (`source`), or else of the working sequence (a suffix longer than n_batch is alone in its group
-        and goes in several calls)."""
+                        source: int) -> list[Evaluated]:
+        """Each suffix as its own sequence after the first `start` tokens of sequence `source` (a kept
+        prefix's, or the working one's; a suffix longer than n_batch is alone in its group and goes in
+        several calls)."""
         entries = [(token, start + j, k, j == len(suffix) - 1) for k, suffix in enumerate(suffixes) for j, token in enumerate(suffix)]
-        if source is None:
+        if source == WORKING_SEQ:  # beside a kept prefix the room was checked, and nothing may be evicted
             self._cells.make_room(start + len(entries))
-        seqs = self._cells.lend(len(suffixes), start, WORKING_SEQ if source is None else source)
+        seqs = self._cells.lend(len(suffixes), start, source)
         found: list[np.ndarray | None] = [None] * len(suffixes)
         if layers:
             self._tap.arm(layers, stop=not logits)
