@@ -105,7 +105,8 @@ class Cells:
     def kept_beside_working(self, prefix: Sequence[int], cells: int) -> int | None:
         """The sequence of a kept `prefix` (marked as just used) when `cells` more fit beside the working
         sequence without evicting anything; None otherwise. Prompts lent that prefix leave the working
-        sequence, a conversation say, as it was."""
+        sequence, a conversation say, as it was. With no prefix there is nothing to copy, and the
+        working sequence's id stands for "fits beside it"."""
         seq = self.kept.get(tuple(prefix)) if prefix else WORKING_SEQ
         if seq is None or self._overflows(len(self.working) + cells):
             return None
