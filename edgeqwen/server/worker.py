@@ -397,8 +397,10 @@ class InferenceWorker:
         self._finish(job, outcome, value)
 
     def _finish(self, job: Job, outcome: str, value: Any) -> None:
-        with self._lock:  # book-keeping first, so /health agrees with the answer the client gets
+        with self._lock:  # book-keeping first, so /health and the next request's admission agree with the answer
             job.state = "done"
+            if self._running is job:
+                self._running = None
             self.counts[outcome] += 1
             if outcome == "served":
                 self._durations.append(time.perf_counter() - job.started)
