@@ -123,8 +123,9 @@ class EdgeQwen:
 
     def chat_streams(self, slots: int = CHAT_SLOTS) -> ChatStreams:
         """Chat slots on this model: several conversations' replies generated together, one token of
-        each per decode step (`start(conversation, conversation.prepare(text))`, then `step()`); for a
-        server that answers several chats at once. Classify calls may run between steps."""
+        each per decode step (`start(conversation, conversation.prepare(text))`, then `step()`: new
+        prompts are evaluated by the next step, in the same decode); for a server that answers several
+        chats at once. Classify calls may run between steps."""
         return ChatStreams(self.engine, slots)
 
     def chat(self, message: str | Sequence[Message], *, stream: bool = False, role: str = "chat") -> str | Iterator[str]:

@@ -69,19 +69,37 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def _streams_rate(eq, prompts: list[str], max_tokens: int) -> float:
-    """Tokens per second, all replies together, of `prompts` answered at once in chat slots (greedy,
-    each prompt evaluated before the clock starts): what a server's concurrent chats get."""
+def _start_streams(eq, prompts: list[str], max_tokens: int):
+    """Chat slots answering `prompts` (greedy), their prompts not evaluated yet."""
     streams = eq.chat_streams(len(prompts))
     for text in prompts:
         conversation = eq.conversation()
         conversation.role = _greedy(conversation.role, max_tokens)
         streams.start(conversation, conversation.prepare(text))
-    produced = 0
+    return streams
+
+
+def _streams_rate(eq, prompts: list[str], max_tokens: int) -> float:
+    """Tokens per second, all replies together, of `prompts` answered at once in chat slots (greedy,
+    the clock started once every prompt is evaluated and its first token out): what a server's
+    concurrent chats get."""
+    streams = _start_streams(eq, prompts, max_tokens)
+    produced = -len(prompts)  # the first tokens, out before the clock starts
+    while len(streams.step()) < len(prompts):
+        pass
     started = time.perf_counter()
     while streams.active:
         produced += sum(piece.generation.tokens for piece in streams.step().values() if piece.generation is not None)
     return produced / (time.perf_counter() - started)
+
+
+def _first_tokens_together(eq, prompts: list[str]) -> float:
+    """Seconds from `prompts` arriving at once in chat slots to every one's first token."""
+    started = time.perf_counter()
+    streams = _start_streams(eq, prompts, 1)
+    while streams.active:
+        streams.step()
+    return time.perf_counter() - started
 
 
 def _greedy(role, max_tokens: int):
@@ -193,6 +211,7 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
     log("chat replies together in slots…")
     alone = statistics.median(_streams_rate(eq, [CHAT_PROMPT], DECODE_TOKENS) for _ in range(2))
     together_tps = statistics.median(_streams_rate(eq, TOGETHER_PROMPTS, DECODE_TOKENS) for _ in range(2))
+    first_tokens_together = statistics.median(_first_tokens_together(eq, TOGETHER_PROMPTS) for _ in range(3))
     decode_tps, raw_tps_p50, raw_same_p50, bare_p50 = (statistics.median(x) for x in (ours_tps, raw_tps, raw_same_tps, bare_tps))
 
     floor_p50 = statistics.median(floor)
@@ -215,6 +234,7 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         "bare_llama_decode_same_context_tok_s": round(bare_p50, 1),
         "chat_slots_1_reply_tok_s": round(alone, 1),
         f"chat_slots_{len(TOGETHER_PROMPTS)}_replies_together_tok_s": round(together_tps, 1),
+        f"chat_slots_{len(TOGETHER_PROMPTS)}_arriving_together_first_tokens_ms": _ms(first_tokens_together),
         "bench_process_peak_rss_mb": _rss_mb(),
     })
     figures["ratios"] = {

@@ -99,8 +99,9 @@ class Conversation:
 
 class ChatStreams:
     """Replies of several conversations generated together, in a fixed number of chat slots: every
-    step() decodes one token of each active reply in one batch (engine Streams). Each reply keeps its
-    own sampler, budget and history; a reply that ends or is closed frees its slot at once."""
+    step() decodes one token of each active reply, and the prompts of replies just started, in one
+    batch (engine Streams). Each reply keeps its own sampler, budget and history; a reply that ends or
+    is closed frees its slot at once."""
 
     def __init__(self, engine: Engine, slots: int = CHAT_SLOTS) -> None:
         self._streams = Streams(engine, slots)
@@ -119,7 +120,8 @@ class ChatStreams:
         return self._streams.free
 
     def start(self, conversation: Conversation, turn: Turn) -> int | None:
-        """Start generating a prepared turn; its handle, or None while no slot or too few KV cells are free."""
+        """Start generating a prepared turn (its prompt is evaluated by the next step()); its handle, or
+        None while no slot or too few KV cells are free."""
         prompt = turn.prompt
         handle = self._streams.start(prompt.tokens, conversation.sampling, keep_prefix=prompt.fixed)
         if handle is not None:

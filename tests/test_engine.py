@@ -253,6 +253,38 @@ def test_a_closed_stream_frees_its_slot_and_the_others_finish(eq):
     assert streams.free == 2 and not eq.engine._cells.slots
 
 
+def test_chats_arriving_together_have_their_prompts_evaluated_in_one_step(eq):
+    streams = eq.chat_streams(3)
+    chats = _chats(eq)[1:]
+    handles = [streams.start(conversation, conversation.prepare(text)) for conversation, text in chats]
+    assert set(streams.step()) == set(handles)  # one decode: three prompts, three first tokens
+
+
+def test_a_long_prompt_joins_running_chats_without_stalling_them(eq):
+    streams = eq.chat_streams(2)
+    running = eq.conversation(sampling={"temperature": 0, "max_tokens": 40})
+    handle = streams.start(running, running.prepare("Count from 1 to 100, separated by commas."))
+    streams.step()
+    story = "Here is my week: " + "I walked to the market, bought apples and read a book by the river. " * 16
+    joining = eq.conversation(sampling=GREEDY)
+    joined = streams.start(joining, joining.prepare(story + "Summarise my week in one sentence."))
+    prompt_tokens = len(joining.prepare(story + "Summarise my week in one sentence.").prompt.tokens)
+    assert prompt_tokens > 2 * eq.engine.n_batch  # evaluated over several steps
+    steps_before_first = 0
+    reply = ""
+    while streams.active:
+        pieces = streams.step()
+        assert handle in pieces or running.finish_reason  # the running chat gets a token every step
+        if joined in pieces:
+            reply += pieces[joined].text
+        elif not reply:
+            steps_before_first += 1
+    assert steps_before_first >= 2
+    alone = eq.conversation(sampling=GREEDY)
+    assert_same_or_near_tie(eq.engine, alone.prepare(story + "Summarise my week in one sentence.").prompt.tokens,
+                            alone.reply(story + "Summarise my week in one sentence."), reply)
+
+
 def test_a_prompt_that_does_not_fit_beside_a_slot_is_refused_and_the_slot_goes_on(model_path):
     from edgeqwen.engine import Streams
     from edgeqwen.errors import CacheBusyError

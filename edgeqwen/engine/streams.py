@@ -1,18 +1,20 @@
-"""Several generations decoded together: one token of each active stream per llama_decode.
+"""Several generations decoded together: one llama_decode per step for every active stream.
 
 Each stream is a chat slot with its own sequence id (cells.FIRST_SLOT_SEQ on), sampler chain, token
 budget and UTF-8 decoder. Its prompt starts from the role's kept prefix (shared cells, not evaluated
-again); the rest is evaluated on its own sequence when it starts, and its first token sampled from
-that. Every step() then puts the last sampled token of each active stream into one batch and samples
-each stream's next token from its own row of logits. A stream's cells (prompt and whole budget) are
-reserved when it starts and freed the moment it ends or is closed, so work on the working sequence
-between steps (a classification) can neither overrun the cache nor evict them.
+again); the rest is evaluated by the next steps, in the same batches as the other streams' tokens
+(as much of it per step as the batch holds), so chats that arrive together have their prompts
+evaluated together and a chat that joins running ones costs them no decode of its own. Every step()
+puts the last sampled token of each generating stream into one batch with those prompt tokens, and
+each stream whose row of logits came out samples its next token from it. A stream's cells (prompt and
+whole budget) are reserved when it starts and freed the moment it ends or is closed, so work on the
+working sequence between steps (a classification) can neither overrun the cache nor evict them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CacheBusyError
@@ -38,7 +40,8 @@ class _Stream:
     position: int  # where its next token goes
     sampler: Any  # its own llama.cpp sampler chain
     reply: Reply
-    next_token: int = -1  # sampled, not yet handed out or evaluated
+    prompt: list[int] = field(default_factory=list)  # prompt tokens not evaluated yet
+    next_token: int = -1  # sampled and handed out, evaluated by the next step
 
 
 class Streams:
@@ -66,55 +69,50 @@ class Streams:
 
     def start(self, tokens: Sequence[int], sampling: SamplingParams, keep_prefix: int = 0) -> int | None:
         """Start generating after `tokens` (their first `keep_prefix` are a kept role prefix); returns the
-        stream's handle, or None while no slot or too few free cells can take it (try again later)."""
+        stream's handle, or None while no slot or too few free cells can take it (try again later).
+        The prompt is evaluated by the next steps: the first piece comes from step()."""
         engine, tokens = self._engine, list(tokens)
         budget = engine.reply_budget(tokens, sampling)
         shared = min(keep_prefix, len(tokens) - 1)
         own = len(tokens) - shared + budget
-        cells = engine._cells
-        if not self._free or cells.cells_in_slots() + own + shared > engine.n_ctx:
+        if not self._free or engine._cells.cells_in_slots() + own + shared > engine.n_ctx:
             return None
         seq = self._free.pop()
         try:
-            self._open(seq, tokens, shared, own)
+            self._open(seq, tokens[:shared], own)
         except CacheBusyError:
             self._release(seq)
             return None
         except BaseException:
             self._release(seq)
             raise
-        stream = _Stream(seq, len(tokens), build_sampler(engine._model, sampling, context=tokens, window=engine.n_ctx),
-                         Reply(len(tokens), budget, engine._piece, engine.end_of_turn))
-        stream.next_token = stream.sampler.sample(engine._ctx, -1)
-        self._active[seq] = stream
+        sampler = build_sampler(engine._model, sampling, context=tokens, window=engine.n_ctx)
+        self._active[seq] = _Stream(seq, shared, sampler, Reply(len(tokens), budget, engine._piece, engine.end_of_turn), tokens[shared:])
         return seq
 
     def step(self) -> dict[int, Piece]:
-        """One decode step for every active stream; a stream that ends in it is freed at once."""
+        """One decode for every active stream; returns the piece of each stream that sampled a token
+        (one still evaluating a long prompt has none yet). A stream that ends in it is freed at once."""
+        entries, sampling = self._batch()
+        if not entries:
+            return {}
         engine = self._engine
+        try:
+            engine._fill_batch(entries)
+            engine._run_batch()
+        except BaseException:
+            self.close_all()
+            raise
         pieces: dict[int, Piece] = {}
-        entries, stepped = [], []
-        for seq, stream in list(self._active.items()):
+        for stream, row in sampling:
+            stream.next_token = stream.sampler.sample(engine._ctx, row)  # its own row of logits
             reply = stream.reply
             text = reply.take(stream.next_token)
             if reply.done:
-                self.close(seq)
-                pieces[seq] = Piece(text, reply.generation.finish_reason, reply.generation)
-                continue
-            pieces[seq] = Piece(text)
-            entries.append((stream.next_token, stream.position, seq, True))
-            stream.position += 1
-            stepped.append(stream)
-        if entries:
-            try:
-                engine._fill_batch(entries)
-                engine._run_batch()
-            except BaseException:
-                for stream in stepped:
-                    self.close(stream.seq)
-                raise
-            for index, stream in enumerate(stepped):
-                stream.next_token = stream.sampler.sample(engine._ctx, index)  # its own row of logits
+                self.close(stream.seq)
+                pieces[stream.seq] = Piece(text, reply.generation.finish_reason, reply.generation)
+            else:
+                pieces[stream.seq] = Piece(text)
         return pieces
 
     def close(self, handle: int) -> Generation | None:
@@ -131,19 +129,37 @@ class Streams:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _open(self, seq: int, tokens: list[int], shared: int, own: int) -> None:
-        """The slot's sequence holding `tokens` but the last one's successor, its logits ready."""
+    def _batch(self) -> tuple[list[tuple[int, int, int, bool]], list[tuple[_Stream, int]]]:
+        """The step's batch entries: first the last token of every generating stream, then as much of
+        the waiting prompts as fits, in the order their streams started; and which streams sample from
+        which row."""
+        entries: list[tuple[int, int, int, bool]] = []
+        sampling: list[tuple[_Stream, int]] = []
+        generating = [stream for stream in self._active.values() if not stream.prompt]
+        prompting = [stream for stream in self._active.values() if stream.prompt]
+        for stream in generating:
+            sampling.append((stream, len(entries)))
+            entries.append((stream.next_token, stream.position, stream.seq, True))
+            stream.position += 1
+        for stream in prompting:
+            chunk = stream.prompt[: self._engine.n_batch - len(entries)]
+            del stream.prompt[: len(chunk)]
+            entries += [(token, stream.position + j, stream.seq, False) for j, token in enumerate(chunk)]
+            stream.position += len(chunk)
+            if chunk and not stream.prompt:  # its prompt's last token: the row its first token comes from
+                entries[-1] = (*entries[-1][:3], True)
+                sampling.append((stream, len(entries) - 1))
+        return entries, sampling
+
+    def _open(self, seq: int, prefix: list[int], own: int) -> None:
+        """The slot's sequence holding the kept `prefix` (evaluated once on the working sequence if not
+        kept yet), and `own` cells reserved for the rest of its prompt and its reply."""
         engine, cells = self._engine, self._engine._cells
-        prefix = tokens[:shared]
         cells.truncate(0)  # the working sequence's last prompt: scratch, and cells the slot may need
         if prefix and tuple(prefix) not in cells.kept:
-            engine._hold(prefix)  # evaluated once on the working sequence, and kept for the next stream
+            engine._hold(prefix)  # kept for the next stream too
         cells.open_slot(seq, prefix, own)
         cells.make_room(len(cells.working))
-        suffix = [(token, shared + j, seq, shared + j == len(tokens) - 1) for j, token in enumerate(tokens[shared:])]
-        for first in range(0, len(suffix), engine.n_batch):
-            engine._fill_batch(suffix[first : first + engine.n_batch])
-            engine._run_batch()
 
     def _release(self, seq: int) -> None:
         self._engine._cells.close_slot(seq)
