@@ -99,14 +99,65 @@ def configurations(features: dict, layers: list[int]) -> dict[str, np.ndarray]:
     return configs
 
 
-def fit_and_score(x_train, y_train, x_test, n_classes: int, l2: float) -> np.ndarray:
+SHRINKAGE_GRID = (0.01, 0.03, 0.1, 0.3, 0.6, 0.9)
+
+
+def fit_lda(x: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Linear discriminant analysis on standardised features, its within-class covariance shrunk
+    toward a multiple of the identity (`shrinkage` 0: none, 1: the difference of the class means).
+    Returns (weight, bias, mean, scale) like fit_logistic: linear, so it would fit the head file as is."""
+    mean, scale, z = _standardise(x)
+    (weight, bias), = _discriminants(z, y, n_classes, (shrinkage,))
+    return weight, bias, mean, scale
+
+
+def choose_shrinkage(x: np.ndarray, y: np.ndarray, n_classes: int, grid=SHRINKAGE_GRID, folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
+    """Pick LDA's shrinkage by k-fold cross-validation on the training split only (ties: more shrinkage)."""
+    rng = np.random.default_rng(seed)
+    parts = np.array_split(rng.permutation(len(y)), min(folds, len(y)))
+    correct = dict.fromkeys(grid, 0)
+    for k, held in enumerate(parts):
+        train = np.concatenate([p for j, p in enumerate(parts) if j != k])
+        mean, scale, z = _standardise(x[train])
+        for shrinkage, (w, b) in zip(grid, _discriminants(z, y[train], n_classes, grid)):
+            correct[shrinkage] += int((np.argmax(((x[held] - mean) / scale) @ w.T + b, axis=1) == y[held]).sum())
+    results = {shrinkage: count / len(y) for shrinkage, count in correct.items()}
+    return max(results, key=lambda s: (results[s], s)), results
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x = np.asarray(x, dtype=np.float64)
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    return mean, scale, (x - mean) / scale
+
+
+def _discriminants(z: np.ndarray, y: np.ndarray, n_classes: int, shrinkages) -> list[tuple[np.ndarray, np.ndarray]]:
+    """LDA's (weight, bias) for each shrinkage; one eigendecomposition of the covariance serves them all."""
+    means = np.stack([z[y == k].mean(axis=0) for k in range(n_classes)])
+    centred = z - means[y]
+    values, vectors = np.linalg.eigh(centred.T @ centred / len(y))
+    projected = means @ vectors
+    log_prior = np.log(np.bincount(y, minlength=n_classes) / len(y))
+    found = []
+    for shrinkage in shrinkages:
+        w = (projected / ((1 - shrinkage) * values + shrinkage * values.mean())) @ vectors.T
+        found.append((w, log_prior - 0.5 * (w * means).sum(axis=1)))
+    return found
+
+
+def fit_and_score(x_train, y_train, x_test, n_classes: int, l2: float | None) -> np.ndarray:
+    """Labels for x_test from a logistic regression at `l2`, or (l2 None) shrinkage LDA with its
+    shrinkage chosen by 5-fold CV on x_train (tried for the router; not shipped: docs/evaluation.md)."""
     from edgeqwen.head_training import fit_logistic, predict_logistic
 
-    w, b, mean, scale = fit_logistic(x_train, y_train, n_classes, l2, steps=250)
+    if l2 is None:
+        w, b, mean, scale = fit_lda(x_train, y_train, n_classes, choose_shrinkage(x_train, y_train, n_classes)[0])
+    else:
+        w, b, mean, scale = fit_logistic(x_train, y_train, n_classes, l2, steps=250)
     return predict_logistic(x_test, w, b, mean, scale)
 
 
-def validate(x: np.ndarray, y: np.ndarray, written: np.ndarray, groups: np.ndarray, n_classes: int, l2: float) -> dict:
+def validate(x: np.ndarray, y: np.ndarray, written: np.ndarray, groups: np.ndarray, n_classes: int, l2: float | None) -> dict:
     names = sorted(set(groups[~written]))
     pred = fit_and_score(x[written], y[written], x[~written], n_classes, l2)
     dev_groups = groups[~written]
@@ -133,6 +184,8 @@ def main() -> int:
     parser.add_argument("--dev", type=Path, nargs="+", required=True, help="dev sets with a source field")
     parser.add_argument("--layers", default="6,8,10,12,14,16,18,20,22")
     parser.add_argument("--l2", default=",".join(map(str, L2_GRID)))
+    parser.add_argument("--method", choices=("logistic", "lda"), default="logistic",
+                        help="lda: shrinkage LDA, its shrinkage chosen by CV on each fit's training rows (--l2 unused)")
     parser.add_argument("--pairs", type=int, default=3, help="also try every pair of the best N single blocks together")
     parser.add_argument("--only", help="a regular expression: score only the configurations it matches (e.g. 'block (10|14) ')")
     parser.add_argument("--train-limit", type=int, help="use only the first N written texts (e.g. the file before lines were added)")
@@ -161,14 +214,14 @@ def main() -> int:
           f"{len(set(groups[~written]))} source groups: " + ", ".join(f"{g} {int((groups == g).sum())}" for g in sorted(set(groups[~written]))))
     configs = configurations(features, layers)
     results = []
-    l2s = [float(v) for v in args.l2.split(",")]
+    l2s = [None] if args.method == "lda" else [float(v) for v in args.l2.split(",")]
 
     def run(name: str, x: np.ndarray) -> None:
         for l2 in l2s:
             r = validate(x, y, written, groups, len(golds), l2) | {"config": name}
             results.append(r)
             u, l_ = summary(r["unseen"]), summary(r["loso"])
-            print(f"{name:26} l2 {l2:<5} written->source mean {u[0]:.1%} worst {u[1]:.1%} ({u[2]}) | "
+            print(f"{name:26} {'lda' if l2 is None else f'l2 {l2}':<8} written->source mean {u[0]:.1%} worst {u[1]:.1%} ({u[2]}) | "
                   f"LOSO mean {l_[0]:.1%} worst {l_[1]:.1%} ({l_[2]}) | pooled dev {r['pooled_dev']:.1%}", flush=True)
 
     for name, x in configs.items():
@@ -180,7 +233,8 @@ def main() -> int:
         for b in singles[i + 1:]:
             run(f"{a.split()[1]}+{b.split()[1]} mean+last", np.hstack([configs[a], configs[b]]))
     best = max(results, key=lambda r: summary(r["loso"])[0])
-    print(f"\nbest by LOSO mean: {best['config']} l2 {best['l2']}: LOSO mean {summary(best['loso'])[0]:.1%}, "
+    fit = "lda" if best["l2"] is None else f"l2 {best['l2']}"
+    print(f"\nbest by LOSO mean: {best['config']} {fit}: LOSO mean {summary(best['loso'])[0]:.1%}, "
           f"worst {summary(best['loso'])[1]:.1%}; written->source mean {summary(best['unseen'])[0]:.1%}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
