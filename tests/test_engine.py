@@ -257,7 +257,11 @@ def test_chats_arriving_together_have_their_prompts_evaluated_in_one_step(eq):
     streams = eq.chat_streams(3)
     chats = _chats(eq)[1:]
     handles = [streams.start(conversation, conversation.prepare(text)) for conversation, text in chats]
-    assert set(streams.step()) == set(handles)  # one decode: three prompts, three first tokens
+    try:
+        assert set(streams.step()) == set(handles)  # one decode: three prompts, three first tokens
+    finally:
+        streams.close_all()  # the session's engine: leave no slot holding cells
+    assert not eq.engine._cells.slots
 
 
 def test_a_long_prompt_joins_running_chats_without_stalling_them(eq):
@@ -272,13 +276,16 @@ def test_a_long_prompt_joins_running_chats_without_stalling_them(eq):
     assert prompt_tokens > 2 * eq.engine.n_batch  # evaluated over several steps
     steps_before_first = 0
     reply = ""
-    while streams.active:
-        pieces = streams.step()
-        assert handle in pieces or running.finish_reason  # the running chat gets a token every step
-        if joined in pieces:
-            reply += pieces[joined].text
-        elif not reply:
-            steps_before_first += 1
+    try:
+        while streams.active:
+            pieces = streams.step()
+            assert handle in pieces or running.finish_reason  # the running chat gets a token every step
+            if joined in pieces:
+                reply += pieces[joined].text
+            elif not reply:
+                steps_before_first += 1
+    finally:
+        streams.close_all()
     assert steps_before_first >= 2
     alone = eq.conversation(sampling=GREEDY)
     assert_same_or_near_tie(eq.engine, alone.prepare(story + "Summarise my week in one sentence.").prompt.tokens,

@@ -262,3 +262,41 @@ def test_a_cancelled_stream_frees_its_slot_and_the_others_finish(live):
     assert answers[0][0] == 200 and answers[0][1]["choices"][0]["message"]["content"] == alone
     after = wait_until(live, lambda q: q["streams"] == 0)
     assert after["served"] == before["served"] + 1
+
+
+def test_a_classification_too_big_beside_a_running_chat_waits_for_it_and_is_answered(model_path):
+    from edgeqwen import EdgeQwen
+    from edgeqwen.server.worker import SlotRequest
+
+    small = EdgeQwen(model_path, n_ctx=512, prefix_cache=False)
+    review = "The room was dirty, the shower was cold and the staff were rude to us every single day. " * 12
+    expected = small.sentiment(review).label
+    order: list[str] = []
+
+    async def scenario():
+        worker = InferenceWorker(queue_size=8, streams=small.chat_streams(2))
+        chat = small.conversation(sampling={"temperature": 0, "max_tokens": 330})
+        turn = chat.prepare("Count from 1 to 500, separated by commas.")
+
+        def chat_done(piece):
+            order.append("chat")
+            return chat.history[-1]["content"]
+
+        chat_job = worker.submit(lambda job: SlotRequest(start=lambda streams: streams.start(chat, turn), done=chat_done), chat=True)
+        await until(lambda: worker.status()["streams"] == 1)  # its prompt and 330 tokens: most of the 512 cells
+
+        def classify(texts):
+            results = small.classify_many(texts)
+            order.append("sentiment")
+            return results
+
+        sentiment_job = worker.submit_batch("sentiment", [review], classify)
+        reply, labels = await asyncio.wait_for(asyncio.gather(chat_job.result(), sentiment_job.result()), timeout=240)
+        status = worker.status()
+        worker.close()
+        return reply, labels, status
+
+    reply, labels, status = asyncio.run(scenario())
+    assert order == ["chat", "sentiment"]  # deferred until the slot's cells were free, not refused
+    assert labels[0].label == expected and reply.startswith("1, 2, 3")
+    assert status["failed"] == 0 and status["served"] == 2
