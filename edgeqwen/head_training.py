@@ -40,10 +40,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, steps:
     size from the data's Lipschitz bound converges; a few hundred steps on a few hundred examples
     take well under a second.
     """
-    x = np.asarray(x, dtype=np.float64)
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0) + 1e-6
-    z = (x - mean) / scale
+    mean, scale, z = standardise(x)
     n, d = z.shape
     onehot = np.eye(n_classes)[y]
     w = np.zeros((n_classes, d))
@@ -57,15 +54,25 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, steps:
     return w, b, mean, scale
 
 
+def standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, scale, standardised rows) of the features, as every head is fitted."""
+    x = np.asarray(x, dtype=np.float64)
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    return mean, scale, (x - mean) / scale
+
+
+def fold_parts(n: int, folds: int = 5, seed: int = 0) -> list[np.ndarray]:
+    """The row indices of each cross-validation fold: a seeded shuffle cut into `folds` parts."""
+    return np.array_split(np.random.default_rng(seed).permutation(n), min(folds, n))
+
+
 def predict_logistic(x: np.ndarray, w: np.ndarray, b: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return np.argmax(((np.asarray(x, dtype=np.float64) - mean) / scale) @ w.T + b, axis=1)
 
 
 def choose_l2(x: np.ndarray, y: np.ndarray, n_classes: int, grid=(0.001, 0.01, 0.1, 1.0), folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
     """Pick the penalty by k-fold cross-validation on the training split only."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y))
-    parts = np.array_split(order, min(folds, len(y)))
+    parts = fold_parts(len(y), folds, seed)
     results: dict[float, float] = {}
     for l2 in grid:
         correct = 0
@@ -84,8 +91,7 @@ def choose_blend(x: np.ndarray, y: np.ndarray, label_scores: np.ndarray, n_class
                  grid=(0.0, 0.25, 0.5, 0.75, 1.0), folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
     """Pick the head's weight against the label logits by k-fold cross-validation on the training
     split only: out-of-fold head scores, blended with the label scores at each weight in `grid`."""
-    rng = np.random.default_rng(seed)
-    parts = np.array_split(rng.permutation(len(y)), min(folds, len(y)))
+    parts = fold_parts(len(y), folds, seed)
     head_scores = np.zeros((len(y), n_classes))
     for k, held in enumerate(parts):
         train = np.concatenate([p for j, p in enumerate(parts) if j != k])

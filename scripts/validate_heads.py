@@ -106,29 +106,26 @@ def fit_lda(x: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float) -> t
     """Linear discriminant analysis on standardised features, its within-class covariance shrunk
     toward a multiple of the identity (`shrinkage` 0: none, 1: the difference of the class means).
     Returns (weight, bias, mean, scale) like fit_logistic: linear, so it would fit the head file as is."""
-    mean, scale, z = _standardise(x)
+    from edgeqwen.head_training import standardise
+
+    mean, scale, z = standardise(x)
     (weight, bias), = _discriminants(z, y, n_classes, (shrinkage,))
     return weight, bias, mean, scale
 
 
 def choose_shrinkage(x: np.ndarray, y: np.ndarray, n_classes: int, grid=SHRINKAGE_GRID, folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
     """Pick LDA's shrinkage by k-fold cross-validation on the training split only (ties: more shrinkage)."""
-    rng = np.random.default_rng(seed)
-    parts = np.array_split(rng.permutation(len(y)), min(folds, len(y)))
+    from edgeqwen.head_training import fold_parts, standardise
+
+    parts = fold_parts(len(y), folds, seed)
     correct = dict.fromkeys(grid, 0)
     for k, held in enumerate(parts):
         train = np.concatenate([p for j, p in enumerate(parts) if j != k])
-        mean, scale, z = _standardise(x[train])
+        mean, scale, z = standardise(x[train])
         for shrinkage, (w, b) in zip(grid, _discriminants(z, y[train], n_classes, grid)):
             correct[shrinkage] += int((np.argmax(((x[held] - mean) / scale) @ w.T + b, axis=1) == y[held]).sum())
     results = {shrinkage: count / len(y) for shrinkage, count in correct.items()}
     return max(results, key=lambda s: (results[s], s)), results
-
-
-def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x = np.asarray(x, dtype=np.float64)
-    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-    return mean, scale, (x - mean) / scale
 
 
 def _discriminants(z: np.ndarray, y: np.ndarray, n_classes: int, shrinkages) -> list[tuple[np.ndarray, np.ndarray]]:
