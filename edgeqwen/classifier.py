@@ -73,7 +73,7 @@ class Read:
 class Classifier:
     """Runs one classify role; the answer is always exactly one of the role's labels."""
 
-    def __init__(self, engine: Engine, role: Role, *, use_head: bool = True) -> None:
+    def __init__(self, engine: Engine, role: Role, *, use_head: bool = True, for_head: bool = False) -> None:
         role.require_kind("classify")
         check_labels(engine, [role])
         self.engine = engine
@@ -86,11 +86,14 @@ class Classifier:
         if role.calibration != "none" and not self.single_token:
             raise RoleError(f"{role.source}: field 'calibration': needs labels that are single tokens for this model")
         self._grammar = None if self.single_token else label_grammar(role.label_names)
-        self._prefix = fixed_prefix(engine, role)
+        # A trained head, when the role names one that fits this model and the prompt it reads.
+        self.head: Head | None = head_for(engine, role) if use_head else None
+        # Texts go through the prompt the head reads (also when reading features to train one: for_head),
+        # which may be another role's (Role.head_prompt); the label logits need the role's own.
+        self.prompt: Role = role.head_prompt if self.head is not None or for_head else role
+        self._prefix = fixed_prefix(engine, self.prompt)
         self._reply_header = engine.reply_header_length()
         self._bias: np.ndarray | None = None
-        # A trained head over the final hidden state, when the role names one that fits this model.
-        self.head: Head | None = head_for(engine, role) if use_head else None
 
     def classify(self, text: str) -> Classification:
         return self.classify_many([text])[0]
@@ -100,7 +103,7 @@ class Classifier:
         allows (Engine.evaluate_many); with a head that reads a middle block alone, llama.cpp stops
         after that block."""
         started = time.perf_counter()
-        prompts = [fit_prompt(self.engine, self.role, clean_text(text), prefix=self._prefix) for text in texts]
+        prompts = [fit_prompt(self.engine, self.prompt, clean_text(text), prefix=self._prefix) for text in texts]
         if self.head is None and not self.single_token:
             scored = [self._decode_label(prompt) for prompt in prompts]
         else:
@@ -108,11 +111,33 @@ class Classifier:
         each_ms = (time.perf_counter() - started) * 1000 / max(1, len(texts))
         return [self._result(label, scores, prompt, each_ms, len(texts)) for (label, scores), prompt in zip(scored, prompts)]
 
+    def shares_read_with(self, other: Classifier) -> bool:
+        """Both decide by heads on blocks alone (no logits) and read texts through the same prompt, so
+        one evaluation can serve both (classify_with)."""
+        pair = (self, other)
+        return (all(c.head is not None and c.head.layer is not None and c.head.blend == 1 for c in pair)
+                and self.prompt is other.prompt and self.head.to_message == other.head.to_message)
+
+    def classify_with(self, other: Classifier, text: str) -> tuple[Classification, Classification]:
+        """This role's and `other`'s labels for `text` from one evaluation, stopped at the higher of
+        their heads' blocks; shares_read_with(other) must hold."""
+        if not self.shares_read_with(other):
+            raise ValueError(f"roles '{self.role.name}' and '{other.role.name}' do not read texts alike")
+        started = time.perf_counter()
+        prompt = fit_prompt(self.engine, self.prompt, clean_text(text), prefix=self._prefix)
+        (read,) = self._read([prompt], sorted({self.head.layer, other.head.layer}), logits=False, to_message=self.head.to_message)
+        each_ms = (time.perf_counter() - started) * 1000
+        return self._from_read(read, prompt, each_ms), other._from_read(read, prompt, each_ms)
+
+    def _from_read(self, read: Read, prompt: FittedPrompt, each_ms: float) -> Classification:
+        label, scores = self._label_and_scores(self._head_scores(read))
+        return self._result(label, scores, prompt, each_ms, 1)
+
     def read_many(self, texts: Sequence[str], layers: Sequence[int] = (), logits: bool = True, to_message: bool = False) -> list[Read]:
         """What heads are trained on, per text: each block's layer features (with `to_message`, of the
         rows up to the end of the user's message), the next-token logits and the calibrated label
         scores (zeros when the labels are not single tokens)."""
-        prompts = [fit_prompt(self.engine, self.role, clean_text(text), prefix=self._prefix) for text in texts]
+        prompts = [fit_prompt(self.engine, self.prompt, clean_text(text), prefix=self._prefix) for text in texts]
         return self._read(prompts, layers, logits, to_message)
 
     def _read(self, prompts: list[FittedPrompt], layers: Sequence[int] | None = None, logits: bool | None = None,
@@ -176,7 +201,7 @@ class Classifier:
         if self.role.calibration == "none":
             return np.zeros(len(self._sequences))
         if self._bias is None:
-            prompts = [fit_prompt(self.engine, self.role, filler, prefix=self._prefix) for filler in ("N/A", "…")]
+            prompts = [fit_prompt(self.engine, self.prompt, filler, prefix=self._prefix) for filler in ("N/A", "…")]
             neutral = [self.engine.next_token_logits(p.tokens, keep_prefix=p.fixed)[self._label_ids] for p in prompts]
             bias = np.mean(neutral, axis=0, dtype=np.float64)
             self._bias = bias - bias.mean()

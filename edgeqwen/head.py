@@ -50,9 +50,11 @@ def model_identity(engine: Any) -> dict[str, Any]:
 
 
 def prompt_fingerprint(role: Any) -> str:
-    """sha256 of what shapes the hidden state: system prompt, examples, template and labels."""
+    """sha256 of what shapes the hidden state the head reads: the system prompt, examples and template
+    of the prompt it reads the text through (Role.head_prompt), and the role's labels."""
+    prompt = role.head_prompt
     payload = json.dumps(
-        {"prefix": role.prefix_messages(), "template": role.template, "labels": role.label_names},
+        {"prefix": prompt.prefix_messages(), "template": prompt.template, "labels": role.label_names},
         ensure_ascii=False,
         sort_keys=True,
     )

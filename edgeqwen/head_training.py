@@ -177,7 +177,7 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
     check_gold([*items, *extra], options.task, role)
     n_data = len(items)
     items = [*items, *extra]
-    classifier = Classifier(eq.engine, role, use_head=False)
+    classifier = Classifier(eq.engine, role, use_head=False, for_head=True)
     labels = role.label_names
     # Gold values are route targets for task route: map them back to the role's labels.
     to_label = {(label.routes_to or label.name) if options.task == "route" else label.name: label.name for label in role.labels}
@@ -189,6 +189,8 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
     candidates = sorted({*range(2, eq.engine.n_layer - 1, 2), *([layer] if layer is not None else [])}) if choose_layer else [layer]
     basis = HiddenFromLogits(output_matrix(eq.engine.info.path)) if None in candidates else None
     x_by_layer, logit_scores, latencies = _read_features(classifier, items, candidates, basis, options.progress, name, to_message)
+    if classifier.prompt is not role:  # the head reads another role's prompt; the label logits need the role's own
+        logit_scores[held] = _own_label_scores(eq, role, [items[i] for i in held])
     cv_layers = {}
     if choose_layer:
         cv_layers = {block: choose_l2(x_by_layer[block][train], y[train], len(labels), seed=seed)[1] for block in candidates}
@@ -196,7 +198,7 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
     x = x_by_layer[layer]
     l2, cv = (l2, {}) if l2 is not None else choose_l2(x[train], y[train], len(labels), seed=seed)
     blend, cv_blend = (choose_blend(x[train], y[train], logit_scores[train], len(labels), l2, seed=seed)
-                       if classifier.single_token and layer is None else (1.0, {}))
+                       if classifier.single_token and layer is None and classifier.prompt is role else (1.0, {}))
     w, b, mean, scale = fit_logistic(x[train], y[train], len(labels), l2)
     weight, bias = unstandardize(w, b, mean, scale) if basis is None or layer is not None else basis.fold(w, b, mean, scale)
     head = Head(
@@ -230,6 +232,13 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
         "head": str(output), "reads": head.reads, "n_train": len(train), "layer": layer, "l2": l2, "blend": blend, "cv_accuracy": head.meta["cv_accuracy"],
         "cv_accuracy_by_layer": cv_by_layer, "cv_blend_accuracy": head.meta["cv_blend_accuracy"], "systems": systems,
     }
+
+
+def _own_label_scores(eq: Any, role: Any, items: Sequence[Item]) -> np.ndarray:
+    """The label scores of `items` through the role's own prompt."""
+    own = Classifier(eq.engine, role, use_head=False)
+    texts = [item.text for item in items]
+    return np.array([read.label_scores for first in range(0, len(texts), READ_TOGETHER) for read in own.read_many(texts[first:first + READ_TOGETHER])])
 
 
 def _read_features(classifier: Classifier, items: Sequence[Item], layers: list[int | None], basis: HiddenFromLogits | None,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import RoleError
 from .grammar import label_problem
@@ -99,6 +99,11 @@ class Role(_Strict):
         None, description="A classification head file (.npz) beside the role file, from `edgeqwen eval --train-head`."
     )
     training: Training | None = Field(None, description="Texts `edgeqwen heads` trains the role's head on for a new model.")
+    head_reads_prompt_of: str | None = Field(
+        None, description="Another classify role whose prompt the head reads the text through (the role's own prompt "
+        "serves only its label logits, when no head fits): a router that reads the sentiment role's prompt shares its "
+        "kept prefix, and --task auto can route and label a review from one evaluation.",
+    )
     abstain_below: float = Field(
         0.0, ge=0.0, lt=1.0, description="A router role: below this confidence --task auto answers with both roles "
         "(label and reply), marked as abstained. 0: off.",
@@ -128,6 +133,8 @@ class Role(_Strict):
         names = [label.name for label in self.labels]
         if self.head is not None and self.kind != "classify":
             raise ValueError("head: only a classify role can have a head")
+        if self.head_reads_prompt_of is not None and self.kind != "classify":
+            raise ValueError("head_reads_prompt_of: only a classify role has a head")
         if self.abstain_below and not self.is_router:
             raise ValueError("abstain_below: only a router role (every label has routes_to) can abstain")
         if self.training is not None:
@@ -151,6 +158,13 @@ class Role(_Strict):
                 if example.reply is None:
                     raise ValueError(f"examples.{index}.reply: required for a generate role")
         return self
+
+    _head_prompt: Role | None = PrivateAttr(None)  # the role named by head_reads_prompt_of, set by load_roles
+
+    @property
+    def head_prompt(self) -> Role:
+        """The role whose prompt this role's head reads the text through: itself unless it names another."""
+        return self._head_prompt or self
 
     @property
     def label_names(self) -> list[str]:
@@ -264,6 +278,7 @@ def load_roles(user_dir: str | Path | None = None) -> dict[str, Role]:
             raise RoleError(f"{user_path}: prompts directory not found")
         roles.update(_load_dir(user_path))
     _check_routes(roles.values())
+    _link_head_prompts(roles)
     return roles
 
 
@@ -284,3 +299,14 @@ def _check_routes(roles: Iterable[Role]) -> None:
         for index, label in enumerate(role.labels):
             if label.routes_to is not None and label.routes_to not in names:
                 raise RoleError(f"{role.source}: field 'labels.{index}.routes_to': no role named {label.routes_to!r}")
+
+
+def _link_head_prompts(roles: Mapping[str, Role]) -> None:
+    for role in roles.values():
+        name = role.head_reads_prompt_of
+        if name is None:
+            continue
+        other = roles.get(name)
+        if other is None or other.kind != "classify" or other.head_reads_prompt_of is not None or other is role:
+            raise RoleError(f"{role.source}: field 'head_reads_prompt_of': {name!r} must be another classify role that reads its own prompt")
+        role._head_prompt = other

@@ -65,7 +65,7 @@ def read_features(eq, task: str, path: Path, layers: list[int], to_message: bool
     if cache.is_file():
         with np.load(cache) as data:
             return {name: data[name] for name in data.files} | {"items": items}
-    classifier = Classifier(eq.engine, role, use_head=False)
+    classifier = Classifier(eq.engine, role, use_head=False, for_head=True)
     basis = HiddenFromLogits(output_matrix(eq.engine.info.path))
     rows = {layer: [] for layer in layers}
     moments, label_scores = [], []

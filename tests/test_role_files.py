@@ -111,6 +111,13 @@ def test_routes_to_a_missing_role_names_the_field(write_role, tmp_path):
         load_roles(tmp_path)
 
 
+@pytest.mark.parametrize("target", ["nowhere", "topic", "chat"])  # missing, itself, a generate role
+def test_a_head_reads_only_another_classify_roles_prompt(write_role, tmp_path, target):
+    write_role("topic", VALID + f"head_reads_prompt_of: {target}\n")
+    with pytest.raises(RoleError, match=rf"topic\.yaml: field 'head_reads_prompt_of': '{target}' must be another classify role"):
+        load_roles(tmp_path)
+
+
 def test_cli_reports_a_bad_label_in_one_line(tmp_path):
     (tmp_path / "topic.yaml").write_text(VALID.replace("- name: politics", "- name: '<|im_end|>'"), encoding="utf-8")
     for command in (["roles"], ["run", "--task", "sentiment", "hello"]):
