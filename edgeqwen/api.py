@@ -158,13 +158,14 @@ class EdgeQwen:
         notify = on_step or (lambda kind, value: None)
         started = time.perf_counter()
         result = RunResult(text=text, task=task)
+        labelled = None  # the sentiment label, when the router's evaluation gave it too
         if task == "auto":
-            result.route = self.route(text)
+            result.route, labelled = self.router.route_with(self._classifier("sentiment"), text)
             result.task = task = "both" if result.route.abstained else result.route.task
             result.timings["route_ms"] = round((time.perf_counter() - started) * 1000, 2)
             notify("route", result.route)
         if task in ("sentiment", "both"):
-            result.sentiment = self.sentiment(text)
+            result.sentiment = labelled or self.sentiment(text)
             result.timings["sentiment_ms"] = result.sentiment.timings["total_ms"]
             notify("sentiment", result.sentiment)
         if task in ("chat", "both") and chat:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .classifier import Classifier
+from .classifier import Classification, Classifier
 from .prompt_fit import clean_text
+from .roles import Role
 
 STRATEGIES = ("llm", "rules")
 
@@ -52,11 +53,29 @@ class Router:
         self.strategy = strategy
         self._classifier = classifier
 
+    @property
+    def prompt(self) -> Role | None:
+        """The role whose prompt the llm router reads texts through (the route role's own, or the one
+        its head reads: Role.head_prompt); None for the rules."""
+        return self._classifier.prompt if self._classifier is not None else None
+
     def route(self, text: str) -> RouteDecision:
         text = clean_text(text)
         if self.strategy == "rules":
             return RouteDecision(task=rules_route(text), strategy="rules")
-        result = self._classifier.classify(text)
+        return self._decision(self._classifier.classify(text))
+
+    def route_with(self, other: Classifier, text: str) -> tuple[RouteDecision, Classification | None]:
+        """The route, and `other`'s label too when the route head reads texts as `other` does (the
+        shipped route role reads the sentiment role's prompt at the sentiment head's block): one
+        evaluation gives both. Otherwise only the route, and None."""
+        text = clean_text(text)
+        if self.strategy == "llm" and self._classifier.shares_read_with(other):
+            mine, theirs = self._classifier.classify_with(other, text)
+            return self._decision(mine), theirs
+        return self.route(text), None
+
+    def _decision(self, result: Classification) -> RouteDecision:
         role = self._classifier.role
         target = role.label(result.label).routes_to or result.label
         return RouteDecision(task=target, strategy="llm", confidence=round(result.confidence, 4),

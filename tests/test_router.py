@@ -37,6 +37,43 @@ def test_llm_router_on_clear_cases(eq, text, expected):
     assert 0.5 <= decision.confidence <= 1
 
 
+def test_auto_routes_and_labels_a_review_from_one_evaluation(eq, monkeypatch):
+    """The route head reads the sentiment role's prompt at the sentiment head's block: one kept prefix
+    for both roles, and a review read once gives its route and its label."""
+    router, sentiment = eq.router._classifier, eq._classifier("sentiment")
+    assert router.prompt is sentiment.prompt is eq.roles["sentiment"] and router.shares_read_with(sentiment)
+    text = "The battery died after two days and support never answered."
+    alone_route, alone_label = eq.route(text), eq.sentiment(text)
+    decodes = []
+    run_batch = eq.engine._run_batch
+    monkeypatch.setattr(eq.engine, "_run_batch", lambda: decodes.append(1) or run_batch())
+    result = eq.run(text, "auto", chat=False)
+    assert len(decodes) == 1  # one llama_decode: the route role's prefix is the sentiment role's, already kept
+    assert result.task == alone_route.task == "sentiment"
+    assert result.sentiment.label == alone_label.label == "negative"
+    assert abs(result.sentiment.confidence - alone_label.confidence) < 1e-3
+    assert abs(result.route.confidence - alone_route.confidence) < 1e-3
+
+
+def test_a_route_head_that_does_not_fit_falls_back_to_the_route_prompts_label_logits(tmp_path, model_path):
+    from edgeqwen.classifier import Classifier
+    from edgeqwen.engine import Engine
+    from edgeqwen.roles import load_roles
+
+    from conftest import REPO
+
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    sentiment = (REPO / "prompts" / "sentiment.yaml").read_text(encoding="utf-8")
+    (prompts / "sentiment.yaml").write_text(sentiment.replace("Answer with exactly one word", "Answer with one word"), encoding="utf-8")
+    (prompts / "sentiment.train.jsonl").write_bytes((REPO / "prompts" / "sentiment.train.jsonl").read_bytes())
+    (prompts / "sentiment.head.npz").write_bytes((REPO / "prompts" / "sentiment.head.npz").read_bytes())
+    roles = load_roles(prompts)  # the route role now reads an edited sentiment prompt: its head no longer fits
+    route = Classifier(Engine(model_path, n_ctx=512), roles["route"])
+    assert route.head is None and route.prompt is roles["route"]  # its own prompt, decided by its label logits
+    assert route.classify("How do I make a cup of green tea?").label == "question"
+
+
 def test_an_unsure_router_answers_with_both_when_its_role_says_so(tmp_path):
     """abstain_below in the route role: below it, --task auto runs both roles, marked in --json."""
     import json
