@@ -42,8 +42,8 @@ def test_texts_classified_together_get_the_labels_they_get_one_at_a_time(eq):
 def test_the_route_head_stops_llama_cpp_at_its_block(eq):
     classifier = eq.router._classifier  # the route role's head reads a middle block, alone
     assert classifier.head.layer is not None and classifier.head.blend == 1
-    prompts = [_prompt(eq, "route", text).tokens for text in TEXTS[:3]]
-    fixed = _prompt(eq, "route", TEXTS[0]).fixed
+    prompts = [_prompt(eq, eq.router.prompt.name, text).tokens for text in TEXTS[:3]]  # the prompt its head reads
+    fixed = _prompt(eq, eq.router.prompt.name, TEXTS[0]).fixed
     stopped = eq.engine.evaluate_many(prompts, fixed, layers=[classifier.head.layer], logits=False)
     full = eq.engine.evaluate_many(prompts, fixed, layers=[classifier.head.layer], logits=True)
     for early, whole in zip(stopped, full):
@@ -71,7 +71,7 @@ def test_rows_to_the_end_of_the_message_are_the_same_with_or_without_the_reply_h
 def test_cells_of_skipped_blocks_are_never_read(eq, model_path):
     """After a stopped evaluation, the input's tokens hold no cells: a full pass over the same prompt
     evaluates them afresh and matches a fresh engine (stale upper-block cells would not)."""
-    prompt = _prompt(eq, "route", TEXTS[8])
+    prompt = _prompt(eq, eq.router.prompt.name, TEXTS[8])  # the prompt the route head reads
     eq.route(TEXTS[8])  # stopped after the head's block
     after_stop = eq.engine.next_token_logits(prompt.tokens, keep_prefix=prompt.fixed)
     assert eq.engine.tokens_evaluated == len(prompt.tokens) - prompt.fixed  # nothing of the input was reused
