@@ -174,7 +174,8 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         after_chat.append(_timed(lambda: eq.sentiment(text)))
     long_times = [_timed(lambda: eq.sentiment(text)) for text in LONG_INPUTS]
     route_times = [_timed(lambda: eq.route(text)) for text in SHORT_INPUTS]
-    route_role = eq.roles["route"]
+    auto_times = [_timed(lambda: eq.run(text, "auto", chat=False)) for text in SHORT_INPUTS]  # route, and label a review
+    route_role = eq.router.prompt  # the prompt the router reads texts through
     route_prefix = fixed_prefix(eq.engine, route_role)
     route_floor = [raw.eval_seconds(route_prefix, eq.engine.chat_tokens(route_role.messages(text))[len(route_prefix):]) for text in SHORT_INPUTS]
 
@@ -223,6 +224,7 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         "sentiment_long_p50_ms": _ms(statistics.median(long_times)), "sentiment_long_p90_ms": _p([_ms(t) for t in long_times], 0.9),
         "router_p50_ms": _ms(statistics.median(route_times)),
         "router_floor_p50_ms": _ms(statistics.median(route_floor)),
+        "auto_route_and_label_p50_ms": _ms(statistics.median(auto_times)),
         "sentiment_one_at_a_time_texts_s": round(len(many_texts) / one_at_a_time, 2),
         "sentiment_together_texts_s": round(len(many_texts) / together, 2),
         "naive_grammar_call_p50_ms": _ms(statistics.median(naive)),
@@ -242,6 +244,7 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         "warm_p50_over_floor": round(statistics.median(warm) / floor_p50, 2),
         "after_chat_p50_over_floor": round(statistics.median(after_chat) / floor_p50, 2),
         "router_p50_over_its_floor": round(statistics.median(route_times) / statistics.median(route_floor), 2),
+        "auto_over_router_plus_sentiment": round(statistics.median(auto_times) / (statistics.median(route_times) + statistics.median(warm)), 2),
         "together_over_one_at_a_time": round(one_at_a_time / together, 2),
         "naive_over_cold_role": round(statistics.median(naive) / statistics.median(cold), 2),
         "own_prompt_chat_completion_over_cold_role": round(statistics.median(same_prompt) / statistics.median(cold), 2),
