@@ -74,6 +74,7 @@ def test_new_role_file_is_listed(tmp_path):
     done = run_cli("roles", "--prompts", str(tmp_path))
     assert done.returncode == 0
     assert "topic" in done.stdout.decode() and "sports, politics" in done.stdout.decode()
+    assert "head route.head.npz (reads the text through the 'sentiment' role's prompt)" in done.stdout.decode()  # the shipped router
 
 
 def test_info_prints_gguf_metadata():
