@@ -235,10 +235,12 @@ def test_chats_share_decode_steps_and_each_gets_its_reply_alone(live):
     assert peak >= 2, "the chats never ran together"
     # Greedy: the same text as alone. Which replies share a step depends on when each request arrives,
     # and another batch's rounding can flip a near-tie token ("some tips" / "a few tips" seen once):
-    # then the reply still starts as its own reply alone, and as no other.
+    # then the reply still starts as its own reply alone, and as no other ("长城是中国古代最大的军事防御工程
+    # 之一，被誉为“" then "世界七大奇迹" / "万国之盾" seen once). Shared starts are counted in UTF-8 bytes, so
+    # the 24 is about 24 English characters or 8 Chinese ones (a few tokens either way).
     for i in range(4):
         together = answers[i][1]["choices"][0]["message"]["content"]
-        shared = [len(os.path.commonprefix([together, reply])) for reply in alone]
+        shared = [len(os.path.commonprefix([together.encode(), reply.encode()])) for reply in alone]
         assert together == alone[i] or (shared[i] >= 24 and shared[i] == max(shared) and shared.count(shared[i]) == 1), (together, alone[i])
     assert wait_until(live, lambda q: q["streams"] == 0 and not q["busy"])
 
