@@ -69,7 +69,6 @@ class Router:
         """The route, and `other`'s label too when the route head reads texts as `other` does (the
         shipped route role reads the sentiment role's prompt at the sentiment head's block): one
         evaluation gives both. Otherwise only the route, and None."""
-        text = clean_text(text)
         if self.strategy == "llm" and self._classifier.shares_read_with(other):
             mine, theirs = self._classifier.classify_with(other, text)
             return self._decision(mine), theirs
