@@ -212,6 +212,9 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
     log("chat replies together in slots…")
     alone = statistics.median(_streams_rate(eq, [CHAT_PROMPT], DECODE_TOKENS) for _ in range(2))
     together_tps = statistics.median(_streams_rate(eq, TOGETHER_PROMPTS, DECODE_TOKENS) for _ in range(2))
+    bare_together = len(TOGETHER_PROMPTS)  # as many streams in a bare decode loop: what this machine allows
+    bare_alone_tps = [eq.engine.bare_decode_rate(prompt, DECODE_TOKENS - 1) for _ in range(2)]
+    bare_together_tps = [eq.engine.bare_decode_rate(prompt, DECODE_TOKENS - 1, streams=bare_together) for _ in range(2)]
     first_tokens_together = statistics.median(_first_tokens_together(eq, TOGETHER_PROMPTS) for _ in range(3))
     decode_tps, raw_tps_p50, raw_same_p50, bare_p50 = (statistics.median(x) for x in (ours_tps, raw_tps, raw_same_tps, bare_tps))
 
@@ -237,6 +240,7 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         "chat_slots_1_reply_tok_s": round(alone, 1),
         f"chat_slots_{len(TOGETHER_PROMPTS)}_replies_together_tok_s": round(together_tps, 1),
         f"chat_slots_{len(TOGETHER_PROMPTS)}_arriving_together_first_tokens_ms": _ms(first_tokens_together),
+        f"bare_llama_decode_{bare_together}_streams_tok_s": round(statistics.median(bare_together_tps), 1),
         "bench_process_peak_rss_mb": _rss_mb(),
     })
     figures["ratios"] = {
@@ -253,6 +257,7 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         "chat_decode_over_raw_same_penalty": round(decode_tps / raw_same_p50, 3),
         "chat_decode_over_bare_llama_decode": round(decode_tps / bare_p50, 3),
         f"chat_slots_{len(TOGETHER_PROMPTS)}_together_over_1": round(together_tps / alone, 2),
+        f"bare_llama_decode_{bare_together}_streams_over_1": round(statistics.median(bare_together_tps) / statistics.median(bare_alone_tps), 2),
     }
     return figures
 

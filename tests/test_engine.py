@@ -55,6 +55,15 @@ def test_interrupted_stream_leaves_a_usable_engine(eq):
     assert abs(before.confidence - again.confidence) < 1e-3
 
 
+def test_the_bench_decode_loop_over_several_streams_leaves_the_engine_as_it_was(eq):
+    tokens = eq.engine.chat_tokens([{"role": "user", "content": "Count from 1 to 100."}])
+    before = eq.sentiment("Absolutely loved the soundtrack.")
+    assert eq.engine.bare_decode_rate(tokens, 4, streams=4) > 0
+    after = eq.sentiment("Absolutely loved the soundtrack.")
+    assert after.label == before.label and abs(after.confidence - before.confidence) < 1e-3
+    assert eq.engine.bare_decode_rate(tokens, 4) > 0  # the working sequence is free again
+
+
 def test_prompt_longer_than_the_context_is_refused_in_python(eq):
     with pytest.raises(ContextOverflowError):
         eq.engine.next_token_logits(list(range(100, 100 + eq.engine.n_ctx + 1)))

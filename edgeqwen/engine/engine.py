@@ -206,7 +206,7 @@ class Engine:
         keep_prefix: the length of a fixed prefix of `tokens` worth keeping in the cache.
         """
         self._evaluate(list(tokens), keep_prefix)
-        return self._last_logits().copy()
+        return self._logits_row(-1).copy()
 
     @property
     def readable_layers(self) -> range:
@@ -305,7 +305,7 @@ class Engine:
                 self._run_batch()
                 for index, (_, _, k, last) in enumerate(part):
                     if last and logits:
-                        found[k] = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx.ctx, index), shape=(self.n_vocab,)).copy()
+                        found[k] = self._logits_row(index).copy()
             bounds = np.cumsum([len(s) for s in suffixes])[:-1]
             states = {layer: np.split(self._tap.states(layer), bounds) for layer in layers}
         finally:
@@ -329,8 +329,9 @@ class Engine:
             total += float(logits[token] - logsumexp(logits))
         return total
 
-    def _last_logits(self) -> np.ndarray:
-        return np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx.ctx, -1), shape=(self.n_vocab,))
+    def _logits_row(self, index: int) -> np.ndarray:
+        """Logits of the last batch's entry `index` (one that asked for them; -1: the last such), a view into llama.cpp's buffer."""
+        return np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx.ctx, index), shape=(self.n_vocab,))
 
     def _evaluate(self, tokens: list[int], keep_prefix: int = 0) -> None:
         """Make the working sequence hold `tokens` and leave the last one's logits ready."""
@@ -399,17 +400,28 @@ class Engine:
             raise ContextOverflowError(f"prompt of {len(tokens)} tokens leaves no room in n_ctx {self.n_ctx}")
         return budget
 
-    def bare_decode_rate(self, tokens: Sequence[int], n_tokens: int) -> float:
-        """Tokens per second of a bare llama_decode + arg-max loop after `tokens` on this context and
-        its settings, with no sampler chain: the reference `edgeqwen bench` holds generation against."""
-        token = (llama.llama_token * 1)(int(np.argmax(self.next_token_logits(tokens))))
+    def bare_decode_rate(self, tokens: Sequence[int], n_tokens: int, streams: int = 1) -> float:
+        """Tokens per second (all streams together) of a bare llama_decode + arg-max loop after `tokens`
+        on this context and its settings, with no sampler chain; `streams` > 1 continues that many copies
+        of `tokens` in one batch per step: what llama.cpp itself gets from decoding several streams at
+        once on this machine, the reference `edgeqwen bench` holds generation and chat slots against."""
+        if not 1 <= streams <= MAX_PARALLEL:
+            raise ValueError(f"streams must be between 1 and {MAX_PARALLEL}")
+        first = int(np.argmax(self.next_token_logits(tokens)))
+        seqs = [WORKING_SEQ, *self._cells.lend(streams - 1, len(tokens))]
+        next_tokens, position = [first] * streams, len(tokens)
         started = time.perf_counter()
-        for _ in range(n_tokens):
-            llama.llama_decode(self._ctx.ctx, llama.llama_batch_get_one(token, 1))  # positions follow the working sequence
-            token[0] = int(np.argmax(self._last_logits()))
-        elapsed = time.perf_counter() - started
-        self._cells.truncate(0)  # the bookkeeping did not see these tokens
-        return n_tokens / elapsed
+        try:
+            for _ in range(n_tokens):
+                self._fill_batch([(token, position, seq, True) for token, seq in zip(next_tokens, seqs)])
+                self._run_batch()
+                next_tokens = [int(np.argmax(self._logits_row(row))) for row in range(streams)]
+                position += 1
+            elapsed = time.perf_counter() - started
+        finally:
+            self._cells.give_back(seqs[1:])
+            self._cells.truncate(0)  # the bookkeeping did not see these tokens
+        return streams * n_tokens / elapsed
 
     def constrained_choice(self, tokens: Sequence[int], grammar: str, max_tokens: int = 32, keep_prefix: int = 0) -> str:
         """Greedy decoding under a label grammar; returns the literal the model produced."""
