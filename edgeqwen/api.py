@@ -166,7 +166,8 @@ class EdgeQwen:
             notify("route", result.route)
         if task in ("sentiment", "both"):
             result.sentiment = labelled or self.sentiment(text)
-            result.timings["sentiment_ms"] = result.sentiment.timings["total_ms"]
+            # 0 when the route's evaluation gave the label too: its time is in route_ms already
+            result.timings["sentiment_ms"] = 0.0 if labelled else result.sentiment.timings["total_ms"]
             notify("sentiment", result.sentiment)
         if task in ("chat", "both") and chat:
             conversation = conversation or self.conversation()

@@ -53,6 +53,7 @@ def test_auto_routes_and_labels_a_review_from_one_evaluation(eq, monkeypatch):
     assert result.sentiment.label == alone_label.label == "negative"
     assert abs(result.sentiment.confidence - alone_label.confidence) < 1e-3
     assert abs(result.route.confidence - alone_route.confidence) < 1e-3
+    assert result.timings["sentiment_ms"] == 0.0 < result.timings["route_ms"]  # the one evaluation is counted once
 
 
 def test_a_route_head_that_does_not_fit_falls_back_to_the_route_prompts_label_logits(tmp_path, model_path):
