@@ -213,8 +213,10 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
     alone = statistics.median(_streams_rate(eq, [CHAT_PROMPT], DECODE_TOKENS) for _ in range(2))
     together_tps = statistics.median(_streams_rate(eq, TOGETHER_PROMPTS, DECODE_TOKENS) for _ in range(2))
     bare_together = len(TOGETHER_PROMPTS)  # as many streams in a bare decode loop: what this machine allows
-    bare_alone_tps = [eq.engine.bare_decode_rate(prompt, DECODE_TOKENS - 1) for _ in range(2)]
-    bare_together_tps = [eq.engine.bare_decode_rate(prompt, DECODE_TOKENS - 1, streams=bare_together) for _ in range(2)]
+    bare_alone_tps, bare_together_tps = [], []
+    for _ in range(2):  # taking turns, so a drift in machine load hits both alike
+        bare_alone_tps.append(eq.engine.bare_decode_rate(prompt, DECODE_TOKENS - 1))
+        bare_together_tps.append(eq.engine.bare_decode_rate(prompt, DECODE_TOKENS - 1, streams=bare_together))
     first_tokens_together = statistics.median(_first_tokens_together(eq, TOGETHER_PROMPTS) for _ in range(3))
     decode_tps, raw_tps_p50, raw_same_p50, bare_p50 = (statistics.median(x) for x in (ours_tps, raw_tps, raw_same_tps, bare_tps))
 

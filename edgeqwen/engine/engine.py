@@ -330,7 +330,8 @@ class Engine:
         return total
 
     def _logits_row(self, index: int) -> np.ndarray:
-        """Logits of the last batch's entry `index` (one that asked for them; -1: the last such), a view into llama.cpp's buffer."""
+        """Logits of the last batch's entry `index` (one that asked for them; -1: the last such), a
+        view into llama.cpp's buffer."""
         return np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx.ctx, index), shape=(self.n_vocab,))
 
     def _evaluate(self, tokens: list[int], keep_prefix: int = 0) -> None:
