@@ -16,7 +16,6 @@ import time
 
 import pytest
 
-from edgeqwen.conversation import Conversation
 from edgeqwen.server.worker import Cancelled, InferenceWorker, QueueFull
 
 from near_tie import assert_same_or_near_tie
@@ -245,7 +244,7 @@ def test_chats_share_decode_steps_and_each_gets_its_reply_alone(eq, live):
         together = answers[i][1]["choices"][0]["message"]["content"]
         shared = [len(os.path.commonprefix([together, reply])) for reply in alone]
         assert together == alone[i] or (shared[i] == max(shared) and shared.count(shared[i]) == 1), (together, alone[i])
-        prompt = Conversation(eq.engine, eq.roles["chat"]).prepare(question).prompt.tokens
+        prompt = eq.conversation().prepare(question).prompt.tokens
         assert_same_or_near_tie(eq.engine, prompt, alone[i], together)
 
 
