@@ -176,6 +176,8 @@ def test_signal_while_the_console_script_imports(signum):
     # fastest of three runs: a slow first one (cold caches) would push the late signals past the end
     # of a warm run, which takes about three times this.
     start_up = min(time_to_model_map(command, model) for _ in range(3))
+    # Signals spread over that time, before the model load: a signal during llama.cpp's load is
+    # test_signal_during_model_load's case.
     mid_import = []
     for fraction in (0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
         proc = start_console_script(*command)
