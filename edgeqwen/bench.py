@@ -218,7 +218,8 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         bare_alone_tps.append(eq.engine.bare_decode_rate(prompt, DECODE_TOKENS - 1))
         bare_together_tps.append(eq.engine.bare_decode_rate(prompt, DECODE_TOKENS - 1, streams=bare_together))
     first_tokens_together = statistics.median(_first_tokens_together(eq, TOGETHER_PROMPTS) for _ in range(3))
-    decode_tps, raw_tps_p50, raw_same_p50, bare_p50 = (statistics.median(x) for x in (ours_tps, raw_tps, raw_same_tps, bare_tps))
+    decode_tps, raw_tps_p50, raw_same_p50, bare_p50, bare_alone_p50, bare_together_p50 = (
+        statistics.median(x) for x in (ours_tps, raw_tps, raw_same_tps, bare_tps, bare_alone_tps, bare_together_tps))
 
     floor_p50 = statistics.median(floor)
     figures.update({
@@ -242,7 +243,7 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         "chat_slots_1_reply_tok_s": round(alone, 1),
         f"chat_slots_{len(TOGETHER_PROMPTS)}_replies_together_tok_s": round(together_tps, 1),
         f"chat_slots_{len(TOGETHER_PROMPTS)}_arriving_together_first_tokens_ms": _ms(first_tokens_together),
-        f"bare_llama_decode_{bare_together}_streams_tok_s": round(statistics.median(bare_together_tps), 1),
+        f"bare_llama_decode_{bare_together}_streams_tok_s": round(bare_together_p50, 1),
         "bench_process_peak_rss_mb": _rss_mb(),
     })
     figures["ratios"] = {
@@ -259,7 +260,7 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         "chat_decode_over_raw_same_penalty": round(decode_tps / raw_same_p50, 3),
         "chat_decode_over_bare_llama_decode": round(decode_tps / bare_p50, 3),
         f"chat_slots_{len(TOGETHER_PROMPTS)}_together_over_1": round(together_tps / alone, 2),
-        f"bare_llama_decode_{bare_together}_streams_over_1": round(statistics.median(bare_together_tps) / statistics.median(bare_alone_tps), 2),
+        f"bare_llama_decode_{bare_together}_streams_over_1": round(bare_together_p50 / bare_alone_p50, 2),
     }
     return figures
 
