@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from contextlib import closing
@@ -13,7 +14,7 @@ from .settings import CHAT_SLOTS, KV_CACHE_TYPES, ROUTER, cache_dir as settings_
 from .classifier import Classification, Classifier, check_labels
 from .conversation import ChatStreams, Conversation
 from .engine import Engine
-from .errors import InputError
+from .errors import EdgeQwenError, InputError
 from .model_paths import resolve_model
 from .roles import Message, Role, load_roles, pick_role
 from .router import STRATEGIES, RouteDecision, Router
@@ -113,13 +114,19 @@ class EdgeQwen:
 
     # -- generate roles -------------------------------------------------------------------------
 
-    def conversation(self, role: str = "chat", history: Sequence[Message] = (), sampling: Mapping[str, Any] | None = None) -> Conversation:
-        """A multi-turn chat that keeps its history (trimmed to fit n_ctx); `sampling` overrides the
-        role's sampling settings, e.g. {"temperature": 0, "max_tokens": 64}."""
-        chosen = self._role(role, "generate")
+    def conversation(self, role: str | Role = "chat", history: Sequence[Message] = (), sampling: Mapping[str, Any] | None = None,
+                     *, schema: dict | bool | None = None, stop: Sequence[str] = (), logprobs: int | None = None) -> Conversation:
+        """A multi-turn chat that keeps its history (trimmed to fit n_ctx). `role` is a generate or extract
+        role's name, or a Role (one a caller adapted, e.g. with its own system prompt); `sampling`
+        overrides its sampling settings, e.g. {"temperature": 0, "max_tokens": 64}; `schema` constrains
+        every reply to a JSON schema (an extract role's own by default; SchemaError names what is not
+        supported); `stop` ends a reply before any of these texts; `logprobs` (0-20) gives each token's
+        log-probability and that many alternatives (`conversation.last_logprobs`, and in chat slots each
+        piece's `logprobs`)."""
+        chosen = role.require_kind("generate") if isinstance(role, Role) else self._role(role, "generate")
         if sampling:
             chosen = chosen.model_copy(update={"sampling": chosen.sampling.model_copy(update=dict(sampling))})
-        return Conversation(self.engine, chosen, history)
+        return Conversation(self.engine, chosen, history, schema=schema, stop=stop, logprobs=logprobs)
 
     def chat_streams(self, slots: int = CHAT_SLOTS) -> ChatStreams:
         """Chat slots on this model: several conversations' replies generated together, one token of
@@ -128,11 +135,28 @@ class EdgeQwen:
         chats at once. Classify calls may run between steps."""
         return ChatStreams(self.engine, slots)
 
-    def chat(self, message: str | Sequence[Message], *, stream: bool = False, role: str = "chat") -> str | Iterator[str]:
-        """A reply to one message, or to a list of {"role", "content"} messages ending with a user turn."""
-        conversation = self._conversation_for(message, role)
+    def chat(self, message: str | Sequence[Message], *, stream: bool = False, role: str = "chat", schema: dict | bool | None = None,
+             stop: Sequence[str] = ()) -> str | Iterator[str]:
+        """A reply to one message, or to a list of {"role", "content"} messages ending with a user turn.
+        With `schema` the reply is JSON text that matches it (a grammar constrains every token); `stop`
+        ends the reply before any of those texts.
+
+        >>> json.loads(eq.chat("Alice is 31.", schema={"type": "object", "properties": {"age": {"type": "integer"}},
+        ...                                             "required": ["age"]}))
+        {'age': 31}
+        """
+        conversation = self._conversation_for(message, role, schema=schema, stop=stop)
         text = message if isinstance(message, str) else message[-1]["content"]
         return conversation.stream(text) if stream else conversation.reply(text)
+
+    def extract(self, text: str, role: str) -> Any:
+        """The fields an extract role pulls out of `text`: its reply, parsed (it always matches the role's
+        schema, unless the role's max_tokens cut it short: then an EdgeQwenError says so)."""
+        conversation = Conversation(self.engine, self._role(role, "extract"))
+        reply = conversation.reply(text)
+        if conversation.finish_reason == "length":
+            raise EdgeQwenError(f"role {role!r}: the reply reached max_tokens before its JSON was complete; raise the role's max_tokens")
+        return json.loads(reply)
 
     # -- routed run -----------------------------------------------------------------------------
 
@@ -192,14 +216,14 @@ class EdgeQwen:
             self._classifiers[name] = Classifier(self.engine, self._role(name, "classify"))
         return self._classifiers[name]
 
-    def _conversation_for(self, message: str | Sequence[Message], role_name: str) -> Conversation:
+    def _conversation_for(self, message: str | Sequence[Message], role_name: str, **options: Any) -> Conversation:
         role = self._role(role_name, "generate")
         if isinstance(message, str):
-            return Conversation(self.engine, role)
+            return Conversation(self.engine, role, **options)
         messages = list(message)
         if not messages or messages[-1].get("role") != "user":
             raise InputError("messages must end with a user message")
         if messages[0].get("role") == "system":
             role = role.with_system(messages[0]["content"])
             messages = messages[1:]
-        return Conversation(self.engine, role, messages[:-1])
+        return Conversation(self.engine, role, messages[:-1], **options)

@@ -11,7 +11,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .engine import Engine, Generation, Piece, SamplingParams, Streams
+from .engine import Engine, Generation, Piece, SamplingParams, Streams, TokenLogprob
+from .json_schema import schema_grammar, schema_instruction
 from .prompt_fit import FittedPrompt, clean_text, fit_prompt, fixed_prefix
 from .roles import Message, Role
 from .settings import CHAT_SLOTS
@@ -38,21 +39,37 @@ class Turn:
 
 
 class Conversation:
-    """A multi-turn chat with one generate role; history is trimmed to fit the context window."""
+    """A multi-turn chat with one generate (or extract) role; history is trimmed to fit the context window.
 
-    def __init__(self, engine: Engine, role: Role, history: Sequence[Message] = ()) -> None:
+    `schema`: a JSON schema every reply matches (an extract role's own by default): the reply is
+    decoded under a grammar made from it, and the system prompt shows it to the model. `stop`: texts
+    that end a reply, never part of it. `logprobs`: None, or how many alternatives to give with each
+    token's log-probability (`last_logprobs`)."""
+
+    def __init__(self, engine: Engine, role: Role, history: Sequence[Message] = (), *, schema: dict | bool | None = None,
+                 stop: Sequence[str] = (), logprobs: int | None = None) -> None:
         role.require_kind("generate")
+        self.schema = schema if schema is not None else role.output_schema
+        self._grammar = schema_grammar(self.schema) if self.schema is not None else None  # SchemaError first
         self.engine = engine
-        self.role = role
+        self.role = _with_schema_prompt(role, self.schema) if self.schema is not None else role
+        self.stop = tuple(stop)
+        self.logprobs = logprobs
         self.history: list[Message] = list(history)
         self._prefixes: dict[str | None, list[int]] = {}  # by the language of the message (roles.Role.system_for)
         self.last_truncated = False
         self.timings: dict[str, float] = {}  # of the last reply: total_ms, first_token_ms, prompt_tokens, reply_tokens
-        self.finish_reason: str | None = None  # of the last reply: "stop" (end of turn), "length" (max_tokens or n_ctx), None (interrupted)
+        self.finish_reason: str | None = None  # of the last reply: "stop" (end of turn or a stop text), "length" (max_tokens or n_ctx), None (interrupted)
+        self.last_logprobs: list[TokenLogprob] | None = None  # of the last reply, with logprobs asked for
 
     @property
     def sampling(self) -> SamplingParams:
-        return SamplingParams(**self.role.sampling.model_dump())
+        settings = self.role.sampling.model_dump()
+        if self._grammar is not None:
+            # JSON repeats its own keys, quotes and commas: penalties against repeats only push the model
+            # off what the grammar wants next (and make the whole grammar apply more often).
+            settings.update(repeat_penalty=1.0, dry_multiplier=0.0)
+        return SamplingParams(**settings, grammar=self._grammar, stop=self.stop, logprobs=self.logprobs)
 
     def prepare(self, text: str) -> Turn:
         """The prompt for a reply to `text` (the history trimmed to fit); `record` adds the turn afterwards."""
@@ -89,12 +106,24 @@ class Conversation:
         ended = time.perf_counter()
         self.history += [{"role": "user", "content": turn.text}, {"role": "assistant", "content": turn.reply}]
         self.finish_reason = generation.finish_reason
+        self.last_logprobs = generation.logprobs
         self.timings = {
             "total_ms": round((ended - turn.started) * 1000, 2),
             "first_token_ms": round(((turn.first_token_at or ended) - turn.started) * 1000, 2),
             "prompt_tokens": generation.prompt_tokens,
             "reply_tokens": generation.tokens,
         }
+        if self._grammar is not None:
+            self.timings["grammar_resampled"] = generation.resampled
+
+
+def _with_schema_prompt(role: Role, schema: dict | bool) -> Role:
+    """`role` with the schema shown in every system prompt, so the model means to write what the grammar allows."""
+    note = schema_instruction(schema)
+    return role.model_copy(update={
+        "system": f"{role.system}\n\n{note}",
+        "system_by_language": {language: f"{text}\n\n{note}" for language, text in role.system_by_language.items()},
+    })
 
 
 class ChatStreams:

@@ -33,6 +33,10 @@ class InputError(EdgeQwenError):
     exit_code = 2
 
 
+class SchemaError(InputError):
+    """A JSON schema uses a feature structured output does not support; the message names it and where."""
+
+
 class ContextOverflowError(EdgeQwenError):
     """A prompt does not fit the context window; callers trim before this can happen."""
 

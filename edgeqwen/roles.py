@@ -1,7 +1,7 @@
 """Roles: YAML prompt files validated into Role objects, and the one place prompts are assembled.
 
-A role is a job the model does: `classify` (pick one of a fixed label set) or `generate` (free
-text). Each `*.yaml` file in a prompts directory is one role, named after the file. The roles that
+A role is a job the model does: `classify` (pick one of a fixed label set), `generate` (free
+text) or `extract` (a reply constrained to the role's JSON schema: fields pulled out of a message). Each `*.yaml` file in a prompts directory is one role, named after the file. The roles that
 ship with edgeqwen are loaded first; a user directory adds roles and overrides them by name.
 """
 
@@ -16,8 +16,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .errors import RoleError
+from .errors import RoleError, SchemaError
 from .grammar import label_problem
+from .json_schema import schema_grammar
 from .text import script_language
 
 TEXT_PLACEHOLDER = "{text}"
@@ -62,6 +63,8 @@ class Sampling(_Strict):
     repeat_penalty: float = Field(1.0, gt=0.0, le=2.0)
     max_tokens: int = Field(256, ge=1, le=8192)
     seed: int | None = None
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI's: lowers a token's logit per earlier use.")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI's: lowers a used token's logit once.")
     dry_multiplier: float = Field(0.0, ge=0.0, le=5.0, description="DRY: penalise copying runs of the prompt or reply; 0: off.")
     dry_allowed_length: int = Field(2, ge=1, le=64, description="DRY: runs up to this many tokens may repeat freely.")
 
@@ -82,7 +85,7 @@ class Role(_Strict):
 
     name: str
     source: str
-    kind: Literal["classify", "generate"]
+    kind: Literal["classify", "generate", "extract"]
     description: str = ""
     system: str
     system_by_language: dict[Literal["en", "zh"], str] = Field(
@@ -103,6 +106,10 @@ class Role(_Strict):
         None, description="Another classify role whose prompt the head reads the text through (the role's own prompt "
         "serves only its label logits, when no head fits): a router that reads the sentiment role's prompt shares its "
         "kept prefix, and --task auto can route and label a review from one evaluation.",
+    )
+    output_schema: dict | None = Field(
+        None, alias="schema", description="An extract role: the JSON schema every reply matches (a grammar made "
+        "from it constrains the reply; json_schema.py says which keywords are supported).",
     )
     abstain_below: float = Field(
         0.0, ge=0.0, lt=1.0, description="A router role: below this confidence --task auto answers with both roles "
@@ -143,6 +150,13 @@ class Role(_Strict):
             data = self.training.data
             if Path(data).name != data or not (Path(self.source).parent / data).is_file():
                 raise ValueError(f"training.data: {data!r} must be a JSON Lines file in the role file's folder")
+        if (self.kind == "extract") != (self.output_schema is not None):
+            raise ValueError("schema: an extract role needs one (a JSON schema), and only an extract role has one")
+        if self.output_schema is not None:
+            try:
+                schema_grammar(self.output_schema)
+            except SchemaError as error:
+                raise ValueError(f"schema: {error}") from None
         if self.kind == "classify":
             if len(names) < 2:
                 raise ValueError("labels: a classify role needs at least two labels")
@@ -153,10 +167,10 @@ class Role(_Strict):
                     raise ValueError(f"examples.{index}.label: must be one of {names}")
         else:
             if names:
-                raise ValueError("labels: a generate role has no labels")
+                raise ValueError(f"labels: a {self.kind} role has no labels")
             for index, example in enumerate(self.examples):
                 if example.reply is None:
-                    raise ValueError(f"examples.{index}.reply: required for a generate role")
+                    raise ValueError(f"examples.{index}.reply: required for a {self.kind} role")
         return self
 
     _head_prompt: Role | None = PrivateAttr(None)  # the role named by head_reads_prompt_of, set by load_roles
@@ -188,8 +202,9 @@ class Role(_Strict):
         return next(label for label in self.labels if label.name == name)
 
     def require_kind(self, kind: str) -> Role:
-        """This role, or a RoleError naming its file when it is not a `kind` role."""
-        if self.kind != kind:
+        """This role, or a RoleError naming its file when it is not a `kind` role (an extract role is a
+        generate role whose replies follow its schema)."""
+        if self.kind != kind and not (kind == "generate" and self.kind == "extract"):
             raise RoleError(f"{self.source}: role '{self.name}' is a {self.kind} role, not {kind}")
         return self
 

@@ -35,8 +35,9 @@ from ..signals import held_signals
 from .layer_tap import LayerTap
 from .cells import MAX_PARALLEL, N_SEQ_MAX, PREFIX_SHARE, WORKING_SEQ, Cells
 from .prefix_store import PrefixStore
-from .reply import Generation, Reply
-from .sampling import SamplingParams, build_sampler
+from .picker import start_reply
+from .reply import Generation
+from .sampling import SamplingParams
 
 KV_TYPES = {"f16": 1, "q8_0": 8}  # ggml type ids of the KV cache (settings.KV_CACHE_TYPES)
 log = logging.getLogger("edgeqwen.engine")
@@ -378,16 +379,16 @@ class Engine:
     # -- generation -----------------------------------------------------------------------------
 
     def stream(self, tokens: Sequence[int], sampling: SamplingParams, keep_prefix: int = 0) -> Iterator[str]:
-        """Sample a continuation of `tokens`, yielding text as it decodes; stops at end of turn.
-        `last_generation` tells how many tokens it produced and why it stopped."""
-        reply = Reply(len(tokens), self.reply_budget(tokens, sampling), self._piece, self.end_of_turn)
+        """Sample a continuation of `tokens`, yielding text as it decodes, until the end of the turn or a
+        stop text (never yielded). `last_generation`: tokens, why it stopped, logprobs if asked for."""
+        reply, picker = start_reply(self, tokens, sampling)  # the picker's llama.cpp samplers are freed with it
         self.last_generation = reply.generation
-        sampler = build_sampler(self._model, sampling, context=tokens, window=self.n_ctx)
         self._evaluate(list(tokens), keep_prefix)
         self._cells.make_room(len(tokens) + reply.budget)
         while True:
-            token = sampler.sample(self._ctx, -1)  # also feeds the token to the sampler's state
-            text = reply.take(token)
+            token, scores = picker.pick(self._ctx, -1)  # also feeds the token to the sampler's state
+            text = reply.take(token, scores)
+            reply.generation.resampled = picker.resampled
             if text:
                 yield text
             if reply.done:
@@ -430,11 +431,11 @@ class Engine:
         for literal in grammar_literals(grammar):
             if not self.is_plain_text(literal):
                 raise GrammarError(f"grammar rejected: literal {literal!r} contains a control token of this model")
-        sampler = build_sampler(self._model, SamplingParams(temperature=0.0), grammar=grammar)
+        _, picker = start_reply(self, tokens, SamplingParams(temperature=0.0, grammar=grammar, max_tokens=max_tokens))
         self._evaluate(list(tokens), keep_prefix)
         produced: list[int] = []
         while len(produced) < max_tokens:
-            token = sampler.sample(self._ctx, -1)
+            token, _ = picker.pick(self._ctx, -1)
             if token in self.end_of_turn:
                 break
             produced.append(token)

@@ -28,24 +28,32 @@ class SamplingParams:
     # tokens already in the prompt or the reply is penalised, growing with the run; 0: off.
     dry_multiplier: float = 0.0
     dry_allowed_length: int = 2
+    # OpenAI's penalties: subtract frequency_penalty per earlier use of a token in the window, and
+    # presence_penalty once if it was used at all.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    # A GBNF grammar every reply must match (json_schema.schema_grammar builds them); checked lazily:
+    # only a sampled token that breaks it makes the whole grammar apply (engine/picker.py).
+    grammar: str | None = None
+    stop: tuple[str, ...] = ()  # texts that end the reply; never part of it (engine/reply.py)
+    logprobs: int | None = None  # None: no log-probabilities; n: each token's, and its n most likely alternatives
 
 
-def build_sampler(model: internals.LlamaModel, sampling: SamplingParams, grammar: str | None = None,
-                  context: Sequence[int] = (), window: int = 4096) -> internals.LlamaSampler:
-    """llama.cpp's sampler chain for `sampling` (greedy at temperature 0), constrained by `grammar` if
-    given; `context` is the prompt, which the DRY sampler must know to keep the reply from copying it,
-    and `window` how far back it looks (n_ctx: all of it; this llama.cpp takes no -1 for that)."""
+def build_sampler(model: internals.LlamaModel, sampling: SamplingParams, context: Sequence[int] = (),
+                  window: int = 4096) -> internals.LlamaSampler:
+    """llama.cpp's sampler chain for `sampling` (greedy at temperature 0; its grammar is the picker's,
+    engine/picker.py); `context` is the prompt, which the DRY sampler must know to keep the reply from
+    copying it, and `window` how far back it looks (n_ctx: all of it; this llama.cpp takes no -1 for that)."""
     sampler = internals.LlamaSampler()
-    if grammar is not None:
-        sampler.add_grammar(model, _Grammar(grammar))
     greedy = sampling.temperature <= 0
-    if sampling.repeat_penalty != 1.0:
+    if sampling.repeat_penalty != 1.0 or sampling.frequency_penalty or sampling.presence_penalty:
         # The penalty only lowers the logits of the last PENALTY_WINDOW tokens, so the k best after
         # it are among the k + PENALTY_WINDOW best before: cutting to those first gives the same
         # choice without the penalty sampler scanning the whole vocabulary for every token.
-        if greedy or sampling.top_k > 0:
+        if (greedy or sampling.top_k > 0) and sampling.frequency_penalty >= 0 and sampling.presence_penalty >= 0:
             sampler.add_top_k((1 if greedy else sampling.top_k) + PENALTY_WINDOW)
-        sampler.add_penalties(llama_cpp.llama_vocab_n_tokens(model.vocab), PENALTY_WINDOW, sampling.repeat_penalty, 0.0, 0.0)
+        sampler.add_penalties(llama_cpp.llama_vocab_n_tokens(model.vocab), PENALTY_WINDOW, sampling.repeat_penalty,
+                              sampling.frequency_penalty, sampling.presence_penalty)
     if sampling.dry_multiplier > 0:
         llama_cpp.llama_sampler_chain_add(sampler.sampler, _dry(model, sampling, context, window))
     if greedy:
@@ -77,11 +85,3 @@ def _dry(model: internals.LlamaModel, sampling: SamplingParams, context: Sequenc
 
 # (model, multiplier, allowed length, window) -> (the model, kept alive with it; a DRY sampler to clone)
 _DRY_TEMPLATES: dict[tuple, tuple[internals.LlamaModel, llama_cpp.llama_sampler_p]] = {}
-
-
-@dataclass(frozen=True)
-class _Grammar:
-    """What llama-cpp-python's sampler wrapper reads from a grammar: its text and root rule."""
-
-    _grammar: str
-    _root: str = "root"

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..errors import CacheBusyError
 from .cells import FIRST_SLOT_SEQ, MAX_SLOTS
 from .engine import Engine
-from .reply import Generation, Reply
-from .sampling import SamplingParams, build_sampler
+from .picker import TokenPicker, start_reply
+from .reply import Generation, Reply, TokenLogprob
+from .sampling import SamplingParams
 
 
 @dataclass
@@ -32,13 +32,14 @@ class Piece:
     text: str
     finish_reason: str | None = None
     generation: Generation | None = None  # on its last step: what it produced
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of the tokens whose text this piece hands out
 
 
 @dataclass
 class _Stream:
     seq: int
     position: int  # where its next token goes
-    sampler: Any  # its own llama.cpp sampler chain
+    picker: TokenPicker  # its own sampler chain (and grammar)
     reply: Reply
     prompt: list[int] = field(default_factory=list)  # prompt tokens not evaluated yet
     next_token: int = -1  # sampled and handed out, evaluated by the next step
@@ -86,8 +87,12 @@ class Streams:
         except BaseException:
             self._release(seq)
             raise
-        sampler = build_sampler(engine._model, sampling, context=tokens, window=engine.n_ctx)
-        self._active[seq] = _Stream(seq, shared, sampler, Reply(len(tokens), budget, engine._piece, engine.end_of_turn), tokens[shared:])
+        try:
+            reply, picker = start_reply(engine, tokens, sampling)
+        except BaseException:
+            self._release(seq)
+            raise
+        self._active[seq] = _Stream(seq, shared, picker, reply, tokens[shared:])
         return seq
 
     def step(self) -> dict[int, Piece]:
@@ -105,14 +110,19 @@ class Streams:
             raise
         pieces: dict[int, Piece] = {}
         for stream, row in sampling:
-            stream.next_token = stream.sampler.sample(engine._ctx, row)  # its own row of logits
+            try:
+                stream.next_token, scores = stream.picker.pick(engine._ctx, row)  # its own row of logits
+            except BaseException:
+                self.close_all()
+                raise
             reply = stream.reply
-            text = reply.take(stream.next_token)
+            text = reply.take(stream.next_token, scores)
+            reply.generation.resampled = stream.picker.resampled
             if reply.done:
                 self.close(stream.seq)
-                pieces[stream.seq] = Piece(text, reply.generation.finish_reason, reply.generation)
+                pieces[stream.seq] = Piece(text, reply.generation.finish_reason, reply.generation, reply.drain())
             else:
-                pieces[stream.seq] = Piece(text)
+                pieces[stream.seq] = Piece(text, logprobs=reply.drain())
         return pieces
 
     def close(self, handle: int) -> Generation | None:
@@ -121,6 +131,7 @@ class Streams:
         if stream is None:
             return None
         self._release(handle)
+        stream.picker.close()
         return stream.reply.generation
 
     def close_all(self) -> None:
