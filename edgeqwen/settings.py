@@ -16,6 +16,7 @@ ENV_MODEL = "EDGEQWEN_MODEL"  # the model file, when --model is not given
 ENV_MODELS_DIR = "EDGEQWEN_MODELS_DIR"  # where models are looked for and fetched to (replaces ./models)
 ENV_CACHE = "EDGEQWEN_CACHE"  # where saved role prefixes go (default: $XDG_CACHE_HOME/edgeqwen)
 ENV_API_KEY = "EDGEQWEN_API_KEY"  # `edgeqwen serve --api-key`
+ENV_METRICS_KEY = "EDGEQWEN_METRICS_KEY"  # `edgeqwen serve --metrics-key`
 ENV_RAY_ADDRESS = "RAY_ADDRESS"  # Ray's own variable: the cluster `--ray` joins when --ray-address is not given
 ENV_MEMORY = "EDGEQWEN_MEMORY"  # plan --ctx and --kv-cache for this much memory (e.g. 1G) instead of the board's
 

@@ -2,6 +2,7 @@
 
 Endpoints (all JSON; errors are {"error": {"message", "type", "code", "param"}}):
   GET  /health                     liveness and queue state (never needs the API key)
+  GET  /metrics                    Prometheus text format (open unless --metrics-key is set)
   GET  /v1/models                  the model file and every role, usable as `model`
   POST /v1/chat/completions        OpenAI chat completions, `stream: true` over SSE (openai.py)
   POST /v1/sentiment               {"text": ...} or {"texts": [...]} → label, confidence, timings
@@ -42,6 +43,7 @@ from . import openai, service
 from .auth import BearerAuth
 from .config import ServerConfig
 from .errors import ApiError, api_error, endpoint, handle_error, role_or_404
+from .metrics import CONTENT_TYPE as METRICS_TYPE, RequestCounter, authorized
 from .schemas import ClassifyRequest, RequestError, RunRequest, check_text, parse
 from .sse import JobStream, sse
 from .worker import InferenceWorker, Job
@@ -119,6 +121,12 @@ class Server:
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": self.model_id, "queue": self.worker.status()})
 
+    async def metrics(self, request: Request) -> Response:
+        if not authorized(request.headers, self.config.metrics_key):
+            raise ApiError(401, "missing or wrong metrics key: send 'Authorization: Bearer <metrics key>'", type="authentication_error",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        return Response(self.worker.metrics.render(self.worker.status()), media_type=METRICS_TYPE)
+
     async def models(self, request: Request) -> Response:
         data = [{"id": self.model_id, "object": "model", "created": self.started, "owned_by": "edgeqwen", "kind": "generate", "role": "chat"}]
         for name, role in sorted(self.eq.roles.items()):
@@ -168,7 +176,9 @@ class Server:
         target = openai.resolve_model(body.model, self.model_id, self.eq.roles)
         text, spec = openai.chat_spec(body, target, self.config.max_text_chars)
         if target.kind == "classify":
-            job = self.worker.submit_batch(target.name, [text], service.classify_texts(self.eq, target.name), service.label_reply)
+            top = openai.top_logprobs(body)
+            job = self.worker.submit_batch(target.name, [text], service.classify_texts(self.eq, target.name),
+                                           lambda job, results: service.label_reply(job, results, top))
         else:
             job = self.worker.submit(lambda job: service.generate(self.eq, spec, job), chat=True)
         meta = openai.new_meta(body.model)
@@ -190,6 +200,7 @@ def create_app(eq: EdgeQwen, config: ServerConfig = ServerConfig(), worker: Infe
     routes = [
         Route("/", endpoint(server.page), methods=["GET"]),
         Route("/health", endpoint(server.health), methods=["GET"]),
+        Route("/metrics", endpoint(server.metrics), methods=["GET"]),
         Route("/v1/models", endpoint(server.models), methods=["GET"]),
         Route("/v1/chat/completions", endpoint(server.chat_completions), methods=["POST"]),
         Route("/v1/sentiment", endpoint(server.classify), methods=["POST"]),
@@ -199,7 +210,7 @@ def create_app(eq: EdgeQwen, config: ServerConfig = ServerConfig(), worker: Infe
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(BearerAuth, api_key=config.api_key)],
+        middleware=[Middleware(RequestCounter, metrics=server.worker.metrics), Middleware(BearerAuth, api_key=config.api_key)],
         exception_handlers={HTTPException: handle_error, Exception: handle_error},
         lifespan=lifespan,
     )

@@ -9,7 +9,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import ApiError
 
-OPEN_PATHS = ("/health", "/", "/static/")  # no API key needed: liveness, and the page that asks for the key
+# No API key needed: liveness, metrics (which have their own --metrics-key), and the page that asks for the key.
+OPEN_PATHS = ("/health", "/metrics", "/", "/static/")
 
 
 class BearerAuth:

@@ -13,6 +13,7 @@ class ServerConfig:
     port: int = settings.PORT
     model: str | None = None
     api_key: str | None = None
+    metrics_key: str | None = None  # None: /metrics is open, like /health
     prompts: str | None = None
     threads: int | None = None
     ctx: int | None = None  # None: the memory plan's (memory_plan.py)

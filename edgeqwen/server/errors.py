@@ -49,7 +49,7 @@ def api_error(error: Exception) -> ApiError:
     if isinstance(error, ApiError):
         return error
     if isinstance(error, RequestError):
-        return ApiError(422, str(error), code=error.code, param=error.param)
+        return ApiError(error.status, str(error), code=error.code, param=error.param)
     if isinstance(error, QueueFull):
         return ApiError(503, str(error), type="server_busy", code="queue_full", headers={"Retry-After": str(error.retry_after)})
     if isinstance(error, ClientDisconnect):

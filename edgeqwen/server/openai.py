@@ -1,8 +1,11 @@
 """OpenAI chat completions mapped onto roles: `model` to a role, messages to a ChatSpec, results to response bodies and chunks.
 
 A request's `model` is the model file's id (the chat role) or any role's name; a classify role
-answers with exactly one label. System and developer messages are merged into the role's system
-prompt, and max_tokens, temperature, top_p and seed override its sampling.
+answers with exactly one label (its labels' probabilities as logprobs), an extract role with JSON
+that matches its schema. System and developer messages are merged into the role's system prompt;
+max_tokens, temperature, top_p, seed and the penalties override its sampling; response_format,
+stop and logprobs go to the conversation. A field that would change the answer and is not done here
+is refused with a 400 naming it (schemas.py).
 """
 
 from __future__ import annotations
@@ -12,19 +15,26 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from ..errors import SchemaError
+from ..json_schema import schema_grammar
 from ..roles import Role
 from .errors import ApiError, api_error, role_or_404
-from .schemas import ChatCompletionRequest, RequestError, check_text, parse
+from .schemas import ChatCompletionRequest, RequestError, check_text, parse, unsupported
 from .service import ChatSpec, Generated
 from .sse import DONE, sse
 from .worker import Job
 
 
 def parse_request(data: Any) -> ChatCompletionRequest:
-    """The request body, validated; refuses what this server cannot do (stop sequences)."""
+    """The request body, validated; refuses what this server cannot do, naming the field."""
     body = parse(ChatCompletionRequest, data)
-    if body.stop:
-        raise RequestError("stop sequences are not supported by this server", "stop")
+    body.check_fields()
+    schema = body.schema()
+    if schema is not None:
+        try:
+            schema_grammar(schema)  # refused here, with a 400, before it can reach the model's thread
+        except SchemaError as error:
+            raise unsupported("response_format.json_schema.schema", str(error)) from None
     return body
 
 
@@ -54,6 +64,12 @@ def chat_spec(body: ChatCompletionRequest, role: Role, max_text_chars: int) -> t
     if not turns or turns[-1]["role"] != "user":
         raise RequestError("messages: the last message must be a user message", "messages")
     text = turns[-1]["content"]
+    schema, stop = body.schema(), body.stop_texts()
+    if role.kind != "generate":
+        for field, value in (("response_format", schema), ("stop", stop), ("frequency_penalty", body.frequency_penalty),
+                             ("presence_penalty", body.presence_penalty)):
+            if value:
+                raise unsupported(field, f"not with the {role.kind} role {role.name!r} (its replies follow the role's own rules)")
     if role.kind == "classify":
         return text, None
     updates: dict[str, Any] = {}
@@ -67,13 +83,20 @@ def chat_spec(body: ChatCompletionRequest, role: Role, max_text_chars: int) -> t
             "temperature": body.temperature,
             "top_p": body.top_p,
             "seed": body.seed,
+            "frequency_penalty": body.frequency_penalty,
+            "presence_penalty": body.presence_penalty,
         }.items()
         if value is not None
     }
     if sampling:
         updates["sampling"] = role.sampling.model_copy(update=sampling)
     role = role.model_copy(update=updates) if updates else role
-    return text, ChatSpec(role=role, history=turns[:-1], text=text)
+    return text, ChatSpec(role=role, history=turns[:-1], text=text, schema=schema, stop=stop, logprobs=top_logprobs(body))
+
+
+def top_logprobs(body: ChatCompletionRequest) -> int | None:
+    """None without logprobs; else how many alternatives each token comes with."""
+    return (body.top_logprobs or 0) if body.logprobs else None
 
 
 def new_meta(model: str) -> dict:
@@ -93,12 +116,17 @@ def usage(result: Generated) -> dict:
     }
 
 
+def logprobs_field(entries: list[dict] | None) -> dict | None:
+    return None if entries is None else {"content": entries, "refusal": None}
+
+
 def completion(meta: dict, result: Generated) -> dict:
     """The non-streamed response body (`chat.completion`)."""
+    message = {"role": "assistant", "content": result.reply, "refusal": None}
     response = {
         **meta,
         "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.reply}, "finish_reason": result.finish_reason, "logprobs": None}],
+        "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason, "logprobs": logprobs_field(result.logprobs)}],
         "usage": usage(result),
     }
     if result.classification:
@@ -109,13 +137,14 @@ def completion(meta: dict, result: Generated) -> dict:
 async def chunks(job: Job, meta: dict, include_usage: bool) -> AsyncIterator[bytes]:
     """The streamed response: `chat.completion.chunk` events, usage if asked for, then `[DONE]`."""
 
-    def chunk(delta: dict, finish: str | None = None) -> bytes:
-        return sse({**meta, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
+    def chunk(delta: dict, finish: str | None = None, logprobs: list[dict] | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs_field(logprobs)}
+        return sse({**meta, "object": "chat.completion.chunk", "choices": [choice]})
 
     yield chunk({"role": "assistant", "content": ""})
     try:
         async for piece in job.items():
-            yield chunk({"content": piece})
+            yield chunk({"content": piece.text}, logprobs=piece.logprobs)
         result: Generated = job.value
         yield chunk({}, result.finish_reason)
         if include_usage:

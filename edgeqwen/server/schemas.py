@@ -14,12 +14,19 @@ MAX_MESSAGES = 256  # messages in one chat request or history
 
 
 class RequestError(ValueError):
-    """A request body that does not validate: `param` names the field."""
+    """A request body that does not validate: `param` names the field; `status` 422 (a bad value) or 400
+    (a field this server does not support)."""
 
-    def __init__(self, message: str, param: str | None = None, code: str = "invalid_request") -> None:
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_request", status: int = 422) -> None:
         super().__init__(message)
         self.param = param
         self.code = code
+        self.status = status
+
+
+def unsupported(field: str, why: str) -> RequestError:
+    """A 400 naming a field this server will not silently ignore."""
+    return RequestError(f"{field}: {why}", field, "unsupported_field", 400)
 
 
 class _Body(BaseModel):
@@ -32,11 +39,22 @@ class ContentPart(_Body):
     text: str | None = None
 
 
+# Message fields that a client replaying a reply sends back empty: accepted while empty, refused otherwise.
+MESSAGE_EMPTY_FIELDS = ("tool_calls", "function_call", "audio", "refusal", "annotations")
+
+
 class ChatMessage(_Body):
+    model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None
+    name: str | None = None  # a participant's name: changes nothing here, accepted
 
     def text(self, where: str) -> str:
+        for field, value in (self.model_extra or {}).items():
+            if field not in MESSAGE_EMPTY_FIELDS:
+                raise unsupported(f"{where}.{field}", "not a message field this server knows")
+            if value:
+                raise unsupported(f"{where}.{field}", "tool calls, audio and the like are not supported")
         if self.content is None:
             return ""
         if isinstance(self.content, str):
@@ -44,7 +62,7 @@ class ChatMessage(_Body):
         parts = []
         for index, part in enumerate(self.content):
             if part.type != "text" or part.text is None:
-                raise RequestError(f"{where}.content.{index}: only text content parts are supported, not {part.type!r}", f"{where}.content")
+                raise unsupported(f"{where}.content.{index}", f"only text content parts are supported, not {part.type!r}")
             parts.append(part.text)
         return "".join(parts)
 
@@ -53,7 +71,43 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64)
+    schema_: Any = Field(None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None  # every reply matches the schema whether or not this is set
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: str
+    json_schema: JsonSchemaFormat | None = None
+
+
+MAX_STOP = 4  # stop texts, as OpenAI
+MAX_TOP_LOGPROBS = 20
+# Fields of OpenAI's request that change nothing in the answer of this server: accepted and ignored.
+IGNORED_FIELDS = ("user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier", "prediction",
+                  "parallel_tool_calls")
+# Fields that would change the answer in a way this server cannot do, unless they hold their "off" value.
+REFUSED_FIELDS = {
+    "tools": "tools and function calling are not supported",
+    "tool_choice": "tools and function calling are not supported",
+    "functions": "tools and function calling are not supported",
+    "function_call": "tools and function calling are not supported",
+    "logit_bias": "logit_bias is not supported",
+    "modalities": "only text output is supported",
+    "audio": "audio output is not supported",
+    "web_search_options": "web search is not supported",
+    "reasoning_effort": "this model does not reason before it answers",
+    "verbosity": "verbosity is not supported",
+}
+OFF_VALUES = {"tool_choice": ("none",), "function_call": ("none",), "modalities": (["text"],)}
+
+
 class ChatCompletionRequest(_Body):
+    model_config = ConfigDict(extra="allow")
     model: str
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
@@ -63,8 +117,48 @@ class ChatCompletionRequest(_Body):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = None
-    n: int | None = Field(None, ge=1, le=1, description="only one choice is generated")
+    n: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+
+    def check_fields(self) -> None:
+        """Refuse, naming the field, what would change the answer and is not done here; unknown fields too."""
+        for field, value in (self.model_extra or {}).items():
+            if field in IGNORED_FIELDS:
+                continue
+            if field not in REFUSED_FIELDS:
+                raise unsupported(field, "not a chat-completions field this server knows (docs/server.md lists them)")
+            if value not in (None, {}, []) and value not in OFF_VALUES.get(field, ()):
+                raise unsupported(field, REFUSED_FIELDS[field])
+        if self.n is not None and self.n > 1:
+            raise unsupported("n", "only one choice is generated (n must be 1)")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise RequestError("top_logprobs: needs logprobs: true", "top_logprobs")
+
+    def stop_texts(self) -> tuple[str, ...]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > MAX_STOP:
+            raise RequestError(f"stop: at most {MAX_STOP} stop sequences", "stop")
+        if any(not text for text in stops):
+            raise RequestError("stop: stop sequences must not be empty", "stop")
+        return tuple(stops)
+
+    def schema(self) -> Any | None:
+        """The JSON schema the reply must match: None for free text."""
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_object":
+            return {"type": "object"}
+        if fmt.type != "json_schema":
+            raise unsupported("response_format.type", f"{fmt.type!r} is not supported (text, json_object or json_schema)")
+        if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+            raise RequestError("response_format.json_schema.schema: required with type json_schema", "response_format.json_schema")
+        return fmt.json_schema.schema_
 
 
 class HistoryMessage(_Body):

@@ -10,12 +10,14 @@ job its answer.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..api import EdgeQwen, RunResult
 from ..classifier import Classification
-from ..conversation import Conversation, Turn
+from ..conversation import Conversation, Piece, Turn
 from ..roles import Message, Role
 from .worker import Job, SlotRequest
 
@@ -27,6 +29,17 @@ class ChatSpec:
     role: Role
     history: list[Message]
     text: str
+    schema: Any = None  # a JSON schema the reply must match
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: none; n: each token's, with n alternatives
+
+
+@dataclass
+class Delta:
+    """One streamed piece of a chat reply: its text, and with logprobs asked for, its tokens' (OpenAI's shape)."""
+
+    text: str
+    logprobs: list[dict] | None = None
 
 
 @dataclass
@@ -37,20 +50,27 @@ class Generated:
     completion_tokens: int
     timings: dict[str, float] = field(default_factory=dict)
     classification: dict | None = None
+    logprobs: list[dict] | None = None
 
 
 def generate(eq: EdgeQwen, spec: ChatSpec, job: Job) -> SlotRequest:
-    """A reply of a generate role, to run in a chat slot; each text piece goes to `job.emit`."""
-    conversation = Conversation(eq.engine, spec.role, spec.history)
+    """A reply of a generate or extract role, to run in a chat slot; each piece goes to `job.emit` as a Delta."""
+    conversation = eq.conversation(spec.role, spec.history, schema=spec.schema, stop=spec.stop, logprobs=spec.logprobs)
     turn = conversation.prepare(spec.text)
-    return SlotRequest(start=lambda streams: streams.start(conversation, turn), done=lambda piece: _generated(conversation, turn))
+
+    def delta(piece: Piece) -> Delta:
+        return Delta(piece.text, [entry.to_dict() for entry in piece.logprobs] if spec.logprobs is not None else None)
+
+    return SlotRequest(start=lambda streams: streams.start(conversation, turn), item=delta, done=lambda piece: _generated(conversation, turn))
 
 
 def _generated(conversation: Conversation, turn: Turn) -> Generated:
     timings = conversation.timings
-    # The conversation records why the engine stopped: the end-of-turn token ("stop") or the token budget ("length").
+    # Why the engine stopped: the end-of-turn token or a stop text ("stop"), or the token budget ("length").
     finish = conversation.finish_reason or "stop"
-    return Generated(turn.reply, finish, int(timings.get("prompt_tokens", 0)), int(timings.get("reply_tokens", 0)), dict(timings))
+    logprobs = None if conversation.last_logprobs is None else [entry.to_dict() for entry in conversation.last_logprobs]
+    return Generated(turn.reply, finish, int(timings.get("prompt_tokens", 0)), int(timings.get("reply_tokens", 0)), dict(timings),
+                     logprobs=logprobs)
 
 
 def classify_texts(eq: EdgeQwen, role: str):
@@ -63,10 +83,12 @@ def labels(job: Job, results: list[Classification]) -> list[dict]:
     return [_classification(result) for result in results]
 
 
-def label_reply(job: Job, results: list[Classification]) -> Generated:
-    """A classify role answering a chat request: the reply is exactly one label."""
+def label_reply(job: Job, results: list[Classification], logprobs: int | None = None) -> Generated:
+    """A classify role answering a chat request: the reply is exactly one label; with `logprobs` (a
+    number of alternatives) the label's probability and the other labels' come as its logprobs."""
     (result,) = results
-    job.emit(result.label)
+    entries = label_logprobs(result, logprobs) if logprobs is not None else None
+    job.emit(Delta(result.label, entries))
     return Generated(
         reply=result.label,
         finish_reason="stop",
@@ -74,7 +96,18 @@ def label_reply(job: Job, results: list[Classification]) -> Generated:
         completion_tokens=1,
         timings=dict(result.timings),
         classification=_classification(result),
+        logprobs=entries,
     )
+
+
+def label_logprobs(result: Classification, top: int) -> list[dict]:
+    """The label as the reply's one token, in OpenAI's logprobs shape, the most likely labels as its alternatives."""
+
+    def entry(label: str) -> dict:
+        return {"token": label, "logprob": round(math.log(max(result.scores[label], 1e-300)), 6), "bytes": list(label.encode())}
+
+    ranked = sorted(result.scores, key=lambda label: -result.scores[label])
+    return [{**entry(result.label), "top_logprobs": [entry(label) for label in ranked[:top]]}]
 
 
 def run(eq: EdgeQwen, text: str, task: str, history: list[Message], job: Job) -> RunResult | SlotRequest:
@@ -100,7 +133,7 @@ def run(eq: EdgeQwen, text: str, task: str, history: list[Message], job: Job) ->
         result.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
         return result
 
-    return SlotRequest(start=lambda streams: streams.start(conversation, turn), item=lambda piece: ("delta", piece), done=done)
+    return SlotRequest(start=lambda streams: streams.start(conversation, turn), item=lambda piece: ("delta", piece.text), done=done)
 
 
 def _classification(result) -> dict:

@@ -26,6 +26,7 @@ from typing import Any
 
 from .. import settings
 from ..errors import CacheBusyError
+from .metrics import Metrics
 
 
 class Cancelled(Exception):
@@ -44,11 +45,11 @@ class QueueFull(Exception):
 @dataclass
 class SlotRequest:
     """What a job's function returns to go on in a chat slot: `start(streams)` starts its stream (its
-    handle, or None while it does not fit), `item(text)` is what job.emit gets for each piece, and
-    `done(piece)` the job's value from its last piece."""
+    handle, or None while it does not fit), `item(piece)` is what job.emit gets for each piece that
+    hands out text or logprobs, and `done(piece)` the job's value from its last piece."""
 
     start: Callable[[Any], int | None]
-    item: Callable[[str], Any] = lambda text: text
+    item: Callable[[Any], Any] = lambda piece: piece.text
     done: Callable[[Any], Any] = lambda piece: None
 
 
@@ -71,6 +72,7 @@ class Job:
         self.request: SlotRequest | None = None
         self.done: Callable[[Job, list], Any] = lambda job, results: results  # a batch job's value from its results
         self.started = 0.0
+        self.created = time.perf_counter()
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
     # -- inference thread -------------------------------------------------------------------------
@@ -125,9 +127,11 @@ class InferenceWorker:
     """The scheduler on one thread: `streams` (a ChatStreams, or None for no chat slots) runs chat
     jobs; at most `queue_size` jobs wait to start."""
 
-    def __init__(self, queue_size: int = settings.QUEUE_SIZE, streams: Any = None, batch_size: int = settings.BATCH_SIZE) -> None:
+    def __init__(self, queue_size: int = settings.QUEUE_SIZE, streams: Any = None, batch_size: int = settings.BATCH_SIZE,
+                 metrics: Metrics | None = None) -> None:
         if queue_size < 0:
             raise ValueError("queue_size must be >= 0")
+        self.metrics = metrics or Metrics()
         self.queue_size = queue_size
         self.streams = streams
         self.batch_size = batch_size
@@ -313,6 +317,7 @@ class InferenceWorker:
                     jobs[0].check()
                 results += run_many(items[first : first + self.batch_size])
                 self.counts["classify_calls"] += 1
+                self.metrics.classify_batch(len(items[first : first + self.batch_size]))
         except CacheBusyError as error:
             return self._defer(jobs) if self._active else [self._finish(job, "failed", error) for job in jobs]
         except Cancelled as error:
@@ -383,12 +388,15 @@ class InferenceWorker:
         for handle, piece in pieces.items():
             job = self._active[handle]
             try:
-                if piece.text:
-                    job.emit(job.request.item(piece.text))
+                if piece.text or piece.logprobs:
+                    job.emit(job.request.item(piece))
+                    if job.emitted == 1:
+                        self.metrics.first_token(time.perf_counter() - job.created)
             except Cancelled as error:
                 self._end_stream(handle, "cancelled", error)
                 continue
             if piece.finish_reason:
+                self.metrics.reply(piece.generation.tokens if piece.generation else 0)
                 self._end_stream(handle, "served", job.request.done(piece))
 
     def _end_stream(self, handle: int, outcome: str, value: Any) -> None:
@@ -404,6 +412,8 @@ class InferenceWorker:
             self.counts[outcome] += 1
             if outcome == "served":
                 self._durations.append(time.perf_counter() - job.started)
+                if job.kind == "batch":
+                    self.metrics.classified(time.perf_counter() - job.created)
         job._post("result" if outcome == "served" else "error", value)
 
     def _cancel_all_locked(self) -> None:
