@@ -49,6 +49,17 @@ CHAT_PROMPT = "Give me three tips for staying focused while studying."
 # Four replies that each run their whole budget on the stand-in (greedy), so every step decodes four.
 TOGETHER_PROMPTS = [CHAT_PROMPT, "Name three rivers in Europe and one fact about each.", "请详细介绍一下长城的历史。",
                     "How do I boil an egg so the yolk stays soft?"]
+# Structured output: the same prompt answered under the schema's grammar and free (same sampling), so the
+# ratio is what the grammar costs per token.
+STRUCTURED_PROMPT = "Invent a person and describe them: name, age, city, three hobbies and a two-sentence biography."
+STRUCTURED_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string"},
+                   "hobbies": {"type": "array", "items": {"type": "string"}, "maxItems": 5}, "biography": {"type": "string"}},
+    "required": ["name", "age", "city", "hobbies", "biography"],
+    "additionalProperties": False,
+}
+STRUCTURED_TOKENS = 96
 NAIVE_PROMPT = "Analyze the sentiment of the following text and answer Positive or Negative.\nText: {text}\nSentiment:"
 DECODE_TOKENS = 64
 BATCH_ROUNDS = 4  # the short inputs, this many times over, classified one at a time and together
@@ -100,6 +111,30 @@ def _first_tokens_together(eq, prompts: list[str]) -> float:
     while streams.active:
         streams.step()
     return time.perf_counter() - started
+
+
+def _decode_rate(conversation, text: str) -> float:
+    """Tokens per second of one reply after its first token."""
+    conversation.reset()
+    conversation.reply(text)
+    timings = conversation.timings
+    first = timings["first_token_ms"] / 1000
+    return (timings["reply_tokens"] - 1) / max(1e-9, timings["total_ms"] / 1000 - first)
+
+
+def structured_rates(eq, rounds: int = 3) -> dict:
+    """Decode tok/s of STRUCTURED_PROMPT under its schema's grammar and free, on the same prompt tokens and
+    sampling (greedy, no penalties), taking turns; and how many tokens per reply the whole grammar was applied to."""
+    plain = {"temperature": 0.0, "repeat_penalty": 1.0, "dry_multiplier": 0.0, "max_tokens": STRUCTURED_TOKENS}
+    constrained = eq.conversation(sampling=plain, schema=STRUCTURED_SCHEMA)
+    free = eq.conversation(constrained.role)  # the same system prompt (it shows the schema), no grammar
+    structured_tps, free_tps, resampled = [], [], []
+    for _ in range(rounds):
+        structured_tps.append(_decode_rate(constrained, STRUCTURED_PROMPT))
+        resampled.append(constrained.timings["grammar_resampled"])
+        free_tps.append(_decode_rate(free, STRUCTURED_PROMPT))
+    return {"structured": statistics.median(structured_tps), "free": statistics.median(free_tps),
+            "resampled": statistics.median(resampled), "tokens": constrained.timings["reply_tokens"]}
 
 
 def _greedy(role, max_tokens: int):
@@ -209,6 +244,10 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         raw_tps.append(raw.decode_rate(prompt, DECODE_TOKENS, temp=0.0))
         raw_same_tps.append(raw.decode_rate(prompt, DECODE_TOKENS, temp=0.0, repeat_penalty=penalty))
         bare_tps.append(eq.engine.bare_decode_rate(prompt, DECODE_TOKENS - 1))
+    log("structured output (a JSON schema's grammar) beside free decode on the same prompt…")
+    structured = structured_rates(eq)
+    structured_prompt = eq.engine.chat_tokens(eq.conversation(schema=STRUCTURED_SCHEMA).role.messages(STRUCTURED_PROMPT))
+    raw_structured_tps = raw.json_schema_decode_rate(structured_prompt, STRUCTURED_TOKENS, STRUCTURED_SCHEMA)
     log("chat replies together in slots…")
     alone = statistics.median(_streams_rate(eq, [CHAT_PROMPT], DECODE_TOKENS) for _ in range(2))
     together_tps = statistics.median(_streams_rate(eq, TOGETHER_PROMPTS, DECODE_TOKENS) for _ in range(2))
@@ -240,6 +279,11 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         "chat_decode_tok_s": round(decode_tps, 1), "raw_decode_tok_s": round(raw_tps_p50, 1),
         f"raw_decode_repeat_penalty_{penalty}_tok_s": round(raw_same_p50, 1),
         "bare_llama_decode_same_context_tok_s": round(bare_p50, 1),
+        "structured_json_schema_decode_tok_s": round(structured["structured"], 1),
+        "structured_same_prompt_free_decode_tok_s": round(structured["free"], 1),
+        "structured_reply_tokens": structured["tokens"],
+        "structured_grammar_applied_in_full_tokens_per_reply": structured["resampled"],
+        "raw_json_schema_grammar_decode_tok_s": round(raw_structured_tps, 1),
         "chat_slots_1_reply_tok_s": round(alone, 1),
         f"chat_slots_{len(TOGETHER_PROMPTS)}_replies_together_tok_s": round(together_tps, 1),
         f"chat_slots_{len(TOGETHER_PROMPTS)}_arriving_together_first_tokens_ms": _ms(first_tokens_together),
@@ -259,6 +303,8 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         "chat_decode_over_raw": round(decode_tps / raw_tps_p50, 3),
         "chat_decode_over_raw_same_penalty": round(decode_tps / raw_same_p50, 3),
         "chat_decode_over_bare_llama_decode": round(decode_tps / bare_p50, 3),
+        "structured_decode_over_free_same_prompt": round(structured["structured"] / structured["free"], 3),
+        "raw_json_schema_grammar_decode_over_structured": round(raw_structured_tps / structured["structured"], 3),
         f"chat_slots_{len(TOGETHER_PROMPTS)}_together_over_1": round(together_tps / alone, 2),
         f"bare_llama_decode_{bare_together}_streams_over_1": round(bare_together_p50 / bare_alone_p50, 2),
     }

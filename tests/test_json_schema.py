@@ -150,3 +150,38 @@ def test_check_rules_refuses_malformed_grammars():
     with pytest.raises(SchemaError, match="malformed"):
         check_rules('root ::= "x"\nroot ::= "y"\n')
     check_rules('root ::= "yes" | "no"')  # a label grammar passes too
+
+
+# -- extract roles ---------------------------------------------------------------------------------
+
+EXTRACT_ROLE = """\
+kind: extract
+system: Pull the order out of the message.
+schema:
+  type: object
+  properties:
+    item: {type: string, maxLength: 40}
+    quantity: {type: integer, minimum: 1}
+  required: [item, quantity]
+"""
+
+
+def test_extract_role_files_are_validated(write_role):
+    from edgeqwen.errors import RoleError
+    from edgeqwen.roles import load_role, load_roles
+
+    role = load_role(write_role("order", EXTRACT_ROLE))
+    assert role.kind == "extract" and role.output_schema["required"] == ["item", "quantity"]
+    assert role.require_kind("generate") is role  # an extract role is a generate role whose replies follow its schema
+    bad = {
+        "no_schema": (EXTRACT_ROLE.split("schema:")[0], "an extract role needs one"),
+        "schema_on_chat": (EXTRACT_ROLE.replace("kind: extract", "kind: generate"), "only an extract role"),
+        "pattern": (EXTRACT_ROLE.replace("maxLength: 40", "pattern: '^[a-z]+$'"), "'pattern'"),
+        "labels": (EXTRACT_ROLE + "labels: [{name: a}, {name: b}]\n", "has no labels"),
+    }
+    for name, (text, message) in bad.items():
+        with pytest.raises(RoleError, match=message) as error:
+            load_role(write_role(name, text))
+        assert "\n" not in str(error.value) and name in str(error.value)
+    shipped = load_roles()["contact"]
+    assert shipped.kind == "extract" and set(shipped.output_schema["required"]) == {"name", "email", "phone", "company"}

@@ -3,6 +3,7 @@ edgeqwen against in the same run, and the summary of what the installed llama.cp
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +43,13 @@ class PlainLlama:
         reply = self.llm.create_chat_completion(messages, grammar=grammar, max_tokens=max_tokens, temperature=0.0)
         return reply["choices"][0]["message"]["content"] or ""
 
-    def decode_rate(self, prompt: Sequence[int], n_tokens: int, **sampling: float) -> float:
+    def json_schema_decode_rate(self, prompt: Sequence[int], n_tokens: int, schema: dict) -> float:
+        """Greedy tok/s under llama-cpp-python's own JSON-schema grammar, which it applies to every candidate
+        of every token (the way a plain llama-cpp-python user gets structured output)."""
+        grammar = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        return self.decode_rate(prompt, n_tokens, temp=0.0, grammar=grammar)
+
+    def decode_rate(self, prompt: Sequence[int], n_tokens: int, **sampling) -> float:
         """Tokens per second of Llama.generate after `prompt`, the first token excluded."""
         self.llm.reset()
         self.llm.eval(list(prompt))
