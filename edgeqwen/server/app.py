@@ -133,6 +133,8 @@ class Server:
             entry = {"id": name, "object": "model", "created": self.started, "owned_by": "edgeqwen", "kind": role.kind, "description": role.description}
             if role.kind == "classify":
                 entry["labels"] = role.label_names
+            if role.output_schema is not None:
+                entry["schema"] = role.output_schema
             data.append(entry)
         return JSONResponse({"object": "list", "data": data})
 
