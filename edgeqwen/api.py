@@ -114,8 +114,10 @@ class EdgeQwen:
 
     # -- generate roles -------------------------------------------------------------------------
 
-    def conversation(self, role: str | Role = "chat", history: Sequence[Message] = (), sampling: Mapping[str, Any] | None = None,
-                     *, schema: dict | bool | None = None, stop: Sequence[str] = (), logprobs: int | None = None) -> Conversation:
+    def conversation(
+        self, role: str | Role = "chat", history: Sequence[Message] = (), sampling: Mapping[str, Any] | None = None,
+        *, schema: dict | bool | None = None, stop: Sequence[str] = (), logprobs: int | None = None,
+    ) -> Conversation:
         """A multi-turn chat that keeps its history (trimmed to fit n_ctx). `role` is a generate or extract
         role's name, or a Role (one a caller adapted, e.g. with its own system prompt); `sampling`
         overrides its sampling settings, e.g. {"temperature": 0, "max_tokens": 64}; `schema` constrains
@@ -135,8 +137,10 @@ class EdgeQwen:
         chats at once. Classify calls may run between steps."""
         return ChatStreams(self.engine, slots)
 
-    def chat(self, message: str | Sequence[Message], *, stream: bool = False, role: str = "chat", schema: dict | bool | None = None,
-             stop: Sequence[str] = ()) -> str | Iterator[str]:
+    def chat(
+        self, message: str | Sequence[Message], *, stream: bool = False, role: str = "chat",
+        schema: dict | bool | None = None, stop: Sequence[str] = (),
+    ) -> str | Iterator[str]:
         """A reply to one message, or to a list of {"role", "content"} messages ending with a user turn.
         With `schema` the reply is JSON text that matches it (a grammar constrains every token); `stop`
         ends the reply before any of those texts.
@@ -155,7 +159,9 @@ class EdgeQwen:
         conversation = Conversation(self.engine, self._role(role, "extract"))
         reply = conversation.reply(text)
         if conversation.finish_reason == "length":
-            raise EdgeQwenError(f"role {role!r}: the reply reached max_tokens before its JSON was complete; raise the role's max_tokens")
+            raise EdgeQwenError(
+                f"role {role!r}: the reply reached max_tokens before its JSON was complete; raise the role's max_tokens"
+            )
         return json.loads(reply)
 
     # -- routed run -----------------------------------------------------------------------------

@@ -54,8 +54,10 @@ TOGETHER_PROMPTS = [CHAT_PROMPT, "Name three rivers in Europe and one fact about
 STRUCTURED_PROMPT = "Invent a person and describe them: name, age, city, three hobbies and a two-sentence biography."
 STRUCTURED_SCHEMA = {
     "type": "object",
-    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string"},
-                   "hobbies": {"type": "array", "items": {"type": "string"}, "maxItems": 5}, "biography": {"type": "string"}},
+    "properties": {
+        "name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string"},
+        "hobbies": {"type": "array", "items": {"type": "string"}, "maxItems": 5}, "biography": {"type": "string"},
+    },
     "required": ["name", "age", "city", "hobbies", "biography"],
     "additionalProperties": False,
 }
@@ -246,7 +248,8 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         bare_tps.append(eq.engine.bare_decode_rate(prompt, DECODE_TOKENS - 1))
     log("structured output (a JSON schema's grammar) beside free decode on the same prompt…")
     structured = structured_rates(eq)
-    structured_prompt = eq.engine.chat_tokens(eq.conversation(schema=STRUCTURED_SCHEMA).role.messages(STRUCTURED_PROMPT))
+    structured_role = eq.conversation(schema=STRUCTURED_SCHEMA).role  # the schema shown in its system prompt
+    structured_prompt = eq.engine.chat_tokens(structured_role.messages(STRUCTURED_PROMPT))
     raw_structured_tps = raw.json_schema_decode_rate(structured_prompt, STRUCTURED_TOKENS, STRUCTURED_SCHEMA)
     log("chat replies together in slots…")
     alone = statistics.median(_streams_rate(eq, [CHAT_PROMPT], DECODE_TOKENS) for _ in range(2))

@@ -46,8 +46,10 @@ class Conversation:
     that end a reply, never part of it. `logprobs`: None, or how many alternatives to give with each
     token's log-probability (`last_logprobs`)."""
 
-    def __init__(self, engine: Engine, role: Role, history: Sequence[Message] = (), *, schema: dict | bool | None = None,
-                 stop: Sequence[str] = (), logprobs: int | None = None) -> None:
+    def __init__(
+        self, engine: Engine, role: Role, history: Sequence[Message] = (), *, schema: dict | bool | None = None,
+        stop: Sequence[str] = (), logprobs: int | None = None,
+    ) -> None:
         role.require_kind("generate")
         self.schema = schema if schema is not None else role.output_schema
         self._grammar = schema_grammar(self.schema) if self.schema is not None else None  # SchemaError first
@@ -59,7 +61,8 @@ class Conversation:
         self._prefixes: dict[str | None, list[int]] = {}  # by the language of the message (roles.Role.system_for)
         self.last_truncated = False
         self.timings: dict[str, float] = {}  # of the last reply: total_ms, first_token_ms, prompt_tokens, reply_tokens
-        self.finish_reason: str | None = None  # of the last reply: "stop" (end of turn or a stop text), "length" (max_tokens or n_ctx), None (interrupted)
+        # of the last reply: "stop" (end of turn or a stop text), "length" (max_tokens or n_ctx), None (interrupted)
+        self.finish_reason: str | None = None
         self.last_logprobs: list[TokenLogprob] | None = None  # of the last reply, with logprobs asked for
 
     @property

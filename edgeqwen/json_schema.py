@@ -33,10 +33,22 @@ MAX_RANGE = 256  # integer values enumerated for minimum..maximum
 MAX_GRAMMAR_CHARS = 64 * 1024
 WHITESPACE = 24  # most whitespace characters between two JSON tokens
 
-ANNOTATIONS = frozenset({
-    "title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated", "readOnly",
-    "writeOnly", "$defs", "definitions",
-})
+ANNOTATIONS = frozenset(
+    {
+        "title",
+        "description",
+        "default",
+        "examples",
+        "$schema",
+        "$id",
+        "$comment",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "$defs",
+        "definitions",
+    }
+)
 KEYWORDS = {
     "object": {"properties", "required", "additionalProperties"},
     "array": {"items", "minItems", "maxItems", "uniqueItems"},
@@ -123,7 +135,8 @@ class _Builder:
             raise SchemaError(f"{path}: a schema must be an object (or true)")
         unknown = sorted(set(schema) - ALL_KNOWN)
         if unknown:
-            raise SchemaError(f"{path}: unsupported JSON-schema keyword {unknown[0]!r} (supported: {', '.join(sorted(ALL_KNOWN - ANNOTATIONS))})")
+            supported = ", ".join(sorted(ALL_KNOWN - ANNOTATIONS))
+            raise SchemaError(f"{path}: unsupported JSON-schema keyword {unknown[0]!r} (supported: {supported})")
         if "$ref" in schema:
             return self._ref(schema, path, depth)
         if "allOf" in schema:
@@ -178,7 +191,9 @@ class _Builder:
             seen: set[str] = set()
             for kind in kinds:
                 if kind & seen or "number" in kind and "integer" in seen or "integer" in kind and "number" in seen:
-                    raise SchemaError(f"{path}.oneOf: branches must have different types (a grammar cannot keep them exclusive)")
+                    raise SchemaError(
+                        f"{path}.oneOf: branches must have different types (a grammar cannot keep them exclusive)"
+                    )
                 seen |= kind
         names = [self.value(b, f"{path}.{keyword}.{i}", depth + 1) for i, b in enumerate(branches)]
         unique = list(dict.fromkeys(names))
@@ -218,7 +233,9 @@ class _Builder:
             raise SchemaError(f"{path}.type: must name distinct types")
         for word in set(schema) - ANNOTATIONS - GENERAL:
             if not any(word in KEYWORDS[item] for item in kinds):
-                raise SchemaError(f"{path}: keyword {word!r} does not apply to type {'/'.join(kinds)} (or is not supported for it)")
+                raise SchemaError(
+                    f"{path}: keyword {word!r} does not apply to type {'/'.join(kinds)} (or is not supported for it)"
+                )
         return kinds
 
     # -- one type ----------------------------------------------------------------------------------
@@ -251,7 +268,9 @@ class _Builder:
             raise SchemaError(f"{path}.properties: at most {MAX_PROPERTIES} properties are supported")
         missing = [name for name in required if name not in properties]
         if missing:
-            raise SchemaError(f"{path}.required: {missing[0]!r} is not among the properties (only listed properties are generated)")
+            raise SchemaError(
+                f"{path}.required: {missing[0]!r} is not among the properties (only listed properties are generated)"
+            )
         if not properties:
             if extra is True or extra == {}:
                 return "object"
@@ -308,7 +327,9 @@ class _Builder:
         low, high = schema.get("minimum"), schema.get("maximum")
         for word in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
             value = schema.get(word)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value)
+            ):
                 raise SchemaError(f"{path}.{word}: must be a whole number")
         if schema.get("exclusiveMinimum") is not None:
             low = max(low if low is not None else -(10**18), int(schema["exclusiveMinimum"]) + 1)
@@ -324,7 +345,9 @@ class _Builder:
                 return self.rule(" | ".join(f'"{n}"' for n in range(low, high + 1)), "range")
         if high is None and low in (0, 1):
             return self.rule(('"0" | ' if low == 0 else "") + "[1-9] [0-9]{0,15}", "natural")
-        raise SchemaError(f"{path}: integer bounds are supported as a range of at most {MAX_RANGE} values or a minimum of 0 or 1")
+        raise SchemaError(
+            f"{path}: integer bounds are supported as a range of at most {MAX_RANGE} values or a minimum of 0 or 1"
+        )
 
     def _bounds(self, schema: Mapping[str, Any], low_word: str, high_word: str, path: str) -> tuple[int, int | None]:
         low, high = schema.get(low_word, 0), schema.get(high_word)
@@ -385,7 +408,9 @@ def schema_grammar(schema: Any) -> str:
     root = builder.value(schema, "schema", 0)
     grammar = builder.grammar(root)
     if len(grammar) > MAX_GRAMMAR_CHARS:
-        raise SchemaError(f"schema: its grammar would be {len(grammar)} characters, at most {MAX_GRAMMAR_CHARS} are supported")
+        raise SchemaError(
+            f"schema: its grammar would be {len(grammar)} characters, at most {MAX_GRAMMAR_CHARS} are supported"
+        )
     check_rules(grammar)
     return grammar
 

@@ -1,7 +1,8 @@
 """Roles: YAML prompt files validated into Role objects, and the one place prompts are assembled.
 
 A role is a job the model does: `classify` (pick one of a fixed label set), `generate` (free
-text) or `extract` (a reply constrained to the role's JSON schema: fields pulled out of a message). Each `*.yaml` file in a prompts directory is one role, named after the file. The roles that
+text) or `extract` (a reply constrained to the role's JSON schema: fields pulled out of a message).
+Each `*.yaml` file in a prompts directory is one role, named after the file. The roles that
 ship with edgeqwen are loaded first; a user directory adds roles and overrides them by name.
 """
 
@@ -63,7 +64,7 @@ class Sampling(_Strict):
     repeat_penalty: float = Field(1.0, gt=0.0, le=2.0)
     max_tokens: int = Field(256, ge=1, le=8192)
     seed: int | None = None
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI's: lowers a token's logit per earlier use.")
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI's: lowers a logit per earlier use.")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI's: lowers a used token's logit once.")
     dry_multiplier: float = Field(0.0, ge=0.0, le=5.0, description="DRY: penalise copying runs of the prompt or reply; 0: off.")
     dry_allowed_length: int = Field(2, ge=1, le=64, description="DRY: runs up to this many tokens may repeat freely.")

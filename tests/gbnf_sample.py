@@ -11,7 +11,9 @@ import random
 import re
 from dataclasses import dataclass
 
-Node = tuple  # ("lit", text) | ("class", negated, ranges) | ("ref", name) | ("alt", [seq...]) | ("seq", [item...]) | ("rep", node, lo, hi)
+# ("lit", text) | ("class", negated, ranges) | ("ref", name) | ("alt", [seq...]) | ("seq", [item...])
+# | ("rep", node, lo, hi)
+Node = tuple
 
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", '"': '"', "[": "[", "]": "]", "-": "-", "^": "^", "/": "/"}
 # Characters drawn for a negated class: ASCII, accents, CJK, an emoji, and markup-like text.
@@ -110,7 +112,7 @@ def _atom(text: str, i: int) -> tuple[Node, int]:
         assert text[j] == ")"
         return node, j + 1
     match = re.compile(r"[a-z][a-z0-9-]*").match(text, i)
-    assert match, f"unexpected {text[i:i + 10]!r}"
+    assert match, f"unexpected {text[i : i + 10]!r}"
     return ("ref", match[0]), match.end()
 
 

@@ -15,23 +15,33 @@ import gbnf_sample
 from edgeqwen.errors import SchemaError
 from edgeqwen.json_schema import MAX_REPEAT, check_rules, gbnf_literal, schema_grammar
 
-NAMES = st.text(st.sampled_from("abcxyz_é中 \"\\<|>"), min_size=1, max_size=6)
+NAMES = st.text(st.sampled_from('abcxyz_é中 "\\<|>'), min_size=1, max_size=6)
 STRING_VALUES = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=6)
 
 
 def leaf_schemas() -> st.SearchStrategy[dict]:
-    bounded = st.integers(0, 5).flatmap(lambda lo: st.integers(lo, lo + 6).map(lambda hi: {"minLength": lo, "maxLength": hi}))
+    bounded = st.integers(0, 5).flatmap(
+        lambda lo: st.integers(lo, lo + 6).map(lambda hi: {"minLength": lo, "maxLength": hi})
+    )
     return st.one_of(
         st.just({"type": "string"}),
         bounded.map(lambda b: {"type": "string", **b}),
         st.just({"type": "integer"}),
-        st.integers(-50, 50).flatmap(lambda lo: st.integers(lo, lo + 40).map(lambda hi: {"type": "integer", "minimum": lo, "maximum": hi})),
-        st.sampled_from([{"type": "integer", "minimum": 0}, {"type": "integer", "minimum": 1}, {"type": "number", "minimum": 0}]),
+        st.integers(-50, 50).flatmap(
+            lambda lo: st.integers(lo, lo + 40).map(lambda hi: {"type": "integer", "minimum": lo, "maximum": hi})
+        ),
+        st.sampled_from(
+            [{"type": "integer", "minimum": 0}, {"type": "integer", "minimum": 1}, {"type": "number", "minimum": 0}]
+        ),
         st.just({"type": "number"}),
         st.just({"type": "boolean"}),
         st.just({"type": "null"}),
-        st.lists(st.one_of(STRING_VALUES, st.integers(-99, 99), st.booleans(), st.none()), min_size=1, max_size=5, unique_by=json.dumps)
-        .map(lambda values: {"enum": values}),
+        st.lists(
+            st.one_of(STRING_VALUES, st.integers(-99, 99), st.booleans(), st.none()),
+            min_size=1,
+            max_size=5,
+            unique_by=json.dumps,
+        ).map(lambda values: {"enum": values}),
         STRING_VALUES.map(lambda value: {"const": value}),
         st.just({}),
         st.just({"type": ["string", "null"]}),
@@ -41,10 +51,20 @@ def leaf_schemas() -> st.SearchStrategy[dict]:
 def schemas() -> st.SearchStrategy[dict]:
     def extend(children: st.SearchStrategy[dict]) -> st.SearchStrategy[dict]:
         objects = st.dictionaries(NAMES, children, max_size=5).flatmap(
-            lambda props: st.lists(st.sampled_from(sorted(props)) if props else st.nothing(), unique=True, max_size=len(props)).map(
-                lambda required: {"type": "object", "properties": props, "required": required, "additionalProperties": False}))
+            lambda props: st.lists(
+                st.sampled_from(sorted(props)) if props else st.nothing(), unique=True, max_size=len(props)
+            ).map(
+                lambda required: {
+                    "type": "object",
+                    "properties": props,
+                    "required": required,
+                    "additionalProperties": False,
+                }
+            )
+        )
         arrays = st.tuples(children, st.integers(0, 3), st.integers(0, 4)).map(
-            lambda t: {"type": "array", "items": t[0], "minItems": t[1], "maxItems": t[1] + t[2]})
+            lambda t: {"type": "array", "items": t[0], "minItems": t[1], "maxItems": t[1] + t[2]}
+        )
         any_of = st.lists(children, min_size=1, max_size=3).map(lambda branches: {"anyOf": branches})
         maps = children.map(lambda value: {"type": "object", "additionalProperties": value})
         return st.one_of(objects, arrays, any_of, maps)
@@ -66,8 +86,15 @@ def test_every_sentence_of_a_schema_grammar_parses_and_validates(schema, seed):
 
 def test_pydantic_style_schema_with_refs_and_optional_fields():
     schema = {
-        "$defs": {"Address": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
-                              "additionalProperties": False, "title": "Address"}},
+        "$defs": {
+            "Address": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+                "additionalProperties": False,
+                "title": "Address",
+            }
+        },
         "type": "object",
         "title": "Person",
         "properties": {
@@ -98,7 +125,10 @@ def test_pydantic_style_schema_with_refs_and_optional_fields():
         ({"type": "integer", "multipleOf": 2}, "'multipleOf'"),
         ({"type": "array", "maxItems": MAX_REPEAT + 1}, "maxItems"),
         ({"type": "string", "maxLength": MAX_REPEAT + 1}, "maxLength"),
-        ({"$defs": {"N": {"type": "object", "properties": {"next": {"$ref": "#/$defs/N"}}}}, "$ref": "#/$defs/N"}, "recursive"),
+        (
+            {"$defs": {"N": {"type": "object", "properties": {"next": {"$ref": "#/$defs/N"}}}}, "$ref": "#/$defs/N"},
+            "recursive",
+        ),
         ({"$ref": "https://example.com/schema.json"}, "local references"),
         ({"$ref": "#/$defs/Missing"}, "not defined"),
         ({"type": "object", "properties": {"a": {}}, "required": ["b"]}, "'b'"),
@@ -144,7 +174,7 @@ def test_json_object_and_empty_schemas_allow_any_object_or_value():
 
 def test_check_rules_refuses_malformed_grammars():
     with pytest.raises(SchemaError, match="undefined"):
-        check_rules('root ::= thing\n')
+        check_rules("root ::= thing\n")
     with pytest.raises(SchemaError, match="no root"):
         check_rules('a ::= "x"\n')
     with pytest.raises(SchemaError, match="malformed"):

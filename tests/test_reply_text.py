@@ -54,8 +54,10 @@ def test_logprobs_follow_the_text_handed_out():
 
 
 @settings(max_examples=300, deadline=None)
-@given(pieces=st.lists(st.text("abc\n", min_size=1, max_size=3), min_size=1, max_size=12),
-       stop=st.lists(st.text("abc\n", min_size=1, max_size=3), min_size=1, max_size=4))
+@given(
+    pieces=st.lists(st.text("abc\n", min_size=1, max_size=3), min_size=1, max_size=12),
+    stop=st.lists(st.text("abc\n", min_size=1, max_size=3), min_size=1, max_size=4),
+)
 def test_streamed_text_is_the_full_text_cut_before_the_first_stop(pieces, stop):
     out, reply = run(pieces, stop)
     full = "".join(pieces)

@@ -96,5 +96,5 @@ def test_default_roles_ship_inside_the_installed_package(tmp_path):
         [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target)}, capture_output=True, text=True, check=True
     ).stdout.splitlines()
     assert out[0].startswith(str(target))
-    assert "'chat', 'route', 'sentiment'" in out[1]
+    assert "'chat', 'contact', 'route', 'sentiment'" in out[1]
     assert default_prompts_dir().is_dir()

@@ -46,15 +46,25 @@ def refused(status: int, **fields) -> RequestError:
         ({"n": 2}, "n"),
         ({"logit_bias": {"100": 5}}, "logit_bias"),
         ({"response_format": {"type": "xml"}}, "response_format.type"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "a"}}}},
-         "response_format.json_schema.schema"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "a"}},
+                }
+            },
+            "response_format.json_schema.schema",
+        ),
         ({"modalities": ["text", "audio"]}, "modalities"),
         ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
         ({"reasoning_effort": "high"}, "reasoning_effort"),
         ({"top_k": 5}, "top_k"),
-        ({"grammar": "root ::= \"x\""}, "grammar"),
+        ({"grammar": 'root ::= "x"'}, "grammar"),
         ({"messages": [{"role": "user", "content": "hi", "tool_calls": [{"id": "1"}]}]}, "messages.0.tool_calls"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages.0.content.0"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages.0.content.0",
+        ),
     ],
 )
 def test_fields_that_would_change_the_answer_are_refused_with_400(fields, param):
@@ -78,9 +88,19 @@ def test_bad_values_are_422(fields, param):
 
 
 def test_fields_that_change_nothing_are_accepted():
-    body = request(user="u1", metadata={"k": "v"}, store=False, service_tier="auto", parallel_tool_calls=True, tool_choice="none",
-                   logit_bias={}, tools=[], modalities=["text"], n=1,
-                   messages=[{"role": "user", "content": "hi", "name": "ann", "tool_calls": None, "refusal": None}])
+    body = request(
+        user="u1",
+        metadata={"k": "v"},
+        store=False,
+        service_tier="auto",
+        parallel_tool_calls=True,
+        tool_choice="none",
+        logit_bias={},
+        tools=[],
+        modalities=["text"],
+        n=1,
+        messages=[{"role": "user", "content": "hi", "name": "ann", "tool_calls": None, "refusal": None}],
+    )
     text, spec = openai_map.chat_spec(body, load_roles()["chat"], 1000)
     assert text == "hi" and spec.schema is None and spec.stop == () and spec.logprobs is None
     assert set(IGNORED_FIELDS) >= {"user", "metadata", "store", "service_tier"}
@@ -88,12 +108,21 @@ def test_fields_that_change_nothing_are_accepted():
 
 def test_supported_fields_reach_the_chat_spec():
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
-    body = request(response_format={"type": "json_schema", "json_schema": {"name": "A", "schema": schema, "strict": True}},
-                   stop="END", logprobs=True, top_logprobs=4, frequency_penalty=0.5, presence_penalty=0.2, temperature=0.1)
+    body = request(
+        response_format={"type": "json_schema", "json_schema": {"name": "A", "schema": schema, "strict": True}},
+        stop="END",
+        logprobs=True,
+        top_logprobs=4,
+        frequency_penalty=0.5,
+        presence_penalty=0.2,
+        temperature=0.1,
+    )
     _, spec = openai_map.chat_spec(body, load_roles()["chat"], 1000)
     assert spec.schema == schema and spec.stop == ("END",) and spec.logprobs == 4
     assert (spec.role.sampling.frequency_penalty, spec.role.sampling.presence_penalty) == (0.5, 0.2)
-    _, spec = openai_map.chat_spec(request(response_format={"type": "json_object"}, logprobs=True), load_roles()["chat"], 1000)
+    _, spec = openai_map.chat_spec(
+        request(response_format={"type": "json_object"}, logprobs=True), load_roles()["chat"], 1000
+    )
     assert spec.schema == {"type": "object"} and spec.logprobs == 0
 
 
@@ -124,14 +153,22 @@ def test_metrics_text_format():
     assert 'edgeqwen_http_requests_total{endpoint="/v1/chat/completions",status="400"} 1' in text
     assert "edgeqwen_replies_total 1" in text and "edgeqwen_reply_tokens_total 12" in text
     assert "edgeqwen_queue_waiting 2" in text and "edgeqwen_slots_busy 1" in text
-    assert 'edgeqwen_classify_batch_size_bucket{le="2"} 1' in text and 'edgeqwen_classify_batch_size_bucket{le="4"} 2' in text
+    assert (
+        'edgeqwen_classify_batch_size_bucket{le="2"} 1' in text
+        and 'edgeqwen_classify_batch_size_bucket{le="4"} 2' in text
+    )
     assert 'edgeqwen_classify_batch_size_bucket{le="+Inf"} 3' in text and "edgeqwen_classify_batch_size_sum 20" in text
-    assert 'edgeqwen_first_token_seconds_bucket{le="1"} 0' in text and 'edgeqwen_first_token_seconds_bucket{le="2.5"} 1' in text
+    assert (
+        'edgeqwen_first_token_seconds_bucket{le="1"} 0' in text
+        and 'edgeqwen_first_token_seconds_bucket{le="2.5"} 1' in text
+    )
     assert 'edgeqwen_jobs_total{outcome="rejected"} 1' in text
     rss = int(re.search(r"^process_resident_memory_bytes (\d+)$", text, re.M)[1])
     assert rss > 10 * 2**20
     for line in text.splitlines():  # every line is a comment or `name{labels} value`
-        assert line.startswith("# ") or re.fullmatch(r'[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? [0-9.e+-]+', line), line
+        assert line.startswith("# ") or re.fullmatch(
+            r'[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? [0-9.e+-]+', line
+        ), line
     names = re.findall(r"^# TYPE (\S+) ", text, re.M)
     assert len(names) == len(set(names))
 
@@ -142,7 +179,10 @@ def test_request_counter_counts_by_fixed_endpoint_labels():
     async def ok(request):
         return PlainTextResponse("ok")
 
-    app = Starlette(routes=[Route("/v1/classify/{role}", ok, methods=["POST"])], middleware=[Middleware(RequestCounter, metrics=metrics)])
+    app = Starlette(
+        routes=[Route("/v1/classify/{role}", ok, methods=["POST"])],
+        middleware=[Middleware(RequestCounter, metrics=metrics)],
+    )
     with TestClient(app) as client:
         client.post("/v1/classify/topic")
         client.post("/v1/classify/other")

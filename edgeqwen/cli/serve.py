@@ -13,6 +13,11 @@ from .options import (
     fail, ray_module, ray_options,
 )
 
+MetricsKeyOption = Annotated[Optional[str], typer.Option(
+    "--metrics-key", envvar=settings.ENV_METRICS_KEY,
+    help=f"Require 'Authorization: Bearer KEY' on /metrics (open by default, like /health; "
+    f"or set ${settings.ENV_METRICS_KEY}).",
+)]
 ReplicasOption = Annotated[Optional[int], typer.Option("--replicas", min=1, help="With --ray: Ray Serve replicas, each a model copy with its own queue. Default: as many as the cluster holds.")]
 
 
@@ -21,7 +26,7 @@ def serve(
     port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="TCP port.")] = settings.PORT,
     model: ModelOption = None,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar=settings.ENV_API_KEY, help=f"Require 'Authorization: Bearer KEY' on every endpoint but /health (or set ${settings.ENV_API_KEY}).")] = None,
-    metrics_key: Annotated[Optional[str], typer.Option("--metrics-key", envvar=settings.ENV_METRICS_KEY, help=f"Require 'Authorization: Bearer KEY' on /metrics (open by default, like /health; or set ${settings.ENV_METRICS_KEY}).")] = None,
+    metrics_key: MetricsKeyOption = None,
     prompts: PromptsOption = None,
     threads: ThreadsOption = None,
     ctx: CtxOption = None,
@@ -55,7 +60,8 @@ def serve(
     except ImportError as error:
         fail(EdgeQwenError(f"edgeqwen serve needs the server extra ({error.name or error} is missing): pip install 'edgeqwen[serve]'"))
     config = ServerConfig(
-        host=host, port=port, model=str(model) if model else None, api_key=api_key or None, metrics_key=metrics_key or None,
+        host=host, port=port, model=str(model) if model else None, api_key=api_key or None,
+        metrics_key=metrics_key or None,
         prompts=str(prompts) if prompts else None, threads=threads, ctx=ctx, router=router, queue_size=queue_size, slots=slots,
         max_body_bytes=max_body_bytes, max_text_chars=max_text_chars, log_level=log_level, verbose=verbose,
     )

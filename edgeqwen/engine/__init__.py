@@ -5,4 +5,7 @@ from .engine import Engine, Evaluated, Generation, SamplingParams
 from .reply import TokenLogprob
 from .streams import Piece, Streams
 
-__all__ = ["Engine", "Evaluated", "Generation", "MAX_SLOTS", "Piece", "SamplingParams", "Streams", "TokenLogprob", "common_prefix_length"]
+__all__ = [
+    "Engine", "Evaluated", "Generation", "MAX_SLOTS", "Piece", "SamplingParams", "Streams", "TokenLogprob",
+    "common_prefix_length",
+]

@@ -34,10 +34,18 @@ def start_reply(engine, tokens: Sequence[int], sampling: SamplingParams) -> tupl
     """A reply after `tokens` on `engine` (an Engine): its bookkeeping (budget, stop texts, logprobs) and
     what picks its tokens. Under a grammar, control tokens other than the end of turn are never picked:
     their text is not the reply's."""
-    reply = Reply(len(tokens), engine.reply_budget(tokens, sampling), engine._piece, engine.end_of_turn, sampling.stop,
-                  sampling.logprobs is not None)
+    reply = Reply(
+        len(tokens),
+        engine.reply_budget(tokens, sampling),
+        engine._piece,
+        engine.end_of_turn,
+        sampling.stop,
+        sampling.logprobs is not None,
+    )
     banned = engine.info.special_tokens - engine.end_of_turn if sampling.grammar is not None else ()
-    return reply, TokenPicker(engine._model, sampling, engine.n_vocab, banned=banned, context=tokens, window=engine.n_ctx)
+    return reply, TokenPicker(
+        engine._model, sampling, engine.n_vocab, banned=banned, context=tokens, window=engine.n_ctx
+    )
 
 
 def grammar_sampler(model: internals.LlamaModel, grammar: str) -> llama_cpp.llama_sampler_p:
@@ -67,8 +75,16 @@ def token_scores(logits: np.ndarray, token: int, top: int) -> Scores:
 class TokenPicker:
     """The next token of one reply, from a row of logits: `pick(ctx, row)`."""
 
-    def __init__(self, model: internals.LlamaModel, sampling: SamplingParams, n_vocab: int, *,
-                 banned: Iterable[int] = (), context: Sequence[int] = (), window: int = 4096) -> None:
+    def __init__(
+        self,
+        model: internals.LlamaModel,
+        sampling: SamplingParams,
+        n_vocab: int,
+        *,
+        banned: Iterable[int] = (),
+        context: Sequence[int] = (),
+        window: int = 4096,
+    ) -> None:
         self.chain = build_sampler(model, sampling, context=context, window=window)
         self.top = sampling.logprobs
         self.n_vocab = n_vocab
@@ -78,7 +94,9 @@ class TokenPicker:
             self._grammar = grammar_sampler(model, sampling.grammar)
             self._candidates = np.zeros(n_vocab, dtype=_TOKEN_DATA)
             self._ids = np.arange(n_vocab, dtype=np.int32)
-            self._banned = np.fromiter(sorted(set(banned)), dtype=np.int64)  # control tokens: their text is not the reply's
+            self._banned = np.fromiter(
+                sorted(set(banned)), dtype=np.int64
+            )  # control tokens: their text is not the reply's
             self._one = llama_cpp.llama_token_data(0, 1.0, 0.0)
 
     def pick(self, ctx: internals.LlamaContext, row: int) -> tuple[int, Scores | None]:
@@ -123,7 +141,8 @@ class TokenPicker:
         if self._banned.size:
             candidates["logit"][self._banned] = -np.inf
         array = llama_cpp.llama_token_data_array(
-            candidates.ctypes.data_as(llama_cpp.llama_token_data_p), self.n_vocab, -1, False)
+            candidates.ctypes.data_as(llama_cpp.llama_token_data_p), self.n_vocab, -1, False
+        )
         if grammar:
             llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
         llama_cpp.llama_sampler_apply(self.chain.sampler, ctypes.byref(array))

@@ -47,8 +47,15 @@ class Reply:
     With stop texts, text that could be the start of one is held back until it is clearly not: a
     stop text is never handed out, and the reply ends before it."""
 
-    def __init__(self, prompt_tokens: int, budget: int, piece: Callable[[int], bytes], end_of_turn: frozenset[int],
-                 stop: Sequence[str] = (), logprobs: bool = False) -> None:
+    def __init__(
+        self,
+        prompt_tokens: int,
+        budget: int,
+        piece: Callable[[int], bytes],
+        end_of_turn: frozenset[int],
+        stop: Sequence[str] = (),
+        logprobs: bool = False,
+    ) -> None:
         self.generation = Generation(prompt_tokens=prompt_tokens, logprobs=[] if logprobs else None)
         self.budget = budget
         self._piece = piece

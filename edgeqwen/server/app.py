@@ -123,8 +123,10 @@ class Server:
 
     async def metrics(self, request: Request) -> Response:
         if not authorized(request.headers, self.config.metrics_key):
-            raise ApiError(401, "missing or wrong metrics key: send 'Authorization: Bearer <metrics key>'", type="authentication_error",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401, "missing or wrong metrics key: send 'Authorization: Bearer <metrics key>'",
+                type="authentication_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"},
+            )
         return Response(self.worker.metrics.render(self.worker.status()), media_type=METRICS_TYPE)
 
     async def models(self, request: Request) -> Response:
@@ -212,7 +214,10 @@ def create_app(eq: EdgeQwen, config: ServerConfig = ServerConfig(), worker: Infe
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestCounter, metrics=server.worker.metrics), Middleware(BearerAuth, api_key=config.api_key)],
+        middleware=[
+            Middleware(RequestCounter, metrics=server.worker.metrics),  # outermost: counts the key check's refusals too
+            Middleware(BearerAuth, api_key=config.api_key),
+        ],
         exception_handlers={HTTPException: handle_error, Exception: handle_error},
         lifespan=lifespan,
     )

@@ -69,7 +69,8 @@ def chat_spec(body: ChatCompletionRequest, role: Role, max_text_chars: int) -> t
         for field, value in (("response_format", schema), ("stop", stop), ("frequency_penalty", body.frequency_penalty),
                              ("presence_penalty", body.presence_penalty)):
             if value:
-                raise unsupported(field, f"not with the {role.kind} role {role.name!r} (its replies follow the role's own rules)")
+                why = f"not with the {role.kind} role {role.name!r} (its replies follow the role's own rules)"
+                raise unsupported(field, why)
     if role.kind == "classify":
         return text, None
     updates: dict[str, Any] = {}
@@ -91,7 +92,8 @@ def chat_spec(body: ChatCompletionRequest, role: Role, max_text_chars: int) -> t
     if sampling:
         updates["sampling"] = role.sampling.model_copy(update=sampling)
     role = role.model_copy(update=updates) if updates else role
-    return text, ChatSpec(role=role, history=turns[:-1], text=text, schema=schema, stop=stop, logprobs=top_logprobs(body))
+    spec = ChatSpec(role=role, history=turns[:-1], text=text, schema=schema, stop=stop, logprobs=top_logprobs(body))
+    return text, spec
 
 
 def top_logprobs(body: ChatCompletionRequest) -> int | None:
@@ -123,10 +125,12 @@ def logprobs_field(entries: list[dict] | None) -> dict | None:
 def completion(meta: dict, result: Generated) -> dict:
     """The non-streamed response body (`chat.completion`)."""
     message = {"role": "assistant", "content": result.reply, "refusal": None}
+    logprobs = logprobs_field(result.logprobs)
+    choice = {"index": 0, "message": message, "finish_reason": result.finish_reason, "logprobs": logprobs}
     response = {
         **meta,
         "object": "chat.completion",
-        "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason, "logprobs": logprobs_field(result.logprobs)}],
+        "choices": [choice],
         "usage": usage(result),
     }
     if result.classification:

@@ -17,7 +17,9 @@ class RequestError(ValueError):
     """A request body that does not validate: `param` names the field; `status` 422 (a bad value) or 400
     (a field this server does not support)."""
 
-    def __init__(self, message: str, param: str | None = None, code: str = "invalid_request", status: int = 422) -> None:
+    def __init__(
+        self, message: str, param: str | None = None, code: str = "invalid_request", status: int = 422
+    ) -> None:
         super().__init__(message)
         self.param = param
         self.code = code
@@ -62,7 +64,8 @@ class ChatMessage(_Body):
         parts = []
         for index, part in enumerate(self.content):
             if part.type != "text" or part.text is None:
-                raise unsupported(f"{where}.content.{index}", f"only text content parts are supported, not {part.type!r}")
+                why = f"only text content parts are supported, not {part.type!r}"
+                raise unsupported(f"{where}.content.{index}", why)
             parts.append(part.text)
         return "".join(parts)
 
@@ -155,9 +158,12 @@ class ChatCompletionRequest(_Body):
         if fmt.type == "json_object":
             return {"type": "object"}
         if fmt.type != "json_schema":
-            raise unsupported("response_format.type", f"{fmt.type!r} is not supported (text, json_object or json_schema)")
+            why = f"{fmt.type!r} is not supported (text, json_object or json_schema)"
+            raise unsupported("response_format.type", why)
         if fmt.json_schema is None or fmt.json_schema.schema_ is None:
-            raise RequestError("response_format.json_schema.schema: required with type json_schema", "response_format.json_schema")
+            raise RequestError(
+                "response_format.json_schema.schema: required with type json_schema", "response_format.json_schema"
+            )
         return fmt.json_schema.schema_
 
 

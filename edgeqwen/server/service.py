@@ -61,7 +61,10 @@ def generate(eq: EdgeQwen, spec: ChatSpec, job: Job) -> SlotRequest:
     def delta(piece: Piece) -> Delta:
         return Delta(piece.text, [entry.to_dict() for entry in piece.logprobs] if spec.logprobs is not None else None)
 
-    return SlotRequest(start=lambda streams: streams.start(conversation, turn), item=delta, done=lambda piece: _generated(conversation, turn))
+    def done(piece: Piece) -> Generated:
+        return _generated(conversation, turn)
+
+    return SlotRequest(start=lambda streams: streams.start(conversation, turn), item=delta, done=done)
 
 
 def _generated(conversation: Conversation, turn: Turn) -> Generated:
@@ -69,8 +72,8 @@ def _generated(conversation: Conversation, turn: Turn) -> Generated:
     # Why the engine stopped: the end-of-turn token or a stop text ("stop"), or the token budget ("length").
     finish = conversation.finish_reason or "stop"
     logprobs = None if conversation.last_logprobs is None else [entry.to_dict() for entry in conversation.last_logprobs]
-    return Generated(turn.reply, finish, int(timings.get("prompt_tokens", 0)), int(timings.get("reply_tokens", 0)), dict(timings),
-                     logprobs=logprobs)
+    tokens = int(timings.get("prompt_tokens", 0)), int(timings.get("reply_tokens", 0))
+    return Generated(turn.reply, finish, *tokens, dict(timings), logprobs=logprobs)
 
 
 def classify_texts(eq: EdgeQwen, role: str):
@@ -104,7 +107,8 @@ def label_logprobs(result: Classification, top: int) -> list[dict]:
     """The label as the reply's one token, in OpenAI's logprobs shape, the most likely labels as its alternatives."""
 
     def entry(label: str) -> dict:
-        return {"token": label, "logprob": round(math.log(max(result.scores[label], 1e-300)), 6), "bytes": list(label.encode())}
+        logprob = round(math.log(max(result.scores[label], 1e-300)), 6)
+        return {"token": label, "logprob": logprob, "bytes": list(label.encode())}
 
     ranked = sorted(result.scores, key=lambda label: -result.scores[label])
     return [{**entry(result.label), "top_logprobs": [entry(label) for label in ranked[:top]]}]
@@ -133,7 +137,9 @@ def run(eq: EdgeQwen, text: str, task: str, history: list[Message], job: Job) ->
         result.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
         return result
 
-    return SlotRequest(start=lambda streams: streams.start(conversation, turn), item=lambda piece: ("delta", piece.text), done=done)
+    return SlotRequest(
+        start=lambda streams: streams.start(conversation, turn), item=lambda piece: ("delta", piece.text), done=done
+    )
 
 
 def _classification(result) -> dict:

@@ -127,8 +127,10 @@ class InferenceWorker:
     """The scheduler on one thread: `streams` (a ChatStreams, or None for no chat slots) runs chat
     jobs; at most `queue_size` jobs wait to start."""
 
-    def __init__(self, queue_size: int = settings.QUEUE_SIZE, streams: Any = None, batch_size: int = settings.BATCH_SIZE,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, queue_size: int = settings.QUEUE_SIZE, streams: Any = None, batch_size: int = settings.BATCH_SIZE,
+        metrics: Metrics | None = None,
+    ) -> None:
         if queue_size < 0:
             raise ValueError("queue_size must be >= 0")
         self.metrics = metrics or Metrics()
