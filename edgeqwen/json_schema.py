@@ -79,7 +79,8 @@ _RULE_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
 def gbnf_literal(text: str) -> str:
-    """`text` as a GBNF string literal (UTF-8; quotes, backslashes and control characters escaped)."""
+    """`text` as a GBNF string literal (UTF-8; quotes, backslashes, control characters and line separators
+    escaped, so a literal never spans lines)."""
     out = []
     for ch in text:
         if ch in '"\\':
@@ -90,8 +91,10 @@ def gbnf_literal(text: str) -> str:
             out.append("\\r")
         elif ch == "\t":
             out.append("\\t")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+        elif ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0:
             out.append(f"\\x{ord(ch):02x}")
+        elif ch in "\u2028\u2029":
+            out.append(f"\\u{ord(ch):04x}")
         else:
             out.append(ch)
     return '"' + "".join(out) + '"'
@@ -418,7 +421,7 @@ def schema_grammar(schema: Any) -> str:
 def check_rules(grammar: str) -> None:
     """Raise SchemaError unless every rule is defined once, with a valid name, and every reference resolves."""
     defined: dict[str, str] = {}
-    for line in grammar.splitlines():
+    for line in grammar.rstrip("\n").split("\n"):
         name, sep, body = line.partition(" ::= ")
         if not sep or not _RULE_NAME.match(name) or name in defined:
             raise SchemaError(f"internal: malformed grammar line {line[:60]!r}")

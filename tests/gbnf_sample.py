@@ -56,7 +56,7 @@ class Grammar:
 
 def parse(text: str) -> Grammar:
     rules: dict[str, Node] = {}
-    for line in text.strip().splitlines():
+    for line in text.strip("\n").split("\n"):
         name, _, body = line.partition(" ::= ")
         node, rest = _alternatives(body.strip(), 0)
         assert rest == len(body.strip()), f"unparsed text in {line!r}"
@@ -91,7 +91,7 @@ def _atom(text: str, i: int) -> tuple[Node, int]:
         while text[j] != '"':
             if text[j] == "\\":
                 chars.append(_escape(text, j))
-                j += 4 if text[j + 1] == "x" else 2
+                j += _escape_length(text, j)
             else:
                 chars.append(text[j])
                 j += 1
@@ -131,14 +131,18 @@ def _quantifier(text: str, i: int, atom: Node) -> tuple[Node, int]:
 
 def _class_char(text: str, j: int) -> tuple[str, int]:
     if text[j] == "\\":
-        return _escape(text, j), j + (4 if text[j + 1] == "x" else 2)
+        return _escape(text, j), j + _escape_length(text, j)
     return text[j], j + 1
 
 
 def _escape(text: str, j: int) -> str:
-    if text[j + 1] == "x":
-        return chr(int(text[j + 2 : j + 4], 16))
+    if text[j + 1] in "xu":
+        return chr(int(text[j + 2 : j + _escape_length(text, j)], 16))
     return _ESCAPES[text[j + 1]]
+
+
+def _escape_length(text: str, j: int) -> int:
+    return {"x": 4, "u": 6}.get(text[j + 1], 2)
 
 
 def _skip(text: str, i: int) -> int:

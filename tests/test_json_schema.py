@@ -158,11 +158,12 @@ def test_nesting_is_bounded():
 
 def test_literals_escape_what_gbnf_and_json_need():
     assert gbnf_literal('a"b\\c\n\x01') == '"a\\"b\\\\c\\n\\x01"'
-    grammar = schema_grammar({"enum": ["\ud800", "<|im_end|>", "中文", 'q"']})
+    assert gbnf_literal("x\u2028\x85y") == '"x\\u2028\\x85y"'  # Unicode line separators never split a grammar line
+    grammar = schema_grammar({"enum": ["\ud800", "<|im_end|>", "中文", 'q"', "a\u2028\x85b"]})
     grammar.encode("utf-8")  # no lone surrogate reaches llama.cpp: it stays a JSON escape
     sampler, rng = gbnf_sample.parse(grammar), random.Random(0)
     seen = {json.loads(sampler.sample(rng)) for _ in range(60)}
-    assert seen == {"\ud800", "<|im_end|>", "中文", 'q"'}
+    assert seen == {"\ud800", "<|im_end|>", "中文", 'q"', "a\u2028\x85b"}
 
 
 def test_json_object_and_empty_schemas_allow_any_object_or_value():
