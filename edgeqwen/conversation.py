@@ -161,8 +161,10 @@ class ChatStreams:
         return handle
 
     def step(self) -> dict[int, Piece]:
-        """One token of every active reply: handle -> Piece (text, and finish_reason on its last step,
-        when its conversation has recorded the turn)."""
+        """One token of every active reply: handle -> Piece (text, the logprobs of the tokens that text
+        comes from if its conversation asked for them, and finish_reason on its last step, when its
+        conversation has recorded the turn). A reply under a schema or with stop texts has them applied
+        here as when it streams alone."""
         try:
             pieces = self._streams.step()
         except BaseException:
