@@ -11,11 +11,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .engine import Engine, Generation, Piece, SamplingParams, Streams
-from .prompt_fit import FittedPrompt, clean_text, fit_prompt, fixed_prefix
+from .engine import EngineLike, Generation, Piece, SamplingParams
+from .prompt_fit import FittedPrompt, fit_prompt, fixed_prefix
 from .roles import Message, Role
 from .settings import CHAT_SLOTS
-from .text import script_language
+from .text import clean_text, script_language
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Turn:
 class Conversation:
     """A multi-turn chat with one generate role; history is trimmed to fit the context window."""
 
-    def __init__(self, engine: Engine, role: Role, history: Sequence[Message] = ()) -> None:
+    def __init__(self, engine: EngineLike, role: Role, history: Sequence[Message] = ()) -> None:
         role.require_kind("generate")
         self.engine = engine
         self.role = role
@@ -103,8 +103,8 @@ class ChatStreams:
     batch (engine Streams). Each reply keeps its own sampler, budget and history; a reply that ends or
     is closed frees its slot at once."""
 
-    def __init__(self, engine: Engine, slots: int = CHAT_SLOTS) -> None:
-        self._streams = Streams(engine, slots)
+    def __init__(self, engine: EngineLike, slots: int = CHAT_SLOTS) -> None:
+        self._streams = engine.streams(slots)
         self._turns: dict[int, tuple[Conversation, Turn]] = {}
 
     @property

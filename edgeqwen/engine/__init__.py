@@ -2,6 +2,8 @@
 
 from .cells import MAX_SLOTS, common_prefix_length
 from .engine import Engine, Evaluated, Generation, SamplingParams
+from .protocol import EngineLike, StreamsLike
 from .streams import Piece, Streams
 
-__all__ = ["Engine", "Evaluated", "Generation", "MAX_SLOTS", "Piece", "SamplingParams", "Streams", "common_prefix_length"]
+__all__ = ["Engine", "EngineLike", "Evaluated", "Generation", "MAX_SLOTS", "Piece", "SamplingParams", "Streams",
+           "StreamsLike", "common_prefix_length"]

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import llama_cpp
-from llama_cpp import _internals as internals
+
+from .bindings import LlamaModel, LlamaSampler
 
 PENALTY_WINDOW = 64  # recent tokens the repeat penalty applies to (llama.cpp's usual last_n)
 DRY_BASE = 1.75  # llama.cpp's defaults for the DRY sampler
@@ -30,12 +31,12 @@ class SamplingParams:
     dry_allowed_length: int = 2
 
 
-def build_sampler(model: internals.LlamaModel, sampling: SamplingParams, grammar: str | None = None,
-                  context: Sequence[int] = (), window: int = 4096) -> internals.LlamaSampler:
+def build_sampler(model: LlamaModel, sampling: SamplingParams, grammar: str | None = None,
+                  context: Sequence[int] = (), window: int = 4096) -> LlamaSampler:
     """llama.cpp's sampler chain for `sampling` (greedy at temperature 0), constrained by `grammar` if
     given; `context` is the prompt, which the DRY sampler must know to keep the reply from copying it,
     and `window` how far back it looks (n_ctx: all of it; this llama.cpp takes no -1 for that)."""
-    sampler = internals.LlamaSampler()
+    sampler = LlamaSampler()
     if grammar is not None:
         sampler.add_grammar(model, _Grammar(grammar))
     greedy = sampling.temperature <= 0
@@ -60,7 +61,7 @@ def build_sampler(model: internals.LlamaModel, sampling: SamplingParams, grammar
     return sampler
 
 
-def _dry(model: internals.LlamaModel, sampling: SamplingParams, context: Sequence[int], window: int) -> llama_cpp.llama_sampler_p:
+def _dry(model: LlamaModel, sampling: SamplingParams, context: Sequence[int], window: int) -> llama_cpp.llama_sampler_p:
     """A DRY sampler that has already seen `context` (the chain's other samplers have not: the repeat
     penalty keeps to the reply's own last tokens). Cloned from one made per model and setting, since
     making one walks the whole vocabulary for the breakers."""
@@ -76,7 +77,7 @@ def _dry(model: internals.LlamaModel, sampling: SamplingParams, context: Sequenc
 
 
 # (model, multiplier, allowed length, window) -> (the model, kept alive with it; a DRY sampler to clone)
-_DRY_TEMPLATES: dict[tuple, tuple[internals.LlamaModel, llama_cpp.llama_sampler_p]] = {}
+_DRY_TEMPLATES: dict[tuple, tuple[LlamaModel, llama_cpp.llama_sampler_p]] = {}
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,15 @@ working sequence between steps (a classification) can neither overrun the cache 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CacheBusyError
 from .cells import FIRST_SLOT_SEQ, MAX_SLOTS
-from .engine import Engine
 from .reply import Generation, Reply
-from .sampling import SamplingParams, build_sampler
+from .runtime import Entry, Runtime
+from .sampling import SamplingParams
 
 
 @dataclass
@@ -45,12 +45,16 @@ class _Stream:
 
 
 class Streams:
-    """Up to `slots` generations that share decode steps, on one Engine."""
+    """Up to `slots` generations that share decode steps on one model's Runtime (Engine.streams makes
+    them, with the model's end-of-turn tokens and its reply budget rule)."""
 
-    def __init__(self, engine: Engine, slots: int) -> None:
+    def __init__(self, runtime: Runtime, slots: int, *, end_of_turn: frozenset[int],
+                 reply_budget: Callable[[Sequence[int], SamplingParams], int]) -> None:
         if not 1 <= slots <= MAX_SLOTS:
             raise ValueError(f"slots must be between 1 and {MAX_SLOTS}")
-        self._engine = engine
+        self._runtime = runtime  # the context, batch and cells they share with the Engine
+        self._end_of_turn = end_of_turn
+        self._reply_budget = reply_budget
         self._free = list(range(FIRST_SLOT_SEQ + slots - 1, FIRST_SLOT_SEQ - 1, -1))  # pop() gives the lowest
         self._active: dict[int, _Stream] = {}
         self.slots = slots
@@ -71,11 +75,11 @@ class Streams:
         """Start generating after `tokens` (their first `keep_prefix` are a kept role prefix); returns the
         stream's handle, or None while no slot or too few free cells can take it (try again later).
         The prompt is evaluated by the next steps: the first piece comes from step()."""
-        engine, tokens = self._engine, list(tokens)
-        budget = engine.reply_budget(tokens, sampling)
+        tokens = list(tokens)
+        budget = self._reply_budget(tokens, sampling)
         shared = min(keep_prefix, len(tokens) - 1)
         own = len(tokens) - shared + budget
-        if not self._free or engine._cells.cells_in_slots() + own + shared > engine.n_ctx:
+        if not self._free or self._runtime.cells.cells_in_slots() + own + shared > self._runtime.n_ctx:
             return None
         seq = self._free.pop()
         try:
@@ -86,8 +90,9 @@ class Streams:
         except BaseException:
             self._release(seq)
             raise
-        sampler = build_sampler(engine._model, sampling, context=tokens, window=engine.n_ctx)
-        self._active[seq] = _Stream(seq, shared, sampler, Reply(len(tokens), budget, engine._piece, engine.end_of_turn), tokens[shared:])
+        sampler = self._runtime.sampler(sampling, context=tokens)
+        reply = Reply(len(tokens), budget, self._runtime.piece, self._end_of_turn)
+        self._active[seq] = _Stream(seq, shared, sampler, reply, tokens[shared:])
         return seq
 
     def step(self) -> dict[int, Piece]:
@@ -96,16 +101,16 @@ class Streams:
         entries, sampling = self._batch()
         if not entries:
             return {}
-        engine = self._engine
+        runtime = self._runtime
         try:
-            engine._fill_batch(entries)
-            engine._run_batch()
+            runtime.fill_batch(entries)
+            runtime.run_batch()
         except BaseException:
             self.close_all()
             raise
         pieces: dict[int, Piece] = {}
         for stream, row in sampling:
-            stream.next_token = stream.sampler.sample(engine._ctx, row)  # its own row of logits
+            stream.next_token = runtime.sample(stream.sampler, row)  # its own row of logits
             reply = stream.reply
             text = reply.take(stream.next_token)
             if reply.done:
@@ -129,11 +134,11 @@ class Streams:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _batch(self) -> tuple[list[tuple[int, int, int, bool]], list[tuple[_Stream, int]]]:
+    def _batch(self) -> tuple[list[Entry], list[tuple[_Stream, int]]]:
         """The step's batch entries: first the last token of every generating stream, then as much of
         the waiting prompts as fits, in the order their streams started; and which streams sample from
         which row."""
-        entries: list[tuple[int, int, int, bool]] = []
+        entries: list[Entry] = []
         sampling: list[tuple[_Stream, int]] = []
         generating = [stream for stream in self._active.values() if not stream.prompt]
         prompting = [stream for stream in self._active.values() if stream.prompt]
@@ -142,7 +147,7 @@ class Streams:
             entries.append((stream.next_token, stream.position, stream.seq, True))
             stream.position += 1
         for stream in prompting:
-            chunk = stream.prompt[: self._engine.n_batch - len(entries)]
+            chunk = stream.prompt[: self._runtime.n_batch - len(entries)]
             del stream.prompt[: len(chunk)]
             entries += [(token, stream.position + j, stream.seq, False) for j, token in enumerate(chunk)]
             stream.position += len(chunk)
@@ -154,14 +159,14 @@ class Streams:
     def _open(self, seq: int, prefix: list[int], own: int) -> None:
         """The slot's sequence holding the kept `prefix` (evaluated once on the working sequence if not
         kept yet), and `own` cells reserved for the rest of its prompt and its reply."""
-        engine, cells = self._engine, self._engine._cells
+        cells = self._runtime.cells
         cells.truncate(0)  # the working sequence's last prompt: scratch, and cells the slot may need
         if prefix and tuple(prefix) not in cells.kept:
-            engine._hold(prefix)  # kept for the next stream too
+            self._runtime.hold(prefix)  # kept for the next stream too
         cells.open_slot(seq, prefix, own)
         cells.make_room(len(cells.working))
 
     def _release(self, seq: int) -> None:
-        self._engine._cells.close_slot(seq)
+        self._runtime.cells.close_slot(seq)
         self._free.append(seq)
         self._free.sort(reverse=True)
