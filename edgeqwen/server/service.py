@@ -13,10 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..api import EdgeQwen, RunResult
-from ..classifier import Classification
-from ..conversation import Conversation, Turn
-from ..roles import Message, Role
+from ..api import Classification, Conversation, EdgeQwen, Message, Role, RunResult, Turn
 from .worker import Job, SlotRequest
 
 
@@ -41,7 +38,7 @@ class Generated:
 
 def generate(eq: EdgeQwen, spec: ChatSpec, job: Job) -> SlotRequest:
     """A reply of a generate role, to run in a chat slot; each text piece goes to `job.emit`."""
-    conversation = Conversation(eq.engine, spec.role, spec.history)
+    conversation = eq.conversation(spec.role, spec.history)
     turn = conversation.prepare(spec.text)
     return SlotRequest(start=lambda streams: streams.start(conversation, turn), done=lambda piece: _generated(conversation, turn))
 
