@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MODELS_DIR ?= models
 STANDIN := $(MODELS_DIR)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 
-.PHONY: help setup setup-test model demo test quantize heads clean browser serve loadtest
+.PHONY: help setup setup-test model demo test test-fast quantize heads clean browser serve loadtest
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,7 +23,11 @@ $(VENV)/.installed-serve: $(VENV)/.installed-run
 	$(BIN)/pip install --progress-bar off -e '.[serve]'
 	@touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed-run
+$(VENV)/.installed-fast: $(VENV)/.installed-run
+	$(BIN)/pip install --progress-bar off -e '.[test]'
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-fast
 	$(BIN)/pip install --progress-bar off -e '.[test,convert-test,ray]'
 	@touch $@
 
@@ -45,8 +49,11 @@ demo: setup model  ## install, fetch the model and run both roles on a few Chine
 	@echo; echo "== edgeqwen run --task both --json (sentiment, then a chat reply) =="
 	@$(BIN)/edgeqwen run --task both --json '房间干净，早餐丰富，下次还会再来。'
 
-test: setup-test model browser  ## run the test suite against the real model (and the web page in headless chromium)
+test: setup-test model browser  ## run the whole test suite against the real model (and the web page in headless chromium)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(VENV)/.installed-fast  ## the tests that need no model file (under a minute; no model download)
+	$(BIN)/python -m pytest -q -m "not model"
 
 browser:  ## install Debian's chromium and a CJK font for the page test, unless already there (needs root)
 	@if [ -x /usr/bin/chromium ] && [ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ]; then :; \

@@ -9,42 +9,19 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
-    from .api import EdgeQwen, RunResult
-    from .engine import Engine, SamplingParams
+    from .api import ChatStreams, Classification, Conversation, EdgeQwen, Role, RouteDecision, RunResult, load_roles
     from .errors import EdgeQwenError
-    from .roles import Role, load_roles
-    from .classifier import Classification
-    from .conversation import ChatStreams, Conversation
-    from .router import RouteDecision
 
-# public name -> the submodule that defines it
+# public name -> the submodule that defines it: edgeqwen.api, the one door, and the errors
 _EXPORTS = {
-    "ChatStreams": "conversation",
-    "Classification": "classifier",
-    "Conversation": "conversation",
-    "EdgeQwen": "api",
+    **dict.fromkeys(
+        ("ChatStreams", "Classification", "Conversation", "EdgeQwen", "Role", "RouteDecision", "RunResult", "load_roles"),
+        "api",
+    ),
     "EdgeQwenError": "errors",
-    "Engine": "engine",
-    "Role": "roles",
-    "RouteDecision": "router",
-    "RunResult": "api",
-    "SamplingParams": "engine",
-    "load_roles": "roles",
 }
 
-__all__ = [
-    "ChatStreams",
-    "Classification",
-    "Conversation",
-    "EdgeQwen",
-    "EdgeQwenError",
-    "Engine",
-    "Role",
-    "RouteDecision",
-    "RunResult",
-    "SamplingParams",
-    "load_roles",
-]
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
 
 

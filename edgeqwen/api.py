@@ -10,14 +10,23 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .settings import CHAT_SLOTS, KV_CACHE_TYPES, ROUTER, cache_dir as settings_cache_dir  # names, not the package: __init__ imports this module
+from .settings import CHAT_SLOTS, KV_CACHE_TYPES, ROUTER, cache_dir as settings_cache_dir  # names: __init__ imports this
 from .classifier import Classification, Classifier, check_labels
-from .conversation import ChatStreams, Conversation
-from .engine import Engine
+from .conversation import ChatStreams, Conversation, Turn
+from .engine import Engine, EngineLike
 from .errors import EdgeQwenError, InputError
+from .gguf_info import GGUFInfo
+from .grammar import label_grammar
+from .head import model_identity
+from .memory_plan import MemoryPlan
 from .model_paths import resolve_model
+from .prompt_fit import fixed_prefix
 from .roles import Message, Role, load_roles, pick_role
 from .router import STRATEGIES, RouteDecision, Router
+
+# The door faces (CLI, server, Ray) go through: EdgeQwen and the types its methods take and return.
+__all__ = ["TASKS", "ChatStreams", "Classification", "Classifier", "Conversation", "EdgeQwen", "Message", "Role",
+           "RouteDecision", "RunResult", "Turn", "check_choice", "load_roles"]
 
 TASKS = ("auto", "sentiment", "chat", "both")
 
@@ -73,14 +82,18 @@ class EdgeQwen:
         kv_cache: str | None = None,
         prefix_cache: bool | str | os.PathLike = True,
         verbose: bool = False,
+        engine: EngineLike | None = None,
     ) -> None:
+        """`engine`: run on this engine instead of loading `model` (anything that satisfies
+        edgeqwen.engine.EngineLike; the test suite's deterministic engine, for instance)."""
         check_choice("router", router, STRATEGIES)  # everything that can be refused is, before the slow load
         if kv_cache is not None:
             check_choice("KV cache type", kv_cache, KV_CACHE_TYPES)
         self.roles: dict[str, Role] = load_roles(prompts_dir)
         cache_dir = settings_cache_dir() / "prefixes" if prefix_cache is True else (prefix_cache or None)
-        self.engine = Engine(
-            resolve_model(model), n_ctx=n_ctx, n_threads=threads, kv_type=kv_cache, prefix_cache_dir=cache_dir, verbose=verbose
+        self.engine: EngineLike = engine or Engine(
+            resolve_model(model), n_ctx=n_ctx, n_threads=threads, kv_type=kv_cache, prefix_cache_dir=cache_dir,
+            verbose=verbose,
         )
         check_labels(self.engine, self.roles.values())  # labels that are control tokens of this model
         self._classifiers: dict[str, Classifier] = {}
@@ -118,14 +131,18 @@ class EdgeQwen:
         self, role: str | Role = "chat", history: Sequence[Message] = (), sampling: Mapping[str, Any] | None = None,
         *, schema: dict | bool | None = None, stop: Sequence[str] = (), logprobs: int | None = None,
     ) -> Conversation:
-        """A multi-turn chat that keeps its history (trimmed to fit n_ctx). `role` is a generate or extract
-        role's name, or a Role (one a caller adapted, e.g. with its own system prompt); `sampling`
-        overrides its sampling settings, e.g. {"temperature": 0, "max_tokens": 64}; `schema` constrains
-        every reply to a JSON schema (an extract role's own by default; SchemaError names what is not
-        supported); `stop` ends a reply before any of these texts; `logprobs` (0-20) gives each token's
-        log-probability and that many alternatives (`conversation.last_logprobs`, and in chat slots each
-        piece's `logprobs`)."""
-        chosen = role.require_kind("generate") if isinstance(role, Role) else self._role(role, "generate")
+        """A multi-turn chat that keeps its history (trimmed to fit n_ctx); `role` is a generate or extract
+        role's name or a Role (e.g. one with another system prompt: `role.with_system(...)`); `sampling`
+        overrides the role's sampling settings, e.g. {"temperature": 0, "max_tokens": 64}; `schema`
+        constrains every reply to a JSON schema (an extract role's own by default; SchemaError names what
+        is not supported); `stop` ends a reply before any of these texts; `logprobs` (0-20) gives each
+        token's log-probability and that many alternatives (`conversation.last_logprobs`, and in chat
+        slots each piece's `logprobs`).
+
+        >>> eq.conversation(eq.roles["chat"].with_system("Answer in one word.")).reply("Sky colour?")
+        'Blue.'
+        """
+        chosen = self._role(role, "generate")
         if sampling:
             chosen = chosen.model_copy(update={"sampling": chosen.sampling.model_copy(update=dict(sampling))})
         return Conversation(self.engine, chosen, history, schema=schema, stop=stop, logprobs=logprobs)
@@ -212,14 +229,65 @@ class EdgeQwen:
         result.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
         return result
 
+    # -- the model underneath ------------------------------------------------------------------
+
+    @property
+    def model_info(self) -> GGUFInfo:
+        """The model file's metadata (path, architecture, blocks, context length, ...), read from its GGUF."""
+        return self.engine.info
+
+    @property
+    def memory_plan(self) -> MemoryPlan:
+        """The context size and KV-cache type in use, and the memory estimate they were chosen by."""
+        return self.engine.memory_plan
+
+    @property
+    def n_ctx(self) -> int:
+        """The context window in tokens: the longest prompt + reply."""
+        return self.engine.n_ctx
+
+    @property
+    def readable_layers(self) -> range:
+        """Transformer blocks whose output a classification head can read (all but the last)."""
+        return self.engine.readable_layers
+
+    def model_identity(self) -> dict[str, Any]:
+        """What ties a trained head to this model file (name, sizes, sha256 when recorded)."""
+        return model_identity(self.engine)
+
+    def classifier(self, role: str | Role, *, use_head: bool = True, for_head: bool = False) -> Classifier:
+        """A Classifier for a classify role (a name or a Role): use_head=False decides by the label
+        logits alone (the role without its head); for_head=True reads texts through the prompt the
+        role's head reads, for training one (Classifier.read_many)."""
+        return Classifier(self.engine, self._role(role, "classify"), use_head=use_head, for_head=for_head)
+
+    def prompt_tokens(self, role: str | Role, text: str | None = None) -> list[int]:
+        """Tokens of a role's prompt for `text` in the model's chat template; with no text, the fixed
+        prefix every prompt of the role starts with (kept in the cache once evaluated)."""
+        chosen = self._role(role, None)
+        return fixed_prefix(self.engine, chosen) if text is None else self.engine.chat_tokens(chosen.messages(text))
+
+    def complete_choice(self, prompt: str, choices: Sequence[str]) -> str:
+        """Greedy plain completion of `prompt` (no chat template) forced by a grammar to one of
+        `choices`; the choice made (a baseline `edgeqwen eval --compare` scores)."""
+        return self.engine.constrained_choice(self.engine.tokenize(prompt), label_grammar(list(choices))).strip()
+
+    def bare_decode_rate(self, tokens: Sequence[int], n_tokens: int, streams: int = 1) -> float:
+        """Tokens per second of llama.cpp's bare decode loop (greedy, no sampler chain) after `tokens`,
+        `streams` copies decoded together: this machine's ceiling, which `edgeqwen bench` holds
+        replies and chat slots against."""
+        return self.engine.bare_decode_rate(tokens, n_tokens, streams)
+
     # -- helpers --------------------------------------------------------------------------------
 
-    def _role(self, name: str, kind: str) -> Role:
-        return pick_role(self.roles, name, kind)
+    def _role(self, role: str | Role, kind: str | None) -> Role:
+        if isinstance(role, Role):
+            return role.require_kind(kind) if kind else role
+        return pick_role(self.roles, role, kind)
 
     def _classifier(self, name: str) -> Classifier:
         if name not in self._classifiers:
-            self._classifiers[name] = Classifier(self.engine, self._role(name, "classify"))
+            self._classifiers[name] = self.classifier(name)
         return self._classifiers[name]
 
     def _conversation_for(self, message: str | Sequence[Message], role_name: str, **options: Any) -> Conversation:

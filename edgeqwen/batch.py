@@ -18,7 +18,7 @@ from typing import TextIO
 from . import settings
 from .classifier import Classification
 from .errors import InputError
-from .prompt_fit import clean_text
+from .text import clean_text
 
 OUTPUT_FIELDS = ("line", "text", "label", "display", "confidence", "error")
 

@@ -171,7 +171,6 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
     from .api import EdgeQwen
     from .board import physical_cores
     from .engine.plain import PlainLlama
-    from .prompt_fit import fixed_prefix
 
     threads = threads or physical_cores()
     figures: dict = {"model": str(model), "threads": threads, "n_ctx": n_ctx}
@@ -190,15 +189,15 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
     started = time.perf_counter()
     eq = EdgeQwen(model, threads=threads, n_ctx=n_ctx)
     figures["load_s"] = round(time.perf_counter() - started, 3)
-    figures.update(n_ctx=eq.engine.n_ctx, kv_cache=eq.engine.kv_type, memory_plan=eq.engine.memory_plan.describe())
-    raw = PlainLlama(model, eq.engine.n_ctx, threads)
+    figures.update(n_ctx=eq.n_ctx, kv_cache=eq.memory_plan.kv_type, memory_plan=eq.memory_plan.describe())
+    raw = PlainLlama(model, eq.n_ctx, threads)
 
     log("compute floor and sentiment latency…")
     role = eq.roles["sentiment"]
-    prefix = fixed_prefix(eq.engine, role)  # system, examples and the user turn up to the input
+    prefix = eq.prompt_tokens(role)  # system, examples and the user turn up to the input
     floor, warm, after_chat, cold = [], [], [], []
     for text in SHORT_INPUTS * repeats:
-        full = eq.engine.chat_tokens(role.messages(text))
+        full = eq.prompt_tokens(role, text)
         floor.append(raw.eval_seconds(prefix, full[len(prefix):]))
         eq.sentiment("warm up the role")  # role's prefix is the last thing evaluated
         warm.append(_timed(lambda: eq.sentiment(text)))
@@ -213,8 +212,9 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
     route_times = [_timed(lambda: eq.route(text)) for text in SHORT_INPUTS]
     auto_times = [_timed(lambda: eq.run(text, "auto", chat=False)) for text in SHORT_INPUTS]  # route, and label a review
     route_role = eq.router.prompt  # the prompt the router reads texts through
-    route_prefix = fixed_prefix(eq.engine, route_role)
-    route_floor = [raw.eval_seconds(route_prefix, eq.engine.chat_tokens(route_role.messages(text))[len(route_prefix):]) for text in SHORT_INPUTS]
+    route_prefix = eq.prompt_tokens(route_role)
+    route_floor = [raw.eval_seconds(route_prefix, eq.prompt_tokens(route_role, text)[len(route_prefix):])
+                   for text in SHORT_INPUTS]
 
     log("texts one at a time and together…")
     many_texts = SHORT_INPUTS * BATCH_ROUNDS
@@ -234,7 +234,7 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
     log("chat and raw decode…")
     chat = eq.conversation()
     chat.role = _greedy(chat.role, DECODE_TOKENS)
-    prompt = eq.engine.chat_tokens(chat.role.messages(CHAT_PROMPT))
+    prompt = eq.prompt_tokens(chat.role, CHAT_PROMPT)
     penalty = chat.role.sampling.repeat_penalty
     ttfts, ours_tps, raw_tps, raw_same_tps, bare_tps = [], [], [], [], []
     for _ in range(3):  # interleaved, so drifts in machine load hit all three alike
@@ -245,11 +245,11 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         ours_tps.append((chat.timings["reply_tokens"] - 1) / max(1e-9, chat.timings["total_ms"] / 1000 - ttft))
         raw_tps.append(raw.decode_rate(prompt, DECODE_TOKENS, temp=0.0))
         raw_same_tps.append(raw.decode_rate(prompt, DECODE_TOKENS, temp=0.0, repeat_penalty=penalty))
-        bare_tps.append(eq.engine.bare_decode_rate(prompt, DECODE_TOKENS - 1))
+        bare_tps.append(eq.bare_decode_rate(prompt, DECODE_TOKENS - 1))
     log("structured output (a JSON schema's grammar) beside free decode on the same prompt…")
     structured = structured_rates(eq)
     structured_role = eq.conversation(schema=STRUCTURED_SCHEMA).role  # the schema shown in its system prompt
-    structured_prompt = eq.engine.chat_tokens(structured_role.messages(STRUCTURED_PROMPT))
+    structured_prompt = eq.prompt_tokens(structured_role, STRUCTURED_PROMPT)
     raw_structured_tps = raw.json_schema_decode_rate(structured_prompt, STRUCTURED_TOKENS, STRUCTURED_SCHEMA)
     log("chat replies together in slots…")
     alone = statistics.median(_streams_rate(eq, [CHAT_PROMPT], DECODE_TOKENS) for _ in range(2))
@@ -257,8 +257,8 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
     bare_together = len(TOGETHER_PROMPTS)  # as many streams in a bare decode loop: what this machine allows
     bare_alone_tps, bare_together_tps = [], []
     for _ in range(2):  # taking turns, so a drift in machine load hits both alike
-        bare_alone_tps.append(eq.engine.bare_decode_rate(prompt, DECODE_TOKENS - 1))
-        bare_together_tps.append(eq.engine.bare_decode_rate(prompt, DECODE_TOKENS - 1, streams=bare_together))
+        bare_alone_tps.append(eq.bare_decode_rate(prompt, DECODE_TOKENS - 1))
+        bare_together_tps.append(eq.bare_decode_rate(prompt, DECODE_TOKENS - 1, streams=bare_together))
     first_tokens_together = statistics.median(_first_tokens_together(eq, TOGETHER_PROMPTS) for _ in range(3))
     decode_tps, raw_tps_p50, raw_same_p50, bare_p50, bare_alone_p50, bare_together_p50 = (
         statistics.median(x) for x in (ours_tps, raw_tps, raw_same_tps, bare_tps, bare_alone_tps, bare_together_tps))

@@ -12,16 +12,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .engine import Engine, common_prefix_length
+from .engine import EngineLike, common_prefix_length
 from .errors import RoleError
 from .grammar import label_grammar
 from .head import Head, head_for, layer_features
 from .numeric import softmax
-from .prompt_fit import FittedPrompt, clean_text, fit_prompt, fixed_prefix
+from .prompt_fit import FittedPrompt, fit_prompt, fixed_prefix
 from .roles import Role
+from .text import clean_text
 
 
-def label_token_problem(engine: Engine, label: str) -> str | None:
+def label_token_problem(engine: EngineLike, label: str) -> str | None:
     """Why the loaded model cannot produce `label` as plain text, or None.
 
     Role files are checked for chat markup such as <|im_end|> when they are read (roles.py); which
@@ -33,7 +34,7 @@ def label_token_problem(engine: Engine, label: str) -> str | None:
     return "is a control token of this model" if len(engine.tokenize(label, special=True)) == 1 else "contains a control token of this model"
 
 
-def check_labels(engine: Engine, roles: Iterable[Role]) -> None:
+def check_labels(engine: EngineLike, roles: Iterable[Role]) -> None:
     """Refuse a classify role with a label that is (or contains) a control token of the loaded model,
     in one line naming the role file and the field."""
     for role in roles:
@@ -73,7 +74,7 @@ class Read:
 class Classifier:
     """Runs one classify role; the answer is always exactly one of the role's labels."""
 
-    def __init__(self, engine: Engine, role: Role, *, use_head: bool = True, for_head: bool = False) -> None:
+    def __init__(self, engine: EngineLike, role: Role, *, use_head: bool = True, for_head: bool = False) -> None:
         role.require_kind("classify")
         check_labels(engine, [role])
         self.engine = engine

@@ -11,12 +11,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .engine import Engine, Generation, Piece, SamplingParams, Streams, TokenLogprob
+from .engine import EngineLike, Generation, Piece, SamplingParams, TokenLogprob
 from .json_schema import schema_grammar, schema_instruction
-from .prompt_fit import FittedPrompt, clean_text, fit_prompt, fixed_prefix
+from .prompt_fit import FittedPrompt, fit_prompt, fixed_prefix
 from .roles import Message, Role
 from .settings import CHAT_SLOTS
-from .text import script_language
+from .text import clean_text, script_language
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Conversation:
     token's log-probability (`last_logprobs`)."""
 
     def __init__(
-        self, engine: Engine, role: Role, history: Sequence[Message] = (), *, schema: dict | bool | None = None,
+        self, engine: EngineLike, role: Role, history: Sequence[Message] = (), *, schema: dict | bool | None = None,
         stop: Sequence[str] = (), logprobs: int | None = None,
     ) -> None:
         role.require_kind("generate")
@@ -135,8 +135,8 @@ class ChatStreams:
     batch (engine Streams). Each reply keeps its own sampler, budget and history; a reply that ends or
     is closed frees its slot at once."""
 
-    def __init__(self, engine: Engine, slots: int = CHAT_SLOTS) -> None:
-        self._streams = Streams(engine, slots)
+    def __init__(self, engine: EngineLike, slots: int = CHAT_SLOTS) -> None:
+        self._streams = engine.streams(slots)
         self._turns: dict[int, tuple[Conversation, Turn]] = {}
 
     @property

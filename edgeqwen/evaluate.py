@@ -12,7 +12,7 @@ the route role's `routes_to`). An optional `lang` field gives a per-language spl
 - task route: the `rules` router (the seed's keyword + length rule, as edgeqwen re-implements it);
 - either task, when the role has a head: the same role scored by its label logits without the head.
 
-`--train-head OUT` trains a head instead (head_training.py).
+Training a head is `edgeqwen train-head` (training/head.py); the chat check is chat_check.py.
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ import numpy as np
 from . import settings
 from .classifier import Classifier
 from .errors import InputError, RoleError
-from .grammar import label_grammar
 from .head import text_key
-from .prompt_fit import clean_text
+from .text import clean_text
 from .roles import pick_role
 from .router import rules_route
 
@@ -129,12 +128,10 @@ def role_system(classifier: Classifier, task: str, name: str | None = None, batc
     return System(name or f"edgeqwen role '{role.name}'", f"{role.source}; {how}", predict, batch, confidences)
 
 
-def seed_prompt_system(engine: Any) -> System:
-    grammar = label_grammar(list(SEED_LABELS))
-
+def seed_prompt_system(eq: Any) -> System:
     def predict(text: str) -> str:
-        tokens = engine.tokenize(SEED_PROMPT.replace("{text}", clean_text(text)))
-        return SEED_LABELS.get(engine.constrained_choice(tokens, grammar).strip(), "positive")
+        return SEED_LABELS.get(eq.complete_choice(SEED_PROMPT.replace("{text}", clean_text(text)), list(SEED_LABELS)),
+                               "positive")
 
     return System(
         "seed prompt (reconstruction)",
@@ -326,7 +323,7 @@ def check_gold(items: Sequence[Item], task: str, role: Any) -> None:
 def evaluate(eq: Any, options: EvalOptions, items: Sequence[Item]) -> dict[str, Any]:
     """Score the role (and with compare, the seed baselines) on `items`; returns the full report."""
     name = check_role(eq.roles, options.task, options.role)
-    classifier = Classifier(eq.engine, eq.roles[name])
+    classifier = eq.classifier(name)
     check_gold(items, options.task, classifier.role)
     skipped = 0
     if classifier.head is not None and classifier.head.trained_on and not options.include_trained:
@@ -338,17 +335,17 @@ def evaluate(eq: Any, options: EvalOptions, items: Sequence[Item]) -> dict[str, 
     systems = [role_system(classifier, options.task, batch=options.batch_size)]
     if options.compare:
         if classifier.head is not None:
-            systems.append(role_system(Classifier(eq.engine, classifier.role, use_head=False), options.task,
+            systems.append(role_system(eq.classifier(name, use_head=False), options.task,
                                        f"edgeqwen role '{name}' without head", options.batch_size))
         if options.task == "route":
             systems.append(rules_system())
         elif set(classifier.role.label_names) == set(SEED_LABELS.values()):
-            systems.append(seed_prompt_system(eq.engine))
+            systems.append(seed_prompt_system(eq))
     return {
         "data": [str(p) for p in options.data],
         "task": options.task,
         "role": name,
-        "model": eq.engine.info.path.name,
+        "model": eq.model_info.path.name,
         "n": len(items),
         "skipped_trained": skipped,
         "systems": score(items, systems, options.progress),

@@ -9,23 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .engine import Engine, common_prefix_length
+from .engine import EngineLike, common_prefix_length
 from .errors import InputError
 from .roles import Message, Role
 from .text import script_language
 
 MIN_REPLY_TOKENS = 16  # a chat prompt is truncated rather than leave less room than this
 LANGUAGE_PROBES = {"zh": ("甲", "乙"), "en": ("A", "B"), None: ("1", "2")}  # unlike inputs in one script
-
-
-def clean_text(text: str) -> str:
-    """The input as the model should see it; empty or whitespace-only input is refused."""
-    if not isinstance(text, str):
-        raise InputError("text must be a string")
-    text = text.replace("\x00", "").strip()
-    if not text:
-        raise InputError("empty input: give some text to analyse")
-    return text
 
 
 @dataclass(frozen=True)
@@ -36,7 +26,7 @@ class FittedPrompt:
     fixed: int = 0  # leading tokens that are the role's fixed prefix, worth keeping in the cache
 
 
-def fixed_prefix(engine: Engine, role: Role, text: str | None = None) -> list[int]:
+def fixed_prefix(engine: EngineLike, role: Role, text: str | None = None) -> list[int]:
     """Tokens every prompt of the role starts with: system prompt, examples, and the new user turn up to the input.
 
     Found as what the prompts for two unlike inputs share, so the template's own tokens before the
@@ -49,7 +39,7 @@ def fixed_prefix(engine: Engine, role: Role, text: str | None = None) -> list[in
 
 
 def fit_prompt(
-    engine: Engine, role: Role, text: str, history: Sequence[Message] = (), reserve: int = 1, prefix: Sequence[int] = ()
+    engine: EngineLike, role: Role, text: str, history: Sequence[Message] = (), reserve: int = 1, prefix: Sequence[int] = ()
 ) -> FittedPrompt:
     """Tokens for `text` after `history` that leave `reserve` tokens free: oldest turns go first, then the text's tail."""
     fitted = _fit(engine, role, text, list(history), reserve)
@@ -58,7 +48,7 @@ def fit_prompt(
     return FittedPrompt(fitted.tokens, fitted.history, fitted.truncated, fixed)
 
 
-def _fit(engine: Engine, role: Role, text: str, history: list[Message], reserve: int) -> FittedPrompt:
+def _fit(engine: EngineLike, role: Role, text: str, history: list[Message], reserve: int) -> FittedPrompt:
     while True:
         tokens = engine.chat_tokens(role.messages(text, history))
         if len(tokens) + reserve <= engine.n_ctx or not history:

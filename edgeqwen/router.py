@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .classifier import Classification, Classifier
-from .prompt_fit import clean_text
+from .text import clean_text
 from .roles import Role
 
 STRATEGIES = ("llm", "rules")

@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""The code's shape, recounted from its import graph: layers, circles, module sizes, one-line jobs.
+"""The code's shape, recounted from its import graph: layers, the public door, circles, module sizes, one-line jobs.
 
 Usage: python scripts/check_layers.py [--graph]   (exit 1 and one line per problem when the rules break)
 
 Rules (docs/architecture.md):
 - A module imports only from its own layer or a lower one; convert stands apart (base, files and
-  the engine only) and only faces import it.
+  the engine only) and only tools and faces import it.
+- EdgeQwen is the one door: faces (CLI, server, Ray, console) import neither the engine nor the task
+  modules, only the api layer and what lies below the runtime (base, files); tools (eval, training,
+  chat check, bench, doctor, build) may use the task modules' public names but not the engine. Neither
+  reaches the engine through an attribute (`eq.engine`).
 - No import circle between modules.
 - llama_cpp is imported only inside edgeqwen/engine/, and ray only inside edgeqwen/cluster/ (an optional extra).
 - No module over MAX_LINES lines; every module starts with a docstring whose first line says its job.
+- docs/architecture.md names every module.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import ast
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "edgeqwen"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "edgeqwen"
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
 MAX_LINES = 450
 # Lowest first. A module's layer is found from its first name below the package.
 LAYERS = {
@@ -27,11 +34,17 @@ LAYERS = {
     "convert": {"convert"},
     "tasks": {"prompt_fit", "classifier", "conversation", "head", "router"},
     "api": {"api", "batch"},
+    "tools": {"evaluate", "training", "chat_check", "bench", "doctor", "build"},
     # cluster: Ray Data and Ray Serve around the public API and the server's app (edgeqwen[ray]).
-    "faces": {"cli", "server", "cluster", "evaluate", "head_training", "model_heads", "chat_check", "bench", "doctor", "smoke_check", "console", "__main__", "__init__"},
+    "faces": {"cli", "server", "cluster", "console", "__main__", "__init__"},
 }
 RANK = {layer: rank for rank, layer in enumerate(LAYERS)}
 CONVERT_MAY_USE = {"base", "files", "engine", "convert"}
+CONVERT_USED_BY = {"convert", "tools", "faces"}
+FACES_MAY_NOT_USE = {"engine", "tasks"}  # the runtime, reached only through the api layer
+TOOLS_MAY_NOT_USE = {"engine"}
+# The plain llama-cpp-python reference `edgeqwen bench` measures against: not edgeqwen's runtime.
+REFERENCE = "edgeqwen.engine.plain"
 LLAMA_CPP_HOME = "edgeqwen.engine"
 RAY_HOME = "edgeqwen.cluster"
 
@@ -82,16 +95,36 @@ def problems() -> tuple[list[str], dict[str, set[str]]]:
             found.append(f"{module} imports ray: only {RAY_HOME} may")
         for target in graph[module]:
             found += _layer_problem(module, target)
+        if layer_of(module) in ("tools", "faces") and _reaches_engine(path):
+            found.append(f"{module} ({layer_of(module)}) uses an `.engine` attribute: go through EdgeQwen's public API")
     found += [f"import circle: {' -> '.join(circle)}" for circle in _circles(graph)]
+    found += _undocumented(files)
     return found, graph
+
+
+def _reaches_engine(path: Path) -> bool:
+    return any(isinstance(node, ast.Attribute) and node.attr == "engine"
+               for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))))
+
+
+def _undocumented(files: dict[str, Path]) -> list[str]:
+    """Modules whose file docs/architecture.md does not name (a package by its folder, a module by its file)."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    names = {path.parent.name + "/" if path.name == "__init__.py" else path.name for path in files.values()}
+    names.discard("edgeqwen/")
+    return [f"docs/architecture.md does not name {name}" for name in sorted(names) if name not in text]
 
 
 def _layer_problem(module: str, target: str) -> list[str]:
     source_layer, target_layer = layer_of(module), layer_of(target)
     if source_layer == "convert" and target_layer not in CONVERT_MAY_USE:
         return [f"{module} ({source_layer}) imports {target} ({target_layer}): the converter imports no task code"]
-    if target_layer == "convert" and source_layer not in ("convert", "faces"):
-        return [f"{module} ({source_layer}) imports {target}: only faces use the converter"]
+    if target_layer == "convert" and source_layer not in CONVERT_USED_BY:
+        return [f"{module} ({source_layer}) imports {target}: only tools and faces use the converter"]
+    if source_layer == "faces" and target_layer in FACES_MAY_NOT_USE:
+        return [f"{module} (face) imports {target} ({target_layer}): faces go through edgeqwen.api"]
+    if source_layer == "tools" and target_layer in TOOLS_MAY_NOT_USE and not target.startswith(REFERENCE):
+        return [f"{module} (tool) imports {target} ({target_layer}): tools go through edgeqwen.api"]
     if RANK[target_layer] > RANK[source_layer] and target_layer != "convert":
         return [f"{module} ({source_layer}) imports {target} ({target_layer}), a higher layer"]
     return []
@@ -136,7 +169,8 @@ def main() -> int:
     for problem in found:
         print(problem)
     if not found:
-        print(f"ok: {len(graph)} modules, layers {' < '.join(LAYERS)}, no circle, none over {MAX_LINES} lines")
+        print(f"ok: {len(graph)} modules, layers {' < '.join(LAYERS)}, faces and tools through the api, no circle, "
+              f"none over {MAX_LINES} lines, every module in docs/architecture.md")
     return 1 if found else 0
 
 

@@ -52,22 +52,22 @@ def read_all(task: str, paths: list[Path], layers: list[int], threads: int | Non
 def read_features(eq, task: str, path: Path, layers: list[int], to_message: bool = False) -> dict:
     """Features of every text of `path` for the task's role, from the cache when the same model,
     prompt, texts and layers were read before."""
-    from edgeqwen.classifier import Classifier
     from edgeqwen.evaluate import read_data
     from edgeqwen.gguf_info import output_matrix
     from edgeqwen.head import prompt_fingerprint
-    from edgeqwen.head_training import READ_TOGETHER, HiddenFromLogits
+    from edgeqwen.training.fit import HiddenFromLogits
+    from edgeqwen.training.head import READ_TOGETHER
 
     items = read_data([path], task)
     role = eq.roles["route" if task == "route" else "sentiment"]
-    key = hashlib.sha256(json.dumps([eq.engine.info.path.name, prompt_fingerprint(role), layers, to_message,
+    key = hashlib.sha256(json.dumps([eq.model_info.path.name, prompt_fingerprint(role), layers, to_message,
                                      [i.text for i in items]], ensure_ascii=False).encode()).hexdigest()[:16]
     cache = REPO / "models" / ".validate-cache" / f"{task}-{key}.npz"
     if cache.is_file():
         with np.load(cache) as data:
             return {name: data[name] for name in data.files} | {"items": items}
-    classifier = Classifier(eq.engine, role, use_head=False, for_head=True)
-    basis = HiddenFromLogits(output_matrix(eq.engine.info.path))
+    classifier = eq.classifier(role, use_head=False, for_head=True)
+    basis = HiddenFromLogits(output_matrix(eq.model_info.path))
     rows = {layer: [] for layer in layers}
     moments, label_scores = [], []
     started = time.perf_counter()
@@ -107,7 +107,7 @@ def fit_lda(x: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float) -> t
     """Linear discriminant analysis on standardised features, its within-class covariance shrunk
     toward a multiple of the identity (`shrinkage` 0: none, 1: the difference of the class means).
     Returns (weight, bias, mean, scale) like fit_logistic: linear, so it would fit the head file as is."""
-    from edgeqwen.head_training import standardise
+    from edgeqwen.training.fit import standardise
 
     mean, scale, z = standardise(x)
     (weight, bias), = _discriminants(z, y, n_classes, (shrinkage,))
@@ -116,7 +116,7 @@ def fit_lda(x: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float) -> t
 
 def choose_shrinkage(x: np.ndarray, y: np.ndarray, n_classes: int, grid=SHRINKAGE_GRID, folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
     """Pick LDA's shrinkage by k-fold cross-validation on the training split only (ties: more shrinkage)."""
-    from edgeqwen.head_training import fold_parts, standardise
+    from edgeqwen.training.fit import fold_parts, standardise
 
     parts = fold_parts(len(y), folds, seed)
     correct = dict.fromkeys(grid, 0)
@@ -146,7 +146,7 @@ def _discriminants(z: np.ndarray, y: np.ndarray, n_classes: int, shrinkages) -> 
 def fit_and_score(x_train, y_train, x_test, n_classes: int, l2: float | None) -> np.ndarray:
     """Labels for x_test from a logistic regression at `l2`, or (l2 None) shrinkage LDA with its
     shrinkage chosen by 5-fold CV on x_train (tried for the router; not shipped: docs/evaluation.md)."""
-    from edgeqwen.head_training import fit_logistic, predict_logistic
+    from edgeqwen.training.fit import fit_logistic, predict_logistic
 
     if l2 is None:
         w, b, mean, scale = fit_lda(x_train, y_train, n_classes, choose_shrinkage(x_train, y_train, n_classes)[0])

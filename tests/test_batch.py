@@ -10,7 +10,6 @@ import pytest
 from edgeqwen.batch import classify_file, last_done_line, read_inputs
 from edgeqwen.errors import InputError
 
-from conftest import run_cli
 
 TEXTS = ["Great phone, love it!", "质量太差，非常失望。", "Terrible service.", "酒店很干净，服务很好。"]
 
@@ -54,13 +53,13 @@ def test_existing_output_needs_resume(eq, tmp_path):
         classify_file(eq.classify_many, inputs, output)
 
 
-def test_cli_batch_to_csv_with_an_empty_input(tmp_path):
+def test_cli_batch_to_csv_with_an_empty_input(invoke_model, tmp_path):
     inputs = tmp_path / "in.jsonl"
     inputs.write_text("\n".join(json.dumps({"text": t}) for t in [*TEXTS[:2], "   "]) + "\n")
     output = tmp_path / "out.csv"
-    done = run_cli("sentiment", str(inputs), "-o", str(output))
+    done = invoke_model("sentiment", str(inputs), "-o", str(output))
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(output.open()))
     assert [r["label"] for r in rows] == ["positive", "negative", ""]
     assert "empty input" in rows[2]["error"]
-    assert b"texts/s" in done.stderr
+    assert "texts/s" in done.stderr

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 
-from conftest import run_cli
 from edgeqwen.engine import Engine
 from edgeqwen.prompt_fit import fixed_prefix, fit_prompt
 
@@ -92,7 +91,7 @@ def test_chat_after_classifications_is_unchanged(eq):
     assert before == after and before.strip()
 
 
-def test_sentiment_file_in_batches_equals_one_at_a_time(tmp_path):
+def test_sentiment_file_in_batches_equals_one_at_a_time(invoke_model, tmp_path):
     """Reviews only: a text with no sentiment (a request for a poem) is a near tie, and near ties can
     flip with the rounding of a different batch (see docs/benchmarks.md)."""
     texts = [text for text in TEXTS if text not in QUESTIONS]
@@ -101,8 +100,8 @@ def test_sentiment_file_in_batches_equals_one_at_a_time(tmp_path):
     outputs = {}
     for size in ("1", "5"):
         out = tmp_path / f"out{size}.jsonl"
-        done = run_cli("sentiment", str(inputs), "-o", str(out), "--batch-size", size)
-        assert done.returncode == 0, done.stderr.decode()
+        done = invoke_model("sentiment", str(inputs), "-o", str(out), "--batch-size", size)
+        assert done.returncode == 0, done.stderr
         outputs[size] = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     one, five = outputs["1"], outputs["5"]
     assert [r["line"] for r in five] == list(range(1, len(texts) + 2))

@@ -1,4 +1,4 @@
-"""The chat check (`edgeqwen eval --task chat`): its judging rules on known texts, and a real run."""
+"""The chat check (`edgeqwen chat-check`): its judging rules on known texts, and a real run."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO
 from edgeqwen.chat_check import loops, parrots, read_prompts
 from edgeqwen.text import script_language
 from edgeqwen.errors import InputError
@@ -53,26 +53,25 @@ def test_shipped_prompt_set_is_large_and_balanced():
         assert sum(p.remember is not None for p in mine) >= 5
 
 
-def test_bad_prompt_lines_are_one_line_errors(tmp_path):
+def test_bad_prompt_lines_are_one_line_errors(invoke, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"lang": "fr", "turns": ["Bonjour"]}\n', encoding="utf-8")
     with pytest.raises(InputError, match=r"bad.jsonl:1: field 'lang'"):
         read_prompts([bad])
-    done = run_cli("eval", str(bad), "--task", "chat")
-    assert done.returncode == 2 and done.stderr.decode().count("\n") == 1
+    done = invoke("chat-check", str(bad))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
 
 
-@pytest.mark.model
-def test_chat_check_runs_on_the_real_model(tmp_path):
+def test_chat_check_runs_on_the_real_model(invoke_model, tmp_path):
     sample = tmp_path / "sample.jsonl"
     lines = PROMPTS.read_text(encoding="utf-8").splitlines()
     chosen = [line for line in lines if '"kind": "memory"' in line][:1] + [line for line in lines if '"lang": "zh"' in line][:1]
     sample.write_text("\n".join(chosen) + "\n", encoding="utf-8")
     out = tmp_path / "report.json"
-    done = run_cli("eval", str(sample), "--task", "chat", "--max-tokens", "24", "--json", str(out))
-    assert done.returncode == 0, done.stderr.decode()
+    done = invoke_model("chat-check", str(sample), "--max-tokens", "24", "--json", str(out))
+    assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text(encoding="utf-8"))
     for mode in ("greedy", "sampled"):
         assert report["table"][mode]["all"]["replies"] == 3  # the memory pair's two turns and one single turn
         assert report["table"][mode]["all"]["empty"] == 0.0
-    assert "in lang" in done.stdout.decode()
+    assert "in lang" in done.stdout

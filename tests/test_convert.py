@@ -30,7 +30,6 @@ from edgeqwen.errors import ConvertError, ModelFetchError
 from edgeqwen.gguf_info import inspect_gguf
 
 REPO = Path(__file__).resolve().parent.parent
-STANDIN = REPO / "models" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 HUB_REPO = "Qwen/Qwen1.5-0.5B-Chat"
 REL_TOL = {"f32": 2e-3, "f16": 3e-3, "bf16": 1.5e-2}
 PROMPTS = [
@@ -70,11 +69,10 @@ def tensor_types(path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def tokenizer_dir(work) -> Path:
-    if not STANDIN.is_file():
-        pytest.fail(f"the stand-in model is needed for its tokenizer: {STANDIN} is missing (run `make model`)")
+def tokenizer_dir(work, model_path) -> Path:
+    """Qwen2's tokenizer files, written from the stand-in model's GGUF (so these tests need that file)."""
     dest = work / "tokenizer"
-    write_tokenizer_from_gguf(STANDIN, dest)
+    write_tokenizer_from_gguf(model_path, dest)
     return dest
 
 
@@ -175,9 +173,9 @@ def test_tied_head_that_differs_is_kept(work, tokenizer_dir):
 # --------------------------------------------------------------------------- tokenizer
 
 
-def test_tokenizer_fields_match_llama_cpp_converter(tied_f32_gguf):
+def test_tokenizer_fields_match_llama_cpp_converter(tied_f32_gguf, model_path):
     """The tokenizer metadata written equals what llama.cpp's own converter wrote into the stand-in."""
-    ours, theirs = tokenizer_fields(tied_f32_gguf), tokenizer_fields(STANDIN)
+    ours, theirs = tokenizer_fields(tied_f32_gguf), tokenizer_fields(model_path)
     assert set(ours) == set(TOKENIZER_KEYS)
     for key in TOKENIZER_KEYS:
         assert ours[key] == theirs[key], key
@@ -307,7 +305,7 @@ def test_fetch_without_network_fails_fast_naming_local_dir(work):
 # --------------------------------------------------------------------------- quantize, verify, manifest
 
 
-def test_quantize_pipeline_from_hub_cache(work, tied_f32):
+def test_quantize_pipeline_from_hub_cache(invoke, work, tied_f32):
     cache = work / "hf-cache-pipeline"
     make_hub_cache(cache, HUB_REPO, tied_f32, commit="d" * 40)
     out = work / "models" / "tiny-q8_0.gguf"
@@ -324,8 +322,7 @@ def test_quantize_pipeline_from_hub_cache(work, tied_f32):
     assert sorted(p.name for p in out.parent.iterdir()) == ["tiny-q8_0.gguf", "tiny-q8_0.gguf.manifest.json", "tiny-q8_0.gguf.sha256"]
     assert json.loads((out.parent / "tiny-q8_0.gguf.sha256").read_text())["sha256"] == manifest["sha256"]  # heads record it
 
-    info = subprocess.run([sys.executable, "-m", "edgeqwen", "info", str(out)], capture_output=True, text=True,
-                          timeout=120)
+    info = invoke("info", str(out))
     assert info.returncode == 0, info.stderr
     assert "manifest" in info.stdout and "verification.mean_kl" in info.stdout and HUB_REPO in info.stdout
 
@@ -425,18 +422,15 @@ def test_quantize_interrupted_while_training_heads_leaves_a_usable_model(work, q
     assert (heads / "sentiment.head.npz").is_file() and "sentiment" in finish.stdout
 
 
-def test_chat_check_mechanics_on_a_random_model(work, tied_f32):
-    """`edgeqwen eval --task chat` on any model file: a random one gives nonsense, but no crash, no
-    empty reply and no reply past max_tokens."""
+def test_chat_check_mechanics_on_a_random_model(invoke, work, tied_f32):
+    """`edgeqwen chat-check` on any model file: a random one gives nonsense, but no crash, no empty
+    reply and no reply past max_tokens."""
     out = work / "chat-models" / "tiny-q8_0.gguf"
     run_quantize(QuantizeOptions(local_dir=tied_f32, qtype="Q8_0", output=out, threads=THREADS, progress=False, verify=False),
                  log=lambda m: None)
     report = work / "chat-report.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "edgeqwen", "eval", str(REPO / "scripts" / "data" / "chat.eval.jsonl"), "--task", "chat",
-         "--limit", "4", "--max-tokens", "12", "--model", str(out), "--json", str(report)],
-        capture_output=True, text=True, timeout=600,
-    )
+    done = invoke("chat-check", str(REPO / "scripts" / "data" / "chat.eval.jsonl"),
+                  "--limit", "4", "--max-tokens", "12", "--model", str(out), "--json", str(report))
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(report.read_text(encoding="utf-8"))
     for mode in ("greedy", "sampled"):

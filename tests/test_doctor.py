@@ -1,4 +1,4 @@
-"""`edgeqwen doctor`: the board, the llama.cpp build, and settings that fit the model (subprocess + units)."""
+"""`edgeqwen doctor`: the board, the llama.cpp build, and settings that fit the model (in-process CLI + units)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ from edgeqwen.board import Memory, cpu_features, physical_cores, read_memory
 from edgeqwen.memory_plan import estimate_bytes, kv_bytes_per_token, plan_memory
 from edgeqwen.gguf_info import inspect_gguf
 
-from conftest import STANDIN, run_cli
 
 
-def test_doctor_reports_this_board_and_the_model():
-    done = run_cli("doctor", "--json", "--model", str(STANDIN), timeout=120)
+def test_doctor_reports_this_board_and_the_model(invoke, model_path):
+    done = invoke("doctor", "--json", "--model", str(model_path))
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     memory = report["memory"]
@@ -26,45 +25,45 @@ def test_doctor_reports_this_board_and_the_model():
     assert "CPU :" in report["llama_cpp_features"]
     assert report["cpu_features"]  # x86 here: avx2, avx512f, ...; NEON and dotprod on ARM
     model = report["model"]
-    assert model["architecture"] == "qwen2" and model["file_bytes"] == STANDIN.stat().st_size
+    assert model["architecture"] == "qwen2" and model["file_bytes"] == model_path.stat().st_size
     assert model["kv_bytes_per_token"] == 24 * 2 * (896 // 14) * 2 * 2  # the stand-in: 12 KiB per token
     assert report["recommended_ctx"] in (256, 512, 1024, 2048)
     assert report["warnings"] == [] or all("will not fit" not in w for w in report["warnings"])
 
 
-def test_doctor_text_output():
-    done = run_cli("doctor", "--model", str(STANDIN), timeout=120)
-    out = done.stdout.decode()
+def test_doctor_text_output(invoke, model_path):
+    done = invoke("doctor", "--model", str(model_path))
+    out = done.stdout
     assert done.returncode == 0
     for heading in ("RAM", "cores", "CPU features", "llama.cpp", "KV cache", "estimate", "recommended"):
         assert heading in out
     assert "--threads" in out and "--ctx" in out
 
 
-def test_doctor_warns_when_the_model_will_not_fit():
-    done = run_cli("doctor", "--model", str(STANDIN), "--ram-mb", "400", timeout=120)
+def test_doctor_warns_when_the_model_will_not_fit(invoke, model_path):
+    done = invoke("doctor", "--model", str(model_path), "--ram-mb", "400")
     assert done.returncode == 0
-    warning = done.stderr.decode()
+    warning = done.stderr
     assert "warning: the model will not fit" in warning and "--ctx 2048" in warning  # the best plan: shorter saves little here
-    assert "no --ctx fits" in done.stdout.decode()
+    assert "no --ctx fits" in done.stdout
 
 
-def test_doctor_plans_for_a_given_board():
-    done = run_cli("doctor", "--json", "--model", str(STANDIN), "--ram-mb", "1400", timeout=120)
+def test_doctor_plans_for_a_given_board(invoke, model_path):
+    done = invoke("doctor", "--json", "--model", str(model_path), "--ram-mb", "1400")
     report = json.loads(done.stdout)
     plan = report["plan"]
     assert plan["fits"] and (report["recommended_ctx"], report["recommended_kv_cache"]) == (plan["n_ctx"], plan["kv_type"])
-    assert estimate_bytes(inspect_gguf(STANDIN), plan["n_ctx"], plan["kv_type"]) <= 1400 * 2**20 * 0.5
+    assert estimate_bytes(inspect_gguf(model_path), plan["n_ctx"], plan["kv_type"]) <= 1400 * 2**20 * 0.5
 
 
-def test_doctor_without_a_model_still_reports_the_board(tmp_path):
-    done = run_cli("doctor", "--model", str(tmp_path / "none.gguf"), timeout=120)
+def test_doctor_without_a_model_still_reports_the_board(invoke, tmp_path):
+    done = invoke("doctor", "--model", str(tmp_path / "none.gguf"))
     assert done.returncode == 1
-    assert "RAM" in done.stdout.decode() and "none.gguf" in done.stderr.decode() and "Traceback" not in done.stderr.decode()
+    assert "RAM" in done.stdout and "none.gguf" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_estimate_follows_the_engine_allocation():
-    info = inspect_gguf(STANDIN)
+def test_estimate_follows_the_engine_allocation(model_path):
+    info = inspect_gguf(model_path)
     per_token = kv_bytes_per_token(info)
     assert estimate_bytes(info, 1024) - estimate_bytes(info, 512) == 512 * per_token
     assert estimate_bytes(info, 512) > info.file_size + 512 * per_token
@@ -78,9 +77,9 @@ def board(mib: int) -> Memory:
     return Memory(total=mib << 20, available=mib << 20, cgroup_limit=None)
 
 
-def test_the_memory_plan_fits_the_model_to_the_board():
+def test_the_memory_plan_fits_the_model_to_the_board(model_path):
     """Defaults chosen by the model's KV cost and the board's memory, not by the stand-in's."""
-    info = inspect_gguf(STANDIN)
+    info = inspect_gguf(model_path)
     qwen15 = dataclasses.replace(info, embedding_length=1024, head_count=16, head_count_kv=16, block_count=24,
                                  file_size=336_000_000)  # Qwen1.5-0.5B's shape and its Q4_K_M's size
     roomy = plan_memory(qwen15, board(8192))
@@ -96,17 +95,17 @@ def test_the_memory_plan_fits_the_model_to_the_board():
     assert not tight.fits and (tight.kv_type, tight.n_ctx) == ("f16", 2048)
 
 
-def test_the_plan_reaches_the_engine_and_the_environment_sets_the_board(tmp_path):
+def test_the_plan_reaches_the_engine_and_the_environment_sets_the_board(invoke, model_path):
     code = ("import json; from edgeqwen.engine import Engine; e = Engine(%r); "
-            "print(json.dumps([e.n_ctx, e.kv_type, e.memory_plan.describe()]))" % str(STANDIN))
+            "print(json.dumps([e.n_ctx, e.kv_type, e.memory_plan.describe()]))" % str(model_path))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "EDGEQWEN_MEMORY": "300M"})
     assert done.returncode == 0, done.stderr[-1000:]
     n_ctx, kv_type, described = json.loads(done.stdout.splitlines()[-1])
     assert (n_ctx, kv_type) == (2048, "f16") and "nothing fits" in described
     assert "may not fit this board's memory" in done.stderr  # said once, on stderr
-    bad = run_cli("doctor", "--model", str(STANDIN), env={"EDGEQWEN_MEMORY": "lots"}, timeout=120)
-    assert bad.returncode == 2 and b"EDGEQWEN_MEMORY" in bad.stderr and b"Traceback" not in bad.stderr
+    bad = invoke("doctor", "--model", str(model_path), env_extra={"EDGEQWEN_MEMORY": "lots"})
+    assert bad.returncode == 2 and "EDGEQWEN_MEMORY" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_cpu_features_from_cpuinfo_text():

@@ -239,7 +239,7 @@ def test_replies_decoded_together_are_the_replies_alone_and_keep_to_their_own_hi
     for (conversation, _), reply in zip(chats, replies):  # each reply recorded in its own conversation only
         assert conversation.history[-1] == {"role": "assistant", "content": reply}
         assert conversation.timings["reply_tokens"] > 0
-    assert streams.free == 4 and not eq.engine._cells.slots
+    assert streams.free == 4 and not eq.engine.runtime.cells.slots
 
 
 def test_a_closed_stream_frees_its_slot_and_the_others_finish(eq):
@@ -259,7 +259,7 @@ def test_a_closed_stream_frees_its_slot_and_the_others_finish(eq):
         reply += streams.step()[short_handle].text
     assert_same_or_near_tie(eq.engine, eq.conversation(sampling=GREEDY).prepare("Name one famous Chinese dish.").prompt.tokens, alone, reply)
     assert short_chat.finish_reason in ("stop", "length")
-    assert streams.free == 2 and not eq.engine._cells.slots
+    assert streams.free == 2 and not eq.engine.runtime.cells.slots
 
 
 def test_chats_arriving_together_have_their_prompts_evaluated_in_one_step(eq):
@@ -270,7 +270,7 @@ def test_chats_arriving_together_have_their_prompts_evaluated_in_one_step(eq):
         assert set(streams.step()) == set(handles)  # one decode: three prompts, three first tokens
     finally:
         streams.close_all()  # the session's engine: leave no slot holding cells
-    assert not eq.engine._cells.slots
+    assert not eq.engine.runtime.cells.slots
 
 
 def test_a_long_prompt_joins_running_chats_without_stalling_them(eq):
@@ -302,13 +302,12 @@ def test_a_long_prompt_joins_running_chats_without_stalling_them(eq):
 
 
 def test_a_prompt_that_does_not_fit_beside_a_slot_is_refused_and_the_slot_goes_on(model_path):
-    from edgeqwen.engine import Streams
     from edgeqwen.errors import CacheBusyError
 
     engine = Engine(model_path, n_ctx=512)
     tokens = engine.chat_tokens([{"role": "user", "content": "Count from 1 to 500, separated by commas."}])
     alone = "".join(engine.stream(tokens, SamplingParams(temperature=0.0, max_tokens=16)))
-    streams = Streams(engine, 2)
+    streams = engine.streams(2)
     handle = streams.start(tokens, SamplingParams(temperature=0.0, max_tokens=400))  # reserves ~430 of 512 cells
     text = streams.step()[handle].text
     long_prompt = engine.tokenize("the quick brown fox jumps over the lazy dog " * 40)[:200]

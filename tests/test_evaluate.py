@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, STANDIN, run_cli
+from conftest import REPO
 from edgeqwen import head as head_module
 from edgeqwen.engine import Engine
 from edgeqwen.errors import InputError, RoleError
 from edgeqwen.evaluate import DataError, EvalOptions, Item, abstain_band, format_report, metrics, read_data
-from edgeqwen.head_training import HiddenFromLogits, choose_blend, fit_logistic, predict_logistic, split_items, train_head
+from edgeqwen.training.fit import HiddenFromLogits, choose_blend, fit_logistic, predict_logistic, split_items
+from edgeqwen.training.head import train_head
 from edgeqwen.head import Head, load_head, model_heads_dir, model_identity, prompt_fingerprint, save_head
 from edgeqwen.gguf_info import output_matrix
 from edgeqwen.prompt_fit import fixed_prefix
@@ -310,7 +311,7 @@ def test_trained_head_is_used_and_a_mismatched_one_falls_back(eq, tmp_path, capl
 
 
 
-def test_a_head_trained_for_a_model_file_is_found_beside_it(eq, tmp_path, caplog):
+def test_a_head_trained_for_a_model_file_is_found_beside_it(eq, model_path, tmp_path, caplog):
     """`edgeqwen heads --model x.gguf` writes x.heads/NAME.npz: used for that file without editing the role,
     ahead of the role's own head; another model file keeps the role's head (here: unusable, warned)."""
     prompts = tmp_path / "prompts"
@@ -318,7 +319,7 @@ def test_a_head_trained_for_a_model_file_is_found_beside_it(eq, tmp_path, caplog
     (prompts / "kind.yaml").write_text(ROLE + "head: kind.head.npz\n", encoding="utf-8")
     save_head(prompts / "kind.head.npz", make_head(n_vocab=64, model={"name": "other", "n_vocab": 64}))
     model = tmp_path / "my-model.gguf"
-    model.symlink_to(STANDIN.resolve())  # the stand-in under another name, as a model built by make quantize
+    model.symlink_to(model_path.resolve())  # the stand-in under another name, as a model built by make quantize
     roles = load_roles(prompts)
     rows = ROUTE_ROWS + [
         {"text": "Worst hotel I have ever stayed in.", "route": "sentiment", "lang": "en"},
@@ -339,15 +340,15 @@ def test_a_head_trained_for_a_model_file_is_found_beside_it(eq, tmp_path, caplog
     warnings = [r.getMessage() for r in caplog.records if "head not used" in r.getMessage()]
     assert len(warnings) == 1 and "another model" in warnings[0] and f"edgeqwen heads --model {eq.engine.info.path} --role kind --data" in warnings[0]
 
-# -- the command, as a subprocess ----------------------------------------------------------------
+# -- the command, in-process --------------------------------------------------------------------
 
 
-def test_eval_sentiment_with_compare_writes_json(tmp_path):
+def test_eval_sentiment_with_compare_writes_json(invoke_model, tmp_path):
     data = write_jsonl(tmp_path / "s.jsonl", SENTIMENT_ROWS)
     out = tmp_path / "report.json"
-    done = run_cli("eval", str(data), "--task", "sentiment", "--compare", "--json", str(out))
+    done = invoke_model("eval", str(data), "--task", "sentiment", "--compare", "--json", str(out))
     assert done.returncode == 0, done.stderr
-    text = done.stdout.decode()
+    text = done.stdout
     assert "seed prompt (reconstruction)" in text and "confusion" in text and "precision" in text
     report = json.loads(out.read_text(encoding="utf-8"))
     assert report["n"] == 4 and report["role"] == "sentiment"
@@ -359,10 +360,10 @@ def test_eval_sentiment_with_compare_writes_json(tmp_path):
     assert set(ours["per_class"]) == {"positive", "negative"}
 
 
-def test_eval_route_compares_the_rules_router(tmp_path):
+def test_eval_route_compares_the_rules_router(invoke_model, tmp_path):
     data = write_jsonl(tmp_path / "r.jsonl", ROUTE_ROWS)
     out = tmp_path / "route.json"
-    done = run_cli("eval", str(data), "--task", "route", "--compare", "--limit", "3", "--json", str(out), "--include-trained")
+    done = invoke_model("eval", str(data), "--task", "route", "--compare", "--limit", "3", "--json", str(out), "--include-trained")
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text(encoding="utf-8"))
     names = [s["system"] for s in report["systems"]]
@@ -370,7 +371,7 @@ def test_eval_route_compares_the_rules_router(tmp_path):
     assert set(report["systems"][0]["per_class"]) <= {"sentiment", "chat"}
     band = report["systems"][0]["abstain_band"]  # what an abstain_below in the route role would do
     assert [b["below"] for b in band] == [0.6, 0.7, 0.8, 0.9] and all(0 <= b["share"] <= 1 for b in band)
-    assert "if the router abstained below" in done.stdout.decode()
+    assert "if the router abstained below" in done.stdout
 
 
 @pytest.mark.parametrize(
@@ -383,28 +384,24 @@ def test_eval_route_compares_the_rules_router(tmp_path):
         (["--task", "sentiment"], '{"text": "ok", "label": "neutral"}\n', "d.jsonl:1: label 'neutral' is not one of", 2),
     ],
 )
-def test_eval_bad_input_is_one_line(tmp_path, args, content, message, code):
+def test_eval_bad_input_is_one_line(invoke, tmp_path, args, content, message, code):
     data = tmp_path / "d.jsonl"
     data.write_text(content, encoding="utf-8")
-    done = run_cli("eval", str(data), *args)
-    err = done.stderr.decode().strip()
+    done = invoke("eval", str(data), *args)
+    err = done.stderr.strip()
     assert done.returncode == code, err
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
-def test_eval_missing_file(tmp_path):
-    done = run_cli("eval", str(tmp_path / "missing.jsonl"))
-    assert done.returncode == 2 and "missing.jsonl: data file not found" in done.stderr.decode()
-
-
-def test_dev_accuracy_script_is_gone():
-    assert not (REPO / "scripts" / "dev_accuracy.py").exists()
+def test_eval_missing_file(invoke, tmp_path):
+    done = invoke("eval", str(tmp_path / "missing.jsonl"))
+    assert done.returncode == 2 and "missing.jsonl: data file not found" in done.stderr
 
 
 @pytest.mark.parametrize("to_message", [False, True])
 def test_a_head_over_a_middle_block_is_trained_saved_and_used(eq, tmp_path, to_message):
-    """--head-layer: the head reads a block's output (--head-to-message: up to the end of the user's
-    message); training and use see the same numbers."""
+    """--layer: the head reads a block's output (--to-message: up to the end of the user's message);
+    training and use see the same numbers."""
     prompts = tmp_path / "prompts"
     prompts.mkdir()
     (prompts / "kind.yaml").write_text(ROLE, encoding="utf-8")
@@ -412,9 +409,9 @@ def test_a_head_over_a_middle_block_is_trained_saved_and_used(eq, tmp_path, to_m
     eq_roles, eq.roles = eq.roles, load_roles(prompts)
     try:
         options = EvalOptions(data=[data], task="route", role="kind", progress=False)
-        with pytest.raises(InputError, match="--head-layer must be between 0 and"):
+        with pytest.raises(InputError, match="--layer must be between 0 and"):
             train_head(eq, options, read_data([data], "route"), prompts / "kind.head.npz", layer=eq.engine.n_layer - 1)
-        with pytest.raises(InputError, match="--head-to-message is for a head that reads a block"):
+        with pytest.raises(InputError, match="--to-message is for a head that reads a block"):
             train_head(eq, options, read_data([data], "route"), prompts / "kind.head.npz", to_message=True)
         report = train_head(eq, options, read_data([data], "route"), prompts / "kind.head.npz", layer=6, to_message=to_message)
     finally:
@@ -434,10 +431,10 @@ def test_a_head_over_a_middle_block_is_trained_saved_and_used(eq, tmp_path, to_m
     assert np.allclose([result.scores[name] for name in classifier.role.label_names], probabilities, atol=1e-5)
 
 
-def test_head_layer_out_of_range_is_one_line(tmp_path):
+def test_head_layer_out_of_range_is_one_line(invoke_model, tmp_path):
     data = write_jsonl(tmp_path / "r.jsonl", ROUTE_ROWS)
-    result = run_cli("eval", str(data), "--task", "route", "--train-head", str(tmp_path / "h.npz"), "--head-layer", "99",
-                     "--train-fraction", "0.5")
-    err = result.stderr.decode()
+    result = invoke_model("train-head", str(data), "--task", "route", "-o", str(tmp_path / "h.npz"), "--layer", "99",
+                          "--train-fraction", "0.5")
+    err = result.stderr
     assert result.returncode == 2 and "Traceback" not in err
-    assert "--head-layer must be between 0 and 22" in err and len(err.strip().splitlines()) <= 2  # a status line, then the error
+    assert "--layer must be between 0 and 22" in err and len(err.strip().splitlines()) == 1

@@ -1,14 +1,14 @@
 """`edgeqwen heads`: a head trained for the current model file from a labelled JSONL, for any classify
-role, picked up by the role without editing its YAML (real model, real subprocess)."""
+role, picked up by the role without editing its YAML (in-process, on the real model)."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
-from conftest import STANDIN, run_cli
 
 ROLE = """kind: classify
 system: Does this message need an answer today (urgent) or can it wait (later)?
@@ -33,10 +33,9 @@ LATER = [
 ]
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> tuple[Path, Path, Path]:
+def write_setup(tmp_path: Path, model_file: Path) -> tuple[Path, Path, Path]:
     model = tmp_path / "my-model.gguf"
-    model.symlink_to(STANDIN.resolve())  # heads go beside the model: keep them out of models/
+    model.symlink_to(model_file.resolve())  # heads go beside the model: keep them out of models/
     prompts = tmp_path / "prompts"
     prompts.mkdir()
     (prompts / "urgency.yaml").write_text(ROLE, encoding="utf-8")
@@ -46,31 +45,44 @@ def setup(tmp_path: Path) -> tuple[Path, Path, Path]:
     return model, prompts, data
 
 
-def test_a_users_own_role_gets_a_head_for_the_model_without_editing_yaml(setup, tmp_path):
+@pytest.fixture
+def setup(tmp_path: Path, model_path: Path) -> tuple[Path, Path, Path]:
+    return write_setup(tmp_path, model_path)
+
+
+def head_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "edgeqwen.head" and r.levelno >= logging.WARNING]
+
+
+def test_a_users_own_role_gets_a_head_for_the_model_without_editing_yaml(invoke_model, setup, tmp_path, caplog):
     model, prompts, data = setup
     report = tmp_path / "heads.json"
-    done = run_cli("heads", "--model", str(model), "--prompts", str(prompts), "--role", "urgency", "--data", str(data),
-                   "--json", str(report))
+    done = invoke_model("heads", "--model", str(model), "--prompts", str(prompts), "--role", "urgency", "--data", str(data),
+                        "--json", str(report))
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "my-model.heads" / "urgency.head.npz").is_file()
     result = json.loads(report.read_text())[0]
     assert result["role"] == "urgency" and result["n_train"] + result["n_held_out"] == len(URGENT) + len(LATER)
-    assert "urgency" in done.stdout.decode() and "with head" in done.stdout.decode()
+    assert "urgency" in done.stdout and "with head" in done.stdout
     assert (prompts / "urgency.yaml").read_text(encoding="utf-8") == ROLE  # the YAML is untouched
 
-    scored = run_cli("eval", str(data), "--model", str(model), "--prompts", str(prompts), "--role", "urgency",
-                     "--include-trained")
-    assert scored.returncode == 0 and "head over" in scored.stdout.decode(), scored.stderr[-2000:]
-    assert b"warning" not in scored.stderr
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edgeqwen.head"):
+        scored = invoke_model("eval", str(data), "--model", str(model), "--prompts", str(prompts), "--role", "urgency",
+                              "--include-trained")
+    assert scored.returncode == 0 and "head over" in scored.stdout, scored.stderr[-2000:]
+    assert head_warnings(caplog) == []
 
 
-def test_a_changed_prompt_says_which_command_retrains_its_head(setup):
+def test_a_changed_prompt_says_which_command_retrains_its_head(invoke_model, setup, caplog):
     model, prompts, data = setup
-    assert run_cli("heads", "--model", str(model), "--prompts", str(prompts), "--role", "urgency", "--data", str(data)).returncode == 0
+    assert invoke_model("heads", "--model", str(model), "--prompts", str(prompts), "--role", "urgency",
+                        "--data", str(data)).returncode == 0
     (prompts / "urgency.yaml").write_text(ROLE.replace("answer today", "a reply today"), encoding="utf-8")
-    done = run_cli("eval", str(data), "--model", str(model), "--prompts", str(prompts), "--role", "urgency")
+    with caplog.at_level(logging.WARNING, logger="edgeqwen.head"):
+        done = invoke_model("eval", str(data), "--model", str(model), "--prompts", str(prompts), "--role", "urgency")
     assert done.returncode == 0
-    warnings = [line for line in done.stderr.decode().splitlines() if "head not used" in line]
+    warnings = [w for w in head_warnings(caplog) if "head not used" in w]
     assert len(warnings) == 1 and "prompt changed" in warnings[0]
     assert f"edgeqwen heads --model {model} --role urgency --data LABELLED.jsonl" in warnings[0]
 
@@ -81,10 +93,10 @@ def test_a_changed_prompt_says_which_command_retrains_its_head(setup):
     (["--data", "DATA"], "name it with --role"),
     (["--role", "nope"], "no role named 'nope'"),
 ])
-def test_heads_refuses_what_it_cannot_train_in_one_line(setup, args, message):
-    model, prompts, data = setup
+def test_heads_refuses_what_it_cannot_train_in_one_line_before_loading_a_model(invoke, tmp_path, args, message):
+    model, prompts, data = write_setup(tmp_path, tmp_path / "no-such-model.gguf")  # a dangling link: never opened
     args = [str(data) if a == "DATA" else a for a in args]
-    done = run_cli("heads", "--model", str(model), "--prompts", str(prompts), *args)
-    stderr = done.stderr.decode()
-    assert done.returncode in (1, 2) and message in stderr and "Traceback" not in stderr, stderr
+    done = invoke("heads", "--model", str(model), "--prompts", str(prompts), *args)
+    assert done.returncode in (1, 2) and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
     assert not (model.parent / "my-model.heads").exists()

@@ -7,8 +7,9 @@ with a probability; every chat reply stays within its max_tokens; chat markup ty
 
 Case counts: EDGEQWEN_HOSTILE_SCALE (default 1.0) multiplies them; at 1.0 the model runs about 1,040
 hostile inputs (~3 min on a shared 2-core x86 machine) and the tokenizer about 600 more. Each test
-adds its count to COUNTS, printed at the end of the module (pytest -s) and written to
-tests/artifacts/hostile_cases.json.
+adds its count to COUNTS, and every broken property it saw (an exception other than InputError, a
+label outside the declared set, a reply over max_tokens) to PROBLEMS before it fails; both are
+printed at the end of the module (pytest -s) and written to tests/artifacts/hostile_cases.json.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import json
 import os
 import random
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,7 +29,7 @@ from hypothesis import strategies as st
 from edgeqwen import EdgeQwen
 from edgeqwen.errors import InputError
 
-from conftest import REPO, run_cli
+from conftest import REPO
 
 SCALE = float(os.environ.get("EDGEQWEN_HOSTILE_SCALE", "1"))
 CHAT_MAX_TOKENS = 8
@@ -48,6 +51,7 @@ MIXED = ["这个 phone 真的 very 好", "Отличный товар!", "とて
 CONTROL = "".join(map(chr, [*range(0, 32), 127, *range(0x80, 0xA0), 0x200B, 0xFEFF, 0x2028, 0x2029]))
 
 COUNTS: Counter[str] = Counter()
+PROBLEMS: Counter[str] = Counter({"crashes": 0, "labels_outside_declared": 0, "chat_over_max_tokens": 0})
 SETTINGS = dict(deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
 
@@ -100,22 +104,36 @@ def report_counts():
     yield
     total = sum(COUNTS.values())
     summary = {"model_cases": total - COUNTS["tokenizer"], "tokenizer_cases": COUNTS["tokenizer"], "by_test": dict(COUNTS),
-               "crashes": 0, "labels_outside_declared": 0, "chat_over_max_tokens": 0}
+               **PROBLEMS}
     print(f"\nhostile cases: {json.dumps(summary)}")
     artifacts = REPO / "tests" / "artifacts"
     artifacts.mkdir(exist_ok=True)
     (artifacts / "hostile_cases.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
+@contextmanager
+def counting_crashes() -> Iterator[None]:
+    """Exceptions other than InputError are crashes: counted in PROBLEMS, then raised."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception:
+        PROBLEMS["crashes"] += 1
+        raise
+
+
 def check_classification(eq: EdgeQwen, text: str, role: str, key: str) -> None:
     COUNTS[key] += 1
     try:
-        result = eq.classify(text, role)
+        with counting_crashes():
+            result = eq.classify(text, role)
     except InputError:
         assert blank(text), f"InputError for non-blank text {text!r}"
         return
     assert not blank(text), f"blank text {text!r} was classified"
     labels = eq.roles[role].label_names
+    PROBLEMS["labels_outside_declared"] += result.label not in labels
     assert result.label in labels
     assert 0.0 <= result.confidence <= 1.0
     assert set(result.scores) == set(labels) and abs(sum(result.scores.values()) - 1) < 1e-6
@@ -158,26 +176,28 @@ def test_prompt_injection_cannot_change_the_label_set(heq, injection, review, be
 @given(text=hostile_text)
 def test_chat_reply_stays_within_max_tokens(heq, text):
     COUNTS["chat"] += 1
-    engine = heq.engine
+    runtime = heq.engine.runtime
     sampled = []
-    original = engine._piece
+    original = runtime.piece
 
     def counting_piece(token, special=False):  # Engine.stream turns each sampled token into text once
         sampled.append(token)
         return original(token, special)
 
-    engine._piece = counting_piece
+    runtime.piece = counting_piece
     try:
         conversation = heq.conversation()
         try:
-            reply = "".join(conversation.stream(text))
+            with counting_crashes():
+                reply = "".join(conversation.stream(text))
         except InputError:
             assert blank(text)
             return
     finally:
-        del engine._piece
+        del runtime.piece
     assert not blank(text)
     assert isinstance(reply, str)
+    PROBLEMS["chat_over_max_tokens"] += len(sampled) > CHAT_MAX_TOKENS
     assert len(sampled) <= CHAT_MAX_TOKENS, f"{len(sampled)} tokens for {text!r}"
     reply.encode("utf-8")  # valid text, no lone surrogates
 
@@ -249,8 +269,8 @@ def hostile_lines(seed: int, count: int) -> list[bytes]:
     return lines
 
 
-def run_batch(lines: list[bytes], *args: str, newline: bytes = b"\n") -> tuple[list[dict], str]:
-    done = run_cli("run", "-", "--json", "--ctx", "512", *args, input=newline.join(lines) + newline, timeout=600)
+def run_batch(cli, lines: list[bytes], *args: str, newline: bytes = b"\n") -> tuple[list[dict], str]:
+    done = cli("run", "-", "--json", "--ctx", "512", *args, input=newline.join(lines) + newline, timeout=600)
     stderr = done.stderr.decode("utf-8", "replace")
     assert done.returncode == 0, stderr
     assert "Traceback" not in stderr
@@ -262,19 +282,19 @@ def expected_texts(lines: list[bytes]) -> list[str]:
     return [t for t in texts if not blank(t)]
 
 
-def test_cli_sentiment_batch_with_hostile_bytes():
+def test_cli_sentiment_batch_with_hostile_bytes(cli):
     lines = hostile_lines(1, n(40)) + [b"", b"   ", b"\x00\x00", b"\xff" * 100_000 + b" terrible"]
     COUNTS["cli"] += len(lines)
-    results, stderr = run_batch(lines, "--task", "sentiment")
+    results, stderr = run_batch(cli, lines, "--task", "sentiment")
     assert [r["text"] for r in results] == expected_texts(lines)
     assert all(r["label"] in ("positive", "negative") and 0 <= r["confidence"] <= 1 for r in results)
     assert "empty, skipped" in stderr
 
 
-def test_cli_auto_and_chat_batch_with_crlf(hostile_prompts):
+def test_cli_auto_and_chat_batch_with_crlf(cli, hostile_prompts):
     lines = hostile_lines(2, n(20))
     COUNTS["cli"] += len(lines)
-    results, _ = run_batch(lines, "--task", "both", "--prompts", str(hostile_prompts), newline=b"\r\n")
+    results, _ = run_batch(cli, lines, "--task", "both", "--prompts", str(hostile_prompts), newline=b"\r\n")
     assert [r["text"] for r in results] == expected_texts(lines)
     for result in results:
         assert result["label"] in ("positive", "negative") and isinstance(result["reply"], str)

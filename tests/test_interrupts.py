@@ -16,19 +16,24 @@ from pathlib import Path
 
 import pytest
 
-from conftest import STANDIN, console_script
+from conftest import console_script
 from edgeqwen.signals import held_signals
 
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+@pytest.fixture(autouse=True)
+def real_model(model_path, monkeypatch):
+    """Every command here runs on the real model, named by $EDGEQWEN_MODEL, which the processes inherit."""
+    monkeypatch.setenv("EDGEQWEN_MODEL", str(model_path))
 
 
 class Running:
     """`edgeqwen ARGS` in a subprocess whose stdout is collected as it arrives."""
 
     def __init__(self, *args: str, stdin: bool = False) -> None:
-        env = {**os.environ, "EDGEQWEN_MODEL": os.environ.get("EDGEQWEN_MODEL") or str(STANDIN)}
         self.proc = subprocess.Popen([sys.executable, "-m", "edgeqwen", *args], stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.stdout = bytearray()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -74,7 +79,7 @@ def test_signal_during_model_load(signum):
     for _ in range(3):
         run = Running("run", "--task", "sentiment", "The hotel was lovely.")
         # The model file is mapped first by gguf-py's check, then by llama.cpp: the load is under way.
-        run.wait_for(lambda: str(STANDIN.resolve()) in run.maps(), what="the model file to be mapped")
+        run.wait_for(lambda: str(Path(os.environ["EDGEQWEN_MODEL"]).resolve()) in run.maps(), what="the model file to be mapped")
         code, stderr = run.stop(signum)
         if code == 0 and b"sentiment:" in run.stdout:
             continue  # finished before the signal came
@@ -156,9 +161,8 @@ def start_console_script(*args: str) -> subprocess.Popen:
     """`edgeqwen ARGS` through the console script, returned once edgeqwen's own code runs: the first
     thing it does (edgeqwen.console.main) is install its SIGTERM handler. Before that is only the
     interpreter's own start-up, about 10 ms, where no code of edgeqwen can run."""
-    env = {**os.environ, "EDGEQWEN_MODEL": os.environ.get("EDGEQWEN_MODEL") or str(STANDIN)}
     proc = subprocess.Popen([console_script(), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+                            stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while not catches_sigterm(proc.pid):
         assert proc.poll() is None, f"exited ({proc.returncode}) before installing its handler: {proc.stderr.read().decode()}"
@@ -170,7 +174,7 @@ def start_console_script(*args: str) -> subprocess.Popen:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_while_the_console_script_imports(signum):
     command = ("run", "--task", "sentiment", "The hotel was lovely.")
-    model = str(Path(os.environ.get("EDGEQWEN_MODEL") or STANDIN).resolve())
+    model = str(Path(os.environ["EDGEQWEN_MODEL"]).resolve())
     # How long this machine takes from the handler to the model check (gguf-py maps the file):
     # importing the CLI (typer, pydantic, numpy, llama.cpp), about 0.3 s, then the role files. The
     # fastest of three runs: a slow first one (cold caches) would push the late signals past the end
@@ -287,7 +291,7 @@ print(inside, lost)
 
 def test_ctrl_c_while_llama_cpp_loads_is_never_lost():
     """llama.cpp logs through a Python callback; an interrupt raised inside it used to vanish."""
-    done = subprocess.run([sys.executable, "-c", _LOAD_INTERRUPT_SCRIPT, str(STANDIN)], capture_output=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", _LOAD_INTERRUPT_SCRIPT, os.environ["EDGEQWEN_MODEL"]], capture_output=True, timeout=300)
     inside, lost = map(int, done.stdout.split())
     assert lost == 0 and "Exception ignored" not in done.stderr.decode(), done.stderr.decode()
     assert inside >= 6  # most signals land during the load itself

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import random
 
+import gbnf_sample
 import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import gbnf_sample
 from edgeqwen.errors import SchemaError
 from edgeqwen.json_schema import MAX_REPEAT, check_rules, gbnf_literal, schema_grammar
 

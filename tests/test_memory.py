@@ -18,8 +18,9 @@ import os
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import REPO, STANDIN
+from conftest import REPO
 
 CAP = 1 << 30
 CHILD = r"""
@@ -34,17 +35,17 @@ print(json.dumps({"label": label, "reply": reply, "peak_rss_kib": kib("VmHWM"), 
 """
 
 
-def run_capped(limit: int, which: int = resource.RLIMIT_DATA, code: str = CHILD, *args: str) -> subprocess.CompletedProcess:
+def run_capped(model: Path, limit: int, which: int = resource.RLIMIT_DATA, code: str = CHILD) -> subprocess.CompletedProcess:
     def cap() -> None:
         resource.setrlimit(which, (limit, limit))
 
-    env = {**os.environ, "EDGEQWEN_MODEL": str(STANDIN)}
-    return subprocess.run([sys.executable, "-c", code, str(STANDIN), *args], capture_output=True, text=True,
+    env = {**os.environ, "EDGEQWEN_MODEL": str(model)}
+    return subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True,
                           preexec_fn=cap, env=env, timeout=600, cwd=REPO)
 
 
-def test_engine_runs_under_a_1_gib_data_cap_and_reports_peak_rss():
-    done = run_capped(CAP)
+def test_engine_runs_under_a_1_gib_data_cap_and_reports_peak_rss(model_path):
+    done = run_capped(model_path, CAP)
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(done.stdout.splitlines()[-1])
     assert figures["label"] == "negative" and figures["reply"].strip()
@@ -54,7 +55,7 @@ def test_engine_runs_under_a_1_gib_data_cap_and_reports_peak_rss():
     from edgeqwen.memory_plan import estimate_bytes
     from edgeqwen.gguf_info import inspect_gguf
 
-    estimate = estimate_bytes(inspect_gguf(STANDIN), 2048)
+    estimate = estimate_bytes(inspect_gguf(model_path), 2048)
     assert abs(estimate - peak) / peak < 0.3, (estimate, peak)  # doctor's estimate is close to what was measured
     report = {"cap": "RLIMIT_DATA 1 GiB", "peak_rss_mib": round(peak / 2**20), "private_data_mib": round(figures["data_kib"] / 1024),
               "peak_address_space_mib": round(figures["peak_vm_kib"] / 1024), "doctor_estimate_mib": round(estimate / 2**20)}
@@ -63,7 +64,7 @@ def test_engine_runs_under_a_1_gib_data_cap_and_reports_peak_rss():
     (REPO / "tests" / "artifacts" / "memory_cap.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
-def test_cli_too_little_memory_is_one_line():
+def test_cli_too_little_memory_is_one_line(model_path):
     code = "import sys; sys.argv = ['edgeqwen', 'run', '--task', 'sentiment', 'hello']; from edgeqwen.console import main; main()"
-    done = run_capped(700 << 20, resource.RLIMIT_AS, code)  # 700 MiB of address space: the model maps, its context cannot
+    done = run_capped(model_path, 700 << 20, resource.RLIMIT_AS, code)  # 700 MiB of address space: the model maps, its context cannot
     assert done.returncode == 1 and "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr[-500:]

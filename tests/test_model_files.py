@@ -12,7 +12,8 @@ from gguf import GGUFWriter
 from edgeqwen import EdgeQwen
 from edgeqwen.errors import EdgeQwenError, ModelFileError, ModelNotFoundError
 
-from conftest import STANDIN, run_cli
+from conftest import run_cli
+
 
 TEMPLATE = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
 
@@ -37,9 +38,10 @@ def tiny_gguf(path: Path, arch: str = "qwen2", *, template: bool = True) -> Path
     return path
 
 
-def truncated_standin(path: Path) -> Path:
-    with open(STANDIN, "rb") as source:
-        path.write_bytes(source.read(4 << 20))
+def truncated(path: Path) -> Path:
+    """A well-formed GGUF cut in the middle of its tensor data, as a broken download leaves it."""
+    data = tiny_gguf(path.with_name("whole.gguf")).read_bytes()
+    path.write_bytes(data[: len(data) * 9 // 10])
     return path
 
 
@@ -52,7 +54,7 @@ def written(path: Path, data: bytes) -> Path:
 CASES = {
     "missing": (lambda d: d / "nowhere.gguf", "not found"),
     "empty": (lambda d: written(d / "empty.gguf", b""), "empty"),
-    "truncated": (lambda d: truncated_standin(d / "cut.gguf"), "truncated"),
+    "truncated": (lambda d: truncated(d / "cut.gguf"), "truncated"),
     "not_gguf": (lambda d: written(d / "notes.gguf", b"just some text\n" * 100), "not a GGUF file"),
     "safetensors": (lambda d: written(d / "model.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + bytes(64)), "not a GGUF file"),
     "other_arch": (lambda d: tiny_gguf(d / "llama.gguf", "llama"), "architecture is 'llama'"),
@@ -74,25 +76,26 @@ def test_api_refuses_bad_model_file_in_one_line(tmp_path, case):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_cli_refuses_bad_model_file_in_one_line(tmp_path, case):
+def test_cli_refuses_bad_model_file_in_one_line(invoke, tmp_path, case):
     make, fragment = CASES[case]
     path = make(tmp_path)
-    done = run_cli("run", "--task", "sentiment", "hello", "--model", str(path), timeout=120)
-    stderr = done.stderr.decode()
+    done = invoke("run", "--task", "sentiment", "hello", "--model", str(path))
+    stderr = done.stderr
     assert done.returncode == 1, stderr
     assert stderr.count("\n") == 1 and stderr.startswith("error: ") and fragment in stderr and str(path) in stderr
-    assert "Traceback" not in stderr and done.stdout == b""
+    assert "Traceback" not in stderr and done.stdout == ""
 
 
-def test_cli_info_and_doctor_name_the_bad_file(tmp_path):
+def test_cli_info_and_doctor_name_the_bad_file(invoke, tmp_path):
     path = CASES["truncated"][0](tmp_path)
-    info = run_cli("info", str(path), timeout=120)
-    assert info.returncode == 1 and info.stderr.decode().count("\n") == 1 and "truncated" in info.stderr.decode()
-    doctor = run_cli("doctor", "--model", str(path), timeout=120)
-    assert doctor.returncode == 1 and "truncated" in doctor.stderr.decode() and "Traceback" not in doctor.stderr.decode()
+    info = invoke("info", str(path))
+    assert info.returncode == 1 and info.stderr.count("\n") == 1 and "truncated" in info.stderr
+    doctor = invoke("doctor", "--model", str(path))
+    assert doctor.returncode == 1 and "truncated" in doctor.stderr and "Traceback" not in doctor.stderr
 
 
 def test_cli_gguf_that_llama_cpp_rejects_is_one_line(tmp_path):
+    """A subprocess: llama.cpp writes to the process's stderr itself, which only a real process shows."""
     path = tiny_gguf(tmp_path / "hollow.gguf")  # right architecture and template, but no layers
     done = run_cli("run", "--task", "sentiment", "hello", "--model", str(path), timeout=120)
     stderr = done.stderr.decode()

@@ -26,7 +26,6 @@ from edgeqwen.standin import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-STANDIN_PATH = REPO / "models" / STANDIN.file_name
 TEMPLATE = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
 TOKENS = ["<|im_start|>", "<|im_end|>", "a", "ĠHello", "日本"]
 
@@ -273,13 +272,8 @@ def test_inspect_corrupted_bytes_fail_cleanly(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- the real stand-in
 
-needs_standin = pytest.mark.skipif(not STANDIN_PATH.is_file(), reason="run `make model` to fetch the stand-in")
-
-
-@pytest.mark.model
-@needs_standin
-def test_standin_metadata() -> None:
-    info = inspect_gguf(STANDIN_PATH)
+def test_standin_metadata(model_path: Path) -> None:
+    info = inspect_gguf(model_path)
     assert info.architecture == "qwen2"
     assert info.file_type == "Q4_K_M"
     assert info.has_chat_template and "<|im_start|>" in (info.chat_template or "")
@@ -289,26 +283,22 @@ def test_standin_metadata() -> None:
     assert info.n_params > 400_000_000
 
 
-@pytest.mark.model
-@needs_standin
 @pytest.mark.parametrize("keep", [1 << 20, 16 << 20])  # inside the vocabulary; inside tensor data
-def test_standin_truncated(tmp_path: Path, keep: int) -> None:
+def test_standin_truncated(model_path: Path, tmp_path: Path, keep: int) -> None:
     path = tmp_path / "cut.gguf"
-    with open(STANDIN_PATH, "rb") as src:
+    with open(model_path, "rb") as src:
         path.write_bytes(src.read(keep))
     with pytest.raises(ModelFileError) as err:
         inspect_gguf(path)
     assert_one_line(err, "truncated", str(path))
 
 
-@pytest.mark.model
-@needs_standin
-def test_fetch_standin_reuses_verified_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_fetch_standin_reuses_verified_file(model_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # No index reachable: if fetch tried to download, it would fail.
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
     logs: list[str] = []
-    assert fetch_standin(STANDIN_PATH.parent, log=logs.append) == STANDIN_PATH
+    assert fetch_standin(model_path.parent, log=logs.append) == model_path
     assert not any("downloading" in line for line in logs)
 
 

@@ -28,10 +28,10 @@ openai = pytest.importorskip("openai", reason="the test extra installs openai: p
 from edgeqwen import settings  # noqa: E402
 from edgeqwen.server.launch import ServerProcess  # noqa: E402
 
-from conftest import run_cli, standin_path  # noqa: E402
+from conftest import read_line_until, run_cli  # noqa: E402
 from test_server import KEY, write_test_prompts  # noqa: E402
 
-pytestmark = [pytest.mark.model, pytest.mark.ray]
+pytestmark = pytest.mark.ray
 
 EN = [f"The {item} {verdict}." for item in ("phone", "hotel room", "pizza", "laptop", "headphones", "coffee", "delivery", "battery")
       for verdict in ("is excellent, I love it", "works perfectly", "was great value", "broke after two days", "is terrible", "was a waste of money")]
@@ -49,8 +49,9 @@ def _write_inputs(path: Path, texts: list[str]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """A local cluster: 2 CPUs, 2 model slots; its address for the CLI; every Ray process gone afterwards."""
+def ray_cluster(model_path):
+    """A local cluster: 2 CPUs, 2 model slots; its address for the CLI; every Ray process gone afterwards.
+    Every test on it runs the real model."""
     temp = tempfile.mkdtemp(prefix="eq-ray-", dir="/tmp")  # short: Ray's socket paths live under it
     env_before = dict(os.environ)
     ray.init(num_cpus=2, resources={settings.RAY_SLOT: 2}, include_dashboard=False, _temp_dir=temp, logging_level="WARNING")
@@ -64,20 +65,20 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, cli):
     """The input file and what the single-process command writes for it (one thread)."""
     folder = tmp_path_factory.mktemp("ray-batch")
     inputs = _write_inputs(folder / "reviews.jsonl", TEXTS)
     reference = folder / "reference.jsonl"
-    done = run_cli("sentiment", str(inputs), "--threads", "1", "-o", str(reference))
+    done = cli("sentiment", str(inputs), "--threads", "1", "-o", str(reference))
     assert done.returncode == 0, done.stderr
     return inputs, reference.read_text(encoding="utf-8")
 
 
-def test_a_file_through_two_actors_equals_the_single_process_output(ray_cluster, files, tmp_path):
+def test_a_file_through_two_actors_equals_the_single_process_output(ray_cluster, files, cli, tmp_path):
     inputs, reference = files
     output = tmp_path / "ray.jsonl"
-    done = run_cli("sentiment", str(inputs), "--ray-address", ray_cluster["address"], "--actors", "2", "--threads", "1", "-o", str(output))
+    done = cli("sentiment", str(inputs), "--ray-address", ray_cluster["address"], "--actors", "2", "--threads", "1", "-o", str(output))
     assert done.returncode == 0, done.stderr
     assert output.read_text(encoding="utf-8") == reference  # line for line: same records, order and labels
     assert b"200 classified (0 already done)" in done.stderr and b"Traceback" not in done.stderr
@@ -149,7 +150,7 @@ def test_a_users_ray_dataset_keeps_its_columns(ray_cluster):
     assert "empty" in rows[2]["error"]
 
 
-def test_cluster_errors_are_one_line(ray_cluster, files, tmp_path):
+def test_cluster_errors_are_one_line(ray_cluster, files, cli, tmp_path):
     from edgeqwen.cluster import RayOptions, classify_file_on_ray
     from edgeqwen.errors import EdgeQwenError
 
@@ -167,7 +168,7 @@ def test_cluster_errors_are_one_line(ray_cluster, files, tmp_path):
     # The command: the same errors, as one line and a non-zero exit, never a traceback.
     for args, expected in [(["--ray-address", ray_cluster["address"], "--actors", "3", "--threads", "1"], "but the cluster holds 2"),
                            (["--actors", "2"], "--actors only apply with --ray")]:
-        done = run_cli("sentiment", str(inputs), *args, "-o", str(tmp_path / "never.jsonl"))
+        done = cli("sentiment", str(inputs), *args, "-o", str(tmp_path / "never.jsonl"))
         assert done.returncode != 0 and b"Traceback" not in done.stderr
         assert done.stderr.decode().strip().splitlines()[-1].startswith("error: ") and expected in done.stderr.decode()
 
@@ -187,10 +188,10 @@ def test_without_ray_installed_it_says_how_to_install_it(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def served(ray_cluster, tmp_path_factory):
+def served(ray_cluster, tmp_path_factory, model_path):
     """`edgeqwen serve --ray` over 2 replicas of 1 thread and 1 chat slot, on the module's cluster, with the server tests' key and roles."""
     prompts = write_test_prompts(tmp_path_factory.mktemp("ray-prompts"))
-    args = ["--ray", "--ray-address", ray_cluster["address"], "--replicas", "2", "--threads", "1", "--model", str(standin_path()),
+    args = ["--ray", "--ray-address", ray_cluster["address"], "--replicas", "2", "--threads", "1", "--model", str(model_path),
             "--prompts", str(prompts), "--api-key", KEY, "--queue-size", "0", "--slots", "1", "--max-text-chars", "2000", "--log-level", "warning"]
     server = ServerProcess(*args, startup_timeout=240).start()  # up once one replica answers /health
     deadline = time.monotonic() + 120
@@ -218,10 +219,10 @@ def _call(server, method: str, path: str, body=None, key: str | None = KEY):
         conn.close()
 
 
-def test_serve_answers_the_openai_client_on_two_replicas(served):
+def test_serve_answers_the_openai_client_on_two_replicas(served, model_path):
     assert _replica_states() == {"RUNNING": 2}
     client = openai.OpenAI(base_url=served.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
-    assert {standin_path().stem, "chat", "sentiment", "topic"} <= {model.id for model in client.models.list().data}
+    assert {model_path.stem, "chat", "sentiment", "topic"} <= {model.id for model in client.models.list().data}
     completion = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "What is the capital of France?"}])
     assert "Paris" in completion.choices[0].message.content
     stream = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Count from 1 to 10."}], max_tokens=8, stream=True)
@@ -260,8 +261,7 @@ def test_serve_busy_replicas_answer_503_with_retry_after(served):
                 refused = (dict(response.getheaders()), json.loads(response.read()))
                 break
             assert response.status == 200
-            while b'"content":"' not in response.fp.readline():  # generating: the replica is busy
-                pass
+            read_line_until(response, lambda line: b'"content":"' in line)  # generating: the replica is busy
     finally:
         for conn in open_streams:
             conn.close()

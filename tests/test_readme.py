@@ -6,17 +6,17 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO, STANDIN
+from conftest import REPO
 
 
-def test_readme_python_example_runs(tmp_path):
+def test_readme_python_example_runs(model_path, tmp_path):
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     example = re.search(r"## Python API\s+```python\n(.*?)```", readme, re.S).group(1)
     script = tmp_path / "example.py"
     script.write_text(example, encoding="utf-8")
     done = subprocess.run(
         [sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=600,
-        env={"PATH": "/usr/bin:/bin", "EDGEQWEN_MODEL": str(STANDIN)},
+        env={"PATH": "/usr/bin:/bin", "EDGEQWEN_MODEL": str(model_path)},
     )
     assert done.returncode == 0, done.stderr
     first = done.stdout.splitlines()[0]
@@ -34,7 +34,7 @@ assert not heavy, heavy
 from edgeqwen import *
 assert all(name in globals() for name in edgeqwen.__all__)
 assert set(edgeqwen.__all__) <= set(dir(edgeqwen))
-from edgeqwen import EdgeQwen, Engine, EdgeQwenError, load_roles
+from edgeqwen import EdgeQwen, EdgeQwenError, load_roles
 from edgeqwen.api import EdgeQwen as defined
 assert EdgeQwen is defined and edgeqwen.EdgeQwen is defined
 try:

@@ -16,7 +16,7 @@ from edgeqwen.errors import GrammarError, RoleError
 from edgeqwen.grammar import check_grammar, grammar_literals, label_grammar, label_problem
 from edgeqwen.roles import Role, load_role, load_roles
 
-from conftest import STANDIN, VALID_ROLE as VALID, console_script, run_cli
+from conftest import VALID_ROLE as VALID, console_script
 
 
 def one_line_error(path, field: str | None, fragment: str) -> str:
@@ -118,11 +118,11 @@ def test_a_head_reads_only_another_classify_roles_prompt(write_role, tmp_path, t
         load_roles(tmp_path)
 
 
-def test_cli_reports_a_bad_label_in_one_line(tmp_path):
+def test_cli_reports_a_bad_label_in_one_line(invoke, tmp_path):
     (tmp_path / "topic.yaml").write_text(VALID.replace("- name: politics", "- name: '<|im_end|>'"), encoding="utf-8")
     for command in (["roles"], ["run", "--task", "sentiment", "hello"]):
-        done = run_cli(*command, "--prompts", str(tmp_path), timeout=120)
-        stderr = done.stderr.decode()
+        done = invoke(*command, "--prompts", str(tmp_path))
+        stderr = done.stderr
         assert done.returncode == 1 and stderr.count("\n") == 1, stderr
         assert "topic.yaml: field 'labels.1.name'" in stderr and "Traceback" not in stderr
 
@@ -166,9 +166,10 @@ def test_control_token_labels_by_the_model_tokenizer(eq):
         Classifier(engine, role)  # also when a Classifier is built directly
 
 
-def test_cli_refuses_a_control_token_label_in_one_line(tmp_path):
+def test_cli_refuses_a_control_token_label_in_one_line(model_path, tmp_path):
+    """The console script, as a user runs it: llama.cpp has loaded, so its own stderr must stay silent too."""
     path = control_token_role(tmp_path, "<tool_call>")
-    env = {**os.environ, "EDGEQWEN_MODEL": os.environ.get("EDGEQWEN_MODEL") or str(STANDIN)}
+    env = {**os.environ, "EDGEQWEN_MODEL": str(model_path)}
     done = subprocess.run([console_script(), "run", "--task", "sentiment", "--ctx", "256", "--prompts", str(tmp_path), "hello"],
                           capture_output=True, env=env, timeout=300)
     stderr = done.stderr.decode()

@@ -45,8 +45,8 @@ def test_auto_routes_and_labels_a_review_from_one_evaluation(eq, monkeypatch):
     text = "The battery died after two days and support never answered."
     alone_route, alone_label = eq.route(text), eq.sentiment(text)
     decodes = []
-    run_batch = eq.engine._run_batch
-    monkeypatch.setattr(eq.engine, "_run_batch", lambda: decodes.append(1) or run_batch())
+    run_batch = eq.engine.runtime.run_batch
+    monkeypatch.setattr(eq.engine.runtime, "run_batch", lambda: decodes.append(1) or run_batch())
     result = eq.run(text, "auto", chat=False)
     assert len(decodes) == 1  # one llama_decode: the route role's prefix is the sentiment role's, already kept
     assert result.task == alone_route.task == "sentiment"
@@ -75,12 +75,13 @@ def test_a_route_head_that_does_not_fit_falls_back_to_the_route_prompts_label_lo
     assert route.classify("How do I make a cup of green tea?").label == "question"
 
 
-def test_an_unsure_router_answers_with_both_when_its_role_says_so(tmp_path):
+def test_an_unsure_router_answers_with_both_when_its_role_says_so(invoke_model, tmp_path, caplog):
     """abstain_below in the route role: below it, --task auto runs both roles, marked in --json."""
     import json
+    import logging
     import shutil
 
-    from conftest import REPO, run_cli
+    from conftest import REPO
 
     prompts = tmp_path / "prompts"
     prompts.mkdir()
@@ -88,15 +89,16 @@ def test_an_unsure_router_answers_with_both_when_its_role_says_so(tmp_path):
         shutil.copy(REPO / "prompts" / name, prompts)
     route = (REPO / "prompts" / "route.yaml").read_text(encoding="utf-8")
     (prompts / "route.yaml").write_text(route + "abstain_below: 0.99999\n", encoding="utf-8")  # unsure of everything
-    done = run_cli("run", "--json", "--prompts", str(prompts), "The soup was cold but the staff were lovely.")
+    with caplog.at_level(logging.WARNING):
+        done = invoke_model("run", "--json", "--prompts", str(prompts), "The soup was cold but the staff were lovely.")
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     assert result["task"] == "both" and result["route"]["abstained"] is True
     assert result["label"] in ("positive", "negative") and result["reply"]
-    assert b"warning" not in done.stderr  # the head still fits: abstaining is not part of the prompt
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # the head still fits: abstaining is not part of the prompt
 
     (prompts / "route.yaml").write_text(route + "abstain_below: 0.5\n", encoding="utf-8")  # a confidence is never below 0.5
-    plain = json.loads(run_cli("run", "--json", "--prompts", str(prompts), "How do I make green tea?").stdout)
+    plain = json.loads(invoke_model("run", "--json", "--prompts", str(prompts), "How do I make green tea?").stdout)
     assert plain["task"] == "chat" and plain["route"]["abstained"] is False
 
 

@@ -21,9 +21,7 @@ pytest.importorskip("starlette", reason="the serve extra: pip install -e '.[serv
 
 from edgeqwen.server.launch import ServerProcess  # noqa: E402
 
-from conftest import run_cli, standin_path  # noqa: E402
-
-pytestmark = pytest.mark.model
+from conftest import read_line_until, standin_path  # noqa: E402
 
 KEY = "test-key-123"
 MAX_BODY = 64 * 1024
@@ -59,10 +57,10 @@ def write_test_prompts(directory: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, model_path):
     prompts = write_test_prompts(tmp_path_factory.mktemp("prompts"))
     args = [
-        "--model", str(standin_path()), "--prompts", str(prompts), "--api-key", KEY, "--queue-size", "1", "--slots", "1", "--threads", "1",
+        "--model", str(model_path), "--prompts", str(prompts), "--api-key", KEY, "--queue-size", "1", "--slots", "1", "--threads", "1",
         "--max-body-bytes", str(MAX_BODY), "--max-text-chars", str(MAX_TEXT), "--log-level", "warning",
     ]
     with ServerProcess(*args) as running:
@@ -218,11 +216,11 @@ def test_any_classify_role_by_name(server):
     assert status == 404 and error["error"]["code"] == "role_not_found"
 
 
-def test_run_routes_like_the_cli(server):
+def test_run_routes_like_the_cli(server, invoke_model):
     text = "这家餐厅的服务太差了，我再也不会来了。"
     status, _, review = call(server, "POST", "/v1/run", {"text": text})
     assert status == 200
-    cli = run_cli("run", "--json", "--threads", "1", text)
+    cli = invoke_model("run", "--json", text)
     assert cli.returncode == 0, cli.stderr
     expected = json.loads(cli.stdout)
     assert set(review) == set(expected)
@@ -287,11 +285,8 @@ def _open_stream(server, body: dict):
                  headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     response = conn.getresponse()
     assert response.status == 200
-    while True:
-        line = response.fp.readline().decode()
-        assert line, "stream ended early"
-        if line.startswith("data: ") and '"content":"' in line and '"content":""' not in line:
-            return conn, response
+    read_line_until(response, lambda line: line.startswith(b"data: ") and b'"content":"' in line and b'"content":""' not in line)
+    return conn, response
 
 
 def wait_for_queue(server, condition, message: str, timeout: float = 30) -> None:

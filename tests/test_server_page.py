@@ -17,10 +17,9 @@ pytest.importorskip("starlette", reason="the serve extra: pip install -e '.[serv
 
 from edgeqwen.server.launch import ServerProcess  # noqa: E402
 
-from conftest import REPO, standin_path  # noqa: E402
+from conftest import REPO  # noqa: E402
 from test_server import write_test_prompts  # noqa: E402
 
-pytestmark = pytest.mark.model
 
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM_FLAGS = [
@@ -37,9 +36,9 @@ def chromium_path() -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, model_path):
     prompts = write_test_prompts(tmp_path_factory.mktemp("prompts"))
-    with ServerProcess("--model", str(standin_path()), "--prompts", str(prompts), "--threads", "1", "--log-level", "warning") as running:
+    with ServerProcess("--model", str(model_path), "--prompts", str(prompts), "--threads", "1", "--log-level", "warning") as running:
         yield running
 
 

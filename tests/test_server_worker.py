@@ -18,6 +18,7 @@ import pytest
 
 from edgeqwen.server.worker import Cancelled, InferenceWorker, QueueFull
 
+from conftest import read_line_until
 from near_tie import assert_same_or_near_tie
 
 
@@ -255,8 +256,7 @@ def test_a_cancelled_stream_frees_its_slot_and_the_others_finish(live):
     conn.request("POST", "/v1/chat/completions", body=json.dumps(chat_body("Count from 1 to 500, separated by commas.", True, 1000)).encode(),
                  headers={"Content-Type": "application/json"})
     response = conn.getresponse()
-    while '"content":"' not in (line := response.fp.readline().decode()) or '"content":""' in line:
-        pass
+    read_line_until(response, lambda line: b'"content":"' in line and b'"content":""' not in line)
     answers: list = []
     (thread,) = in_threads([lambda: post(live, "/v1/chat/completions", chat_body(QUESTIONS[0]), answers)])
     wait_until(live, lambda q: q["streams"] == 2)

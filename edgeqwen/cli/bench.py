@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import EdgeQwenError
-from .options import ModelOption, ThreadsOption, fail
+from .options import ModelOption, ThreadsOption
 
 
 def bench(
@@ -27,10 +26,7 @@ def bench(
     from ..bench import format_table, run_benchmark
     from ..model_paths import resolve_model
 
-    try:
-        figures = run_benchmark(resolve_model(model), threads, ctx, repeats, log=lambda m: typer.echo(m, err=True))
-    except EdgeQwenError as error:
-        fail(error)
+    figures = run_benchmark(resolve_model(model), threads, ctx, repeats, log=lambda m: typer.echo(m, err=True))
     typer.echo(format_table(figures))
     if json_path:
         json_path.write_text(json.dumps(figures, indent=2))

@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import settings
-from ..errors import EdgeQwenError
-from .options import KvCacheOption, ModelOption, fail
+from .options import KvCacheOption, ModelOption
 
 
 def doctor(
@@ -28,10 +27,7 @@ def doctor(
     """
     from ..doctor import diagnose, format_report
 
-    try:
-        report = diagnose(model, ram_bytes=ram_mb * (1 << 20) if ram_mb else None, n_ctx=ctx, kv_cache=kv_cache)
-    except EdgeQwenError as error:
-        fail(error)
+    report = diagnose(model, ram_bytes=ram_mb * (1 << 20) if ram_mb else None, n_ctx=ctx, kv_cache=kv_cache)
     if json_output:
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2, default=str))
     else:

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import EdgeQwenError
-from .options import ModelOption, PromptsOption, ThreadsOption, fail, interrupted, status
+from .guard import interrupt_note
+from .options import ModelOption, PromptsOption, ThreadsOption, open_model
 
 
 def heads(
@@ -30,21 +31,17 @@ def heads(
       edgeqwen heads --role sentiment                                      # after editing its prompt
       edgeqwen heads --prompts my_prompts --role topic --data topics.jsonl # your own role
     """
-    from ..api import EdgeQwen
-    from ..model_heads import format_summary, train_model_heads
+    from ..api import load_roles
+    from ..training.model_heads import format_summary, plan_heads, train_model_heads
 
-    try:
-        status("loading model…")
-        eq = EdgeQwen(model, threads=threads, prompts_dir=prompts, router="rules")
-        results = train_model_heads(eq, role or (), data, log=lambda message: typer.echo(message, err=True))
-    except EdgeQwenError as error:
-        fail(error)
-    except KeyboardInterrupt:
-        interrupted("interrupted: heads finished before this are written; run the same command again for the rest")
+    jobs = plan_heads(load_roles(prompts), role or (), data)  # refused before the model loads
+    eq = open_model(model, threads=threads, prompts=prompts)
+    with interrupt_note("interrupted: heads finished before this are written; run the same command again for the rest"):
+        results = train_model_heads(eq, jobs=jobs, log=lambda message: typer.echo(message, err=True))
     for line in format_summary(results):
         typer.echo(line)
     if json_out is not None:
         try:
             json_out.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n", encoding="utf-8")
         except OSError as error:
-            fail(EdgeQwenError(f"{json_out}: cannot write the results: {error}"))
+            raise EdgeQwenError(f"{json_out}: cannot write the results: {error}") from None

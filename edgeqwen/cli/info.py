@@ -8,9 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import EdgeQwenError
 from ..gguf_info import inspect_gguf
-from .options import fail
 
 
 def info(
@@ -18,10 +16,7 @@ def info(
     json_output: Annotated[bool, typer.Option("--json", help="Print the metadata as JSON.")] = False,
 ) -> None:
     """Print a GGUF file's metadata: architecture, size, quantization, context length, chat template."""
-    try:
-        gguf = inspect_gguf(model, expect_arch=None)
-    except EdgeQwenError as error:
-        fail(error)
+    gguf = inspect_gguf(model, expect_arch=None)
     from ..convert.manifest import manifest_path, read_manifest, summary_lines  # the converter loads only when asked
 
     fields = gguf.as_dict()

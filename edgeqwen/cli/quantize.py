@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from .. import settings
-from ..errors import EdgeQwenError
-from .options import fail, interrupted
+from .guard import interrupt_note
 
 
 def quantize(
@@ -35,45 +33,13 @@ def quantize(
       edgeqwen quantize --type Q8_0 --repo Qwen/Qwen1.5-0.5B
       edgeqwen quantize --local-dir ~/Qwen1.5-0.5B-Chat   # no network: a folder with the repo's files
     """
-    from ..convert import QuantizeOptions, planned_output, run_quantize
-    from ..smoke_check import EXAMPLES, smoke_check
+    from ..build import build_model, interrupted_state
+    from ..convert import QuantizeOptions
 
     options = QuantizeOptions(repo=repo, revision=revision, local_dir=local_dir, qtype=qtype, output=output,
                               threads=threads, keep_unquantized=keep_unquantized, verify=verify,
                               progress=sys.stderr.isatty())
     started = time.time()
-    try:
-        result = run_quantize(options, log=_log)
-        if heads:
-            _train_heads(result.output, threads, _log)
-        if smoke:
-            correct = smoke_check(result.output, threads, log=typer.echo)
-            if correct < len(EXAMPLES):
-                typer.echo(f"warning: the sentiment smoke check got {correct}/{len(EXAMPLES)} right", err=True)
-    except EdgeQwenError as error:
-        fail(error)
-    except KeyboardInterrupt:  # Ctrl-C, or `kill` (the entry point makes SIGTERM the same): temporary files are gone
-        built = planned_output(options)  # renamed into place only once verified: there, it is usable
-        if not built.is_file() or built.stat().st_mtime < started:  # none, or an older build
-            interrupted("interrupted: no model was written")
-        interrupted(f"interrupted: the model is ready at {built}, but its heads may not be; finish with:\n"
-                    f"  edgeqwen heads --model {built}")
-    typer.echo(str(result.output))
-
-
-def _log(message: str) -> None:
-    typer.echo(message, err=True)
-
-
-def _train_heads(model: Path, threads: int | None, log: Callable[[str], None]) -> None:
-    """The shipped roles' heads for the new model, with a progress bar and a summary."""
-    from ..api import EdgeQwen
-    from ..convert.manifest import update_manifest
-    from ..model_heads import format_summary, train_model_heads
-
-    log("[heads] training the classification heads for this model (edgeqwen heads)")
-    eq = EdgeQwen(model, threads=threads, router="rules")
-    results = train_model_heads(eq, progress=sys.stderr.isatty(), log=log)
-    update_manifest(model, heads=[result.to_dict() for result in results])
-    for line in format_summary(results):
-        log("  " + line)
+    with interrupt_note(lambda: interrupted_state(options, started)):  # temporary files are gone by then
+        build = build_model(options, heads=heads, smoke=smoke, log=lambda message: typer.echo(message, err=True))
+    typer.echo(str(build.output))

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from ..errors import EdgeQwenError
-from ..roles import load_roles
-from .options import PromptsOption, fail
+from .options import PromptsOption
 
 
 def roles(prompts: PromptsOption = None) -> None:
     """List the roles found (shipped ones and those in --prompts DIR)."""
-    try:
-        found = load_roles(prompts)
-    except EdgeQwenError as error:
-        fail(error)
+    from ..roles import load_roles
+
+    found = load_roles(prompts)
     for role in found.values():
         labels = f" labels: {', '.join(role.label_names)}" if role.labels else ""
         typer.echo(f"{role.name:<12} {role.kind:<9} {role.description}{labels}")

@@ -9,10 +9,10 @@ from typing import Annotated, Optional
 import typer
 
 from .. import settings
-from ..errors import EdgeQwenError
+from .guard import interrupt_note
 from .options import (
     ActorsPerNodeOption, CtxOption, ModelOption, ModelSha256Option, PromptsOption, RayAddressOption, RayFlag, ThreadsOption,
-    fail, interrupted, ray_module, ray_options,
+    open_model, ray_module, ray_options,
 )
 
 ActorsOption = Annotated[Optional[int], typer.Option("--actors", min=1, help="With --ray: model copies (Ray actors) in all. Default: as many as the cluster holds.")]
@@ -44,7 +44,6 @@ def sentiment(
     """
     from tqdm import tqdm
 
-    from ..api import EdgeQwen
     from ..batch import classify_file, count_inputs
 
     on_ray = ray_options(
@@ -52,17 +51,15 @@ def sentiment(
         model_sha256=model_sha256, model=model, threads=threads, ctx=ctx, prompts=prompts,
     )
     cluster = ray_module("batch") if on_ray else None
-    try:
-        total = count_inputs(inputs)
-        eq = None if on_ray else EdgeQwen(model, n_ctx=ctx, threads=threads, prompts_dir=prompts, router="rules")
-        with tqdm(total=total, unit="text", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
-            common = {"resume": resume, "stdout": sys.stdout, "on_progress": lambda n: bar.update(n - bar.n), "batch_size": batch_size}
-            if cluster is not None:
-                summary = cluster.classify_file_on_ray(inputs, output, on_ray, role=role, **common)
-            else:
-                summary = classify_file(lambda texts: eq.classify_many(texts, role), inputs, output, **common)
-    except EdgeQwenError as error:
-        fail(error)
-    except KeyboardInterrupt:
-        interrupted(f"interrupted: results so far are in {output or 'stdout'}" + (" (continue with --resume)" if output else ""))
-    typer.echo(f"{summary.done} classified ({summary.skipped} already done) in {summary.seconds:.1f} s: {summary.texts_per_second:.1f} texts/s", err=True)
+    total = count_inputs(inputs)
+    eq = None if on_ray else open_model(model, ctx=ctx, threads=threads, prompts=prompts)
+    note = f"interrupted: results so far are in {output or 'stdout'}" + (" (continue with --resume)" if output else "")
+    with interrupt_note(note), tqdm(total=total, unit="text", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        common = {"resume": resume, "stdout": sys.stdout, "on_progress": lambda n: bar.update(n - bar.n),
+                  "batch_size": batch_size}
+        if cluster is not None:
+            summary = cluster.classify_file_on_ray(inputs, output, on_ray, role=role, **common)
+        else:
+            summary = classify_file(lambda texts: eq.classify_many(texts, role), inputs, output, **common)
+    typer.echo(f"{summary.done} classified ({summary.skipped} already done) in {summary.seconds:.1f} s: "
+               f"{summary.texts_per_second:.1f} texts/s", err=True)

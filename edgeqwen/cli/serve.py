@@ -10,7 +10,7 @@ from .. import settings
 from ..errors import EdgeQwenError
 from .options import (
     ActorsPerNodeOption, CtxOption, ModelOption, ModelSha256Option, PromptsOption, RayAddressOption, RayFlag, ThreadsOption,
-    fail, ray_module, ray_options,
+    ray_module, ray_options,
 )
 
 MetricsKeyOption = Annotated[Optional[str], typer.Option(
@@ -58,7 +58,8 @@ def serve(
     try:
         from ..server.app import ServerConfig, serve as run_server  # the optional extra: imported only here
     except ImportError as error:
-        fail(EdgeQwenError(f"edgeqwen serve needs the server extra ({error.name or error} is missing): pip install 'edgeqwen[serve]'"))
+        missing = error.name or error
+        raise EdgeQwenError(f"edgeqwen serve needs the server extra ({missing} is missing): pip install 'edgeqwen[serve]'") from None
     config = ServerConfig(
         host=host, port=port, model=str(model) if model else None, api_key=api_key or None,
         metrics_key=metrics_key or None,
@@ -66,12 +67,7 @@ def serve(
         max_body_bytes=max_body_bytes, max_text_chars=max_text_chars, log_level=log_level, verbose=verbose,
     )
     serving = ray_module("serving") if on_ray is not None else None
-    try:
-        if serving is not None:
-            serving.serve_on_ray(config, on_ray)  # the same config: same app, auth, limits and errors
-        else:
-            run_server(config)
-    except EdgeQwenError as error:
-        fail(error)
-    except KeyboardInterrupt:
-        raise typer.Exit(130)
+    if serving is not None:
+        serving.serve_on_ray(config, on_ray)  # the same config: same app, auth, limits and errors
+    else:
+        run_server(config)

@@ -2,18 +2,30 @@
 
 One job per module: fetch (huggingface_hub), hf_to_gguf (gguf-py writer), quantize (llama.cpp),
 verify (llama.cpp via edgeqwen.engine), manifest (JSON beside the model), pipeline (the stages).
+The names below are imported on first use, so reading a manifest (`edgeqwen info`) loads no llama.cpp.
 """
 
-from .fetch import DEFAULT_REPO, Fetched, fetch_checkpoint
-from .hf_to_gguf import ConvertResult, convert_checkpoint
-from .manifest import manifest_path, read_manifest, summary_lines, update_manifest
-from .pipeline import QuantizeOptions, QuantizeResult, default_output_name, planned_output, run_quantize
-from .quantize import DEFAULT_QUANT, QUANT_TYPES, quantize_gguf
-from .verify import KL_LIMITS, PROMPTS, Verification, verify_quantized
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_QUANT", "DEFAULT_REPO", "KL_LIMITS", "PROMPTS", "QUANT_TYPES", "ConvertResult", "Fetched",
-    "QuantizeOptions", "QuantizeResult", "Verification", "convert_checkpoint", "default_output_name",
-    "fetch_checkpoint", "manifest_path", "planned_output", "quantize_gguf", "read_manifest", "run_quantize", "summary_lines",
-    "update_manifest", "verify_quantized",
-]
+# public name -> the submodule that defines it
+_EXPORTS = {
+    **dict.fromkeys(("DEFAULT_REPO", "Fetched", "fetch_checkpoint"), "fetch"),
+    **dict.fromkeys(("ConvertResult", "convert_checkpoint"), "hf_to_gguf"),
+    **dict.fromkeys(("manifest_path", "read_manifest", "summary_lines", "update_manifest"), "manifest"),
+    **dict.fromkeys(("QuantizeOptions", "QuantizeResult", "default_output_name", "planned_output", "run_quantize"),
+                    "pipeline"),
+    **dict.fromkeys(("DEFAULT_QUANT", "QUANT_TYPES", "quantize_gguf"), "quantize"),
+    **dict.fromkeys(("KL_LIMITS", "PROMPTS", "Verification", "verify_quantized"), "verify"),
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -9,7 +9,6 @@ instead of evaluating them again, across role switches too.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import re
@@ -21,27 +20,23 @@ from pathlib import Path
 import llama_cpp as llama
 import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from llama_cpp import _internals as internals  # model/context/batch/sampler wrappers of the pinned version
-from llama_cpp._logger import set_verbose
 
 from .. import settings
 from ..board import physical_cores
-from ..errors import ContextOverflowError, EngineError, GrammarError, ModelFileError
+from ..errors import ContextOverflowError, GrammarError, ModelFileError
 from ..gguf_info import GGUFInfo, inspect_gguf
 from ..grammar import check_grammar, grammar_literals
 from ..memory_plan import plan_memory
 from ..numeric import logsumexp
-from ..signals import held_signals
-from .layer_tap import LayerTap
-from .cells import MAX_PARALLEL, N_SEQ_MAX, PREFIX_SHARE, WORKING_SEQ, Cells
+from .cells import MAX_PARALLEL, PREFIX_SHARE, WORKING_SEQ
+from .picker import TokenPicker, start_reply
 from .prefix_store import PrefixStore
-from .picker import start_reply
-from .reply import Generation
+from .reply import Generation, Reply
+from .runtime import KV_TYPES, Entry, Runtime
 from .sampling import SamplingParams
+from .streams import Streams
 
-KV_TYPES = {"f16": 1, "q8_0": 8}  # ggml type ids of the KV cache (settings.KV_CACHE_TYPES)
 log = logging.getLogger("edgeqwen.engine")
-_DECODE_NO_SLOT = 1  # llama_decode's return code when the KV cache has no room for the batch
 # Stand-ins for message contents while rendering a chat template, so user text can be tokenized
 # apart from the template and never becomes a control token (private-use code points).
 _SENTINEL = "\ue000{}\ue001"
@@ -98,58 +93,27 @@ class Engine:
         self.prefix_budget = int(n_ctx * PREFIX_SHARE) if prefix_budget is None else min(prefix_budget, n_ctx)
         self.kv_type = kv_type
         self.verbose = verbose
-        with held_signals():  # llama.cpp logs through a Python callback during the load
-            self._load(str(model_path), use_mmap, repack, kv_type, flash_attn)
-        self._cells = Cells(self._ctx.ctx, n_ctx, self.prefix_budget, self._prefix_store(prefix_cache_dir))
-        self.n_vocab = llama.llama_vocab_n_tokens(self._vocab)
-        self.n_embd = llama.llama_model_n_embd(self._model.model)
-        self.n_layer = llama.llama_model_n_layer(self._model.model)
+        flash = flash_attn or kv_type != "f16"  # a quantized V cache needs flash attention in llama.cpp
+        self.runtime = Runtime(
+            str(model_path), n_ctx=n_ctx, n_batch=self.n_batch, n_threads=self.n_threads, kv_type=kv_type,
+            flash_attn=flash, use_mmap=use_mmap, repack=repack, prefix_budget=self.prefix_budget,
+            store=self._prefix_store(prefix_cache_dir, flash), verbose=verbose,
+        )
+        runtime = self.runtime
+        self.n_vocab, self.n_embd, self.n_layer = runtime.n_vocab, runtime.n_embd, runtime.n_layer
         self._template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(
             self.info.chat_template or ""
         )
-        self.end_of_turn = frozenset(t for t in range(self.n_vocab) if llama.llama_vocab_is_eog(self._vocab, t))
-        self._eos_text = self._piece(llama.llama_vocab_eos(self._vocab), special=True).decode("utf-8", "replace")
+        self.end_of_turn = frozenset(t for t in range(self.n_vocab) if llama.llama_vocab_is_eog(runtime.vocab, t))
+        self._eos_text = runtime.piece(llama.llama_vocab_eos(runtime.vocab), special=True).decode("utf-8", "replace")
         self.tokens_evaluated = 0  # new tokens evaluated by the last call: what it cost
         self.last_generation = Generation()  # what the last stream() produced, and why it stopped
-
-    def _load(self, path: str, use_mmap: bool, repack: bool, kv_type: str, flash_attn: bool) -> None:
-        set_verbose(self.verbose)  # llama.cpp's log goes nowhere unless asked for
-        model_params = llama.llama_model_default_params()
-        model_params.load_mode = llama.LLAMA_LOAD_MODE_MMAP if use_mmap else llama.LLAMA_LOAD_MODE_NONE
-        model_params.use_extra_bufts = repack  # CPU weight repacking: faster matmuls, a second copy of the weights
-        try:
-            self._model = internals.LlamaModel(path_model=path, params=model_params, verbose=self.verbose)
-        except ValueError:
-            raise ModelFileError(f"{path}: llama.cpp could not load this model (run with --verbose to see why; `edgeqwen info {path}` shows what it holds)") from None
-        self._vocab = self._model.vocab
-        context_params = llama.llama_context_default_params()
-        context_params.n_ctx = self.n_ctx
-        context_params.n_batch = context_params.n_ubatch = self.n_batch
-        context_params.n_threads = context_params.n_threads_batch = self.n_threads
-        context_params.n_seq_max = N_SEQ_MAX
-        context_params.kv_unified = True  # one cell pool: sequences can share a prefix's cells
-        context_params.no_perf = True
-        context_params.type_k = context_params.type_v = KV_TYPES[kv_type]
-        # A quantized V cache needs flash attention in llama.cpp.
-        use_flash = flash_attn or kv_type != "f16"
-        context_params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if use_flash else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        self._tap = LayerTap()
-        context_params.cb_eval = self._tap.callback
-        try:
-            self._ctx = internals.LlamaContext(model=self._model, params=context_params, verbose=self.verbose)
-        except ValueError:
-            raise EngineError(
-                f"llama.cpp could not create a context of {context_params.n_ctx} tokens, most likely out of memory: "
-                "try a smaller --ctx or --kv-cache q8_0 (`edgeqwen doctor` estimates what fits)"
-            ) from None
-        self._flash = use_flash
-        self._batch = internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=self.verbose)
 
     # -- text <-> tokens ------------------------------------------------------------------------
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         """Tokens of `text`; with special=False, markup like <|im_end|> stays plain text."""
-        return self._model.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=special)
+        return self.runtime.model.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=special)
 
     def is_plain_text(self, text: str) -> bool:
         """True when `text` holds no control token of this model, even one llama.cpp matches in plain
@@ -158,16 +122,7 @@ class Engine:
         return tokens == self.tokenize(text) and not self.info.special_tokens.intersection(tokens)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self._piece(t) for t in tokens).decode("utf-8", "replace")
-
-    def _piece(self, token: int, special: bool = False) -> bytes:
-        size = 64
-        while True:
-            buffer = ctypes.create_string_buffer(size)
-            n = llama.llama_token_to_piece(self._vocab, token, buffer, size, 0, special)
-            if n >= 0:
-                return buffer.raw[:n]
-            size = -n  # the piece needs a bigger buffer
+        return b"".join(self.runtime.piece(t) for t in tokens).decode("utf-8", "replace")
 
     def reply_header_length(self) -> int:
         """How many tokens the chat template puts after a user message's content when a reply follows
@@ -207,7 +162,7 @@ class Engine:
         keep_prefix: the length of a fixed prefix of `tokens` worth keeping in the cache.
         """
         self._evaluate(list(tokens), keep_prefix)
-        return self._logits_row(-1).copy()
+        return self.runtime.logits_row(-1).copy()
 
     @property
     def readable_layers(self) -> range:
@@ -242,9 +197,9 @@ class Engine:
         lengths = [len(p) - keep_prefix for p in prompts]
         groups = list(self._groups(lengths))
         prefix = prompts[0][:keep_prefix]
-        evaluated, source = 0, self._cells.kept_beside_working(prefix, max(sum(lengths[i] for i in group) for group in groups))
+        evaluated, source = 0, self.runtime.cells.kept_beside_working(prefix, max(sum(lengths[i] for i in group) for group in groups))
         if source is None:  # not kept yet, or no room beside the working sequence: it gives way and holds the prefix
-            evaluated, source = self._hold(prefix), WORKING_SEQ
+            evaluated, source = self.runtime.hold(prefix), WORKING_SEQ
         results: list[Evaluated] = []
         for group in groups:
             results += self._evaluate_group([prompts[i][keep_prefix:] for i in group], keep_prefix, layers, logits, source)
@@ -264,16 +219,6 @@ class Engine:
             if prompt[:keep_prefix] != prompts[0][:keep_prefix]:
                 raise ValueError("prompts evaluated together must share their first keep_prefix tokens")
 
-    def _hold(self, prefix: list[int]) -> int:
-        """Make the working sequence hold exactly `prefix`, kept; returns how many tokens that evaluated."""
-        cells = self._cells
-        reuse = cells.reuse(prefix, len(prefix)) if prefix else 0
-        cells.truncate(reuse)
-        if reuse < len(prefix):
-            cells.make_room(len(prefix))
-            self._decode(prefix[reuse:], len(prefix))
-        return len(prefix) - reuse
-
     def _groups(self, lengths: list[int]) -> Iterator[list[int]]:
         """Indices of prompts to evaluate together: at most n_batch tokens and MAX_PARALLEL prompts."""
         group: list[int] = []
@@ -292,35 +237,27 @@ class Engine:
         """Each suffix as its own sequence after the first `start` tokens of sequence `source` (a kept
         prefix's, or the working one's; a suffix longer than n_batch is alone in its group and goes in
         several calls)."""
-        entries = [(token, start + j, k, j == len(suffix) - 1) for k, suffix in enumerate(suffixes) for j, token in enumerate(suffix)]
+        entries: list[Entry] = [(token, start + j, k, j == len(suffix) - 1) for k, suffix in enumerate(suffixes) for j, token in enumerate(suffix)]
         if source == WORKING_SEQ:  # beside a kept prefix the room was checked, and nothing may be evicted
-            self._cells.make_room(start + len(entries))
-        seqs = self._cells.lend(len(suffixes), start, source)
+            self.runtime.cells.make_room(start + len(entries))
+        seqs = self.runtime.cells.lend(len(suffixes), start, source)
         found: list[np.ndarray | None] = [None] * len(suffixes)
         if layers:
-            self._tap.arm(layers, stop=not logits)
+            self.runtime.tap.arm(layers, stop=not logits)
         try:
             for first in range(0, len(entries), self.n_batch):
                 part = entries[first : first + self.n_batch]
-                self._fill_batch([(token, pos, seqs[k], last) for token, pos, k, last in part])
-                self._run_batch()
+                self.runtime.fill_batch([(token, pos, seqs[k], last) for token, pos, k, last in part])
+                self.runtime.run_batch()
                 for index, (_, _, k, last) in enumerate(part):
                     if last and logits:
-                        found[k] = self._logits_row(index).copy()
+                        found[k] = self.runtime.logits_row(index).copy()
             bounds = np.cumsum([len(s) for s in suffixes])[:-1]
-            states = {layer: np.split(self._tap.states(layer), bounds) for layer in layers}
+            states = {layer: np.split(self.runtime.tap.states(layer), bounds) for layer in layers}
         finally:
-            self._tap.disarm()
-            self._cells.give_back(seqs)
+            self.runtime.tap.disarm()
+            self.runtime.cells.give_back(seqs)
         return [Evaluated(found[k], {layer: rows[k] for layer, rows in states.items()}) for k in range(len(suffixes))]
-
-    def _fill_batch(self, entries: Sequence[tuple[int, int, int, bool]]) -> None:
-        """The batch of (token, position, sequence, wants logits) entries."""
-        batch = self._batch.batch
-        batch.n_tokens = len(entries)
-        for i, (token, pos, seq, wants_logits) in enumerate(entries):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, wants_logits
-            batch.seq_id[i][0] = seq
 
     def sequence_logprob(self, prefix: Sequence[int], continuation: Sequence[int], keep_prefix: int = 0) -> float:
         """log P(continuation | prefix), one evaluation per continuation token."""
@@ -330,70 +267,55 @@ class Engine:
             total += float(logits[token] - logsumexp(logits))
         return total
 
-    def _logits_row(self, index: int) -> np.ndarray:
-        """Logits of the last batch's entry `index` (one that asked for them; -1: the last such), a
-        view into llama.cpp's buffer."""
-        return np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx.ctx, index), shape=(self.n_vocab,))
-
     def _evaluate(self, tokens: list[int], keep_prefix: int = 0) -> None:
         """Make the working sequence hold `tokens` and leave the last one's logits ready."""
         if not tokens:
             raise ValueError("nothing to evaluate")
         if len(tokens) > self.n_ctx:
             raise ContextOverflowError(f"prompt of {len(tokens)} tokens does not fit n_ctx {self.n_ctx}")
-        reuse = min(self._cells.reuse(tokens, keep_prefix), len(tokens) - 1)  # the last token again, for its logits
-        self._cells.truncate(reuse)
-        self._cells.make_room(len(tokens))
-        self._decode(tokens[reuse:], keep_prefix)
+        reuse = min(self.runtime.cells.reuse(tokens, keep_prefix), len(tokens) - 1)  # the last token again, for its logits
+        self.runtime.cells.truncate(reuse)
+        self.runtime.cells.make_room(len(tokens))
+        self.runtime.decode(tokens[reuse:], keep_prefix)
         self.tokens_evaluated = len(tokens) - reuse
-
-    def _decode(self, tokens: list[int], keep_prefix: int = 0) -> None:
-        """Evaluate `tokens` after the working sequence, keeping its first `keep_prefix` tokens once reached."""
-        cells = self._cells
-        for start in range(0, len(tokens), self.n_batch):
-            chunk = tokens[start : start + self.n_batch]
-            self._batch.set_batch(chunk, n_past=len(cells.working), logits_all=False)
-            self._run_batch()
-            cells.working += chunk
-            if keep_prefix and len(cells.working) >= keep_prefix:
-                cells.keep(keep_prefix)
-                keep_prefix = 0
-
-    def _run_batch(self) -> None:
-        """llama_decode on the filled batch; kept prefixes make way if the cells are full."""
-        # The layer tap is Python that llama.cpp calls mid-decode: a Ctrl-C raised in it would be lost.
-        with held_signals():
-            while (code := llama.llama_decode(self._ctx.ctx, self._batch.batch)) == _DECODE_NO_SLOT and self._cells.forget_oldest():
-                pass
-        if code != 0:
-            raise EngineError(f"llama.cpp could not evaluate the prompt (llama_decode returned {code})")
 
     # -- kept prefixes on disk ------------------------------------------------------------------
 
-    def _prefix_store(self, directory: str | os.PathLike | None) -> PrefixStore | None:
+    def _prefix_store(self, directory: str | os.PathLike | None, flash: bool) -> PrefixStore | None:
         if directory is None:
             return None
         stat = os.stat(self.info.path)
-        return PrefixStore(Path(directory), [os.path.realpath(self.info.path), stat.st_size, stat.st_mtime_ns, self.kv_type, self._flash])
+        identity = [os.path.realpath(self.info.path), stat.st_size, stat.st_mtime_ns, self.kv_type, flash]
+        return PrefixStore(Path(directory), identity)
 
     # -- generation -----------------------------------------------------------------------------
 
     def stream(self, tokens: Sequence[int], sampling: SamplingParams, keep_prefix: int = 0) -> Iterator[str]:
         """Sample a continuation of `tokens`, yielding text as it decodes, until the end of the turn or a
-        stop text (never yielded). `last_generation`: tokens, why it stopped, logprobs if asked for."""
-        reply, picker = start_reply(self, tokens, sampling)  # the picker's llama.cpp samplers are freed with it
+        stop text (never yielded); under `sampling.grammar` every token keeps to it. `last_generation`
+        tells how many tokens it produced, why it stopped and, if asked for, each token's logprobs."""
+        reply, picker = self._start_reply(tokens, sampling)  # the picker's llama.cpp samplers are freed with it
         self.last_generation = reply.generation
         self._evaluate(list(tokens), keep_prefix)
-        self._cells.make_room(len(tokens) + reply.budget)
+        self.runtime.cells.make_room(len(tokens) + reply.budget)
         while True:
-            token, scores = picker.pick(self._ctx, -1)  # also feeds the token to the sampler's state
+            token, scores = picker.pick()  # also feeds the token to the sampler's state
             text = reply.take(token, scores)
             reply.generation.resampled = picker.resampled
             if text:
                 yield text
             if reply.done:
                 return
-            self._decode([token])
+            self.runtime.decode([token])
+
+    def streams(self, slots: int) -> Streams:
+        """Up to `slots` replies decoded together, one token of each per llama_decode (chat slots)."""
+        return Streams(self.runtime, slots, start_reply=self._start_reply)
+
+    def _start_reply(self, tokens: Sequence[int], sampling: SamplingParams) -> tuple[Reply, TokenPicker]:
+        budget = self.reply_budget(tokens, sampling)
+        return start_reply(self.runtime, tokens, sampling, budget=budget, end_of_turn=self.end_of_turn,
+                           control_tokens=self.info.special_tokens)
 
     def reply_budget(self, tokens: Sequence[int], sampling: SamplingParams) -> int:
         """Most tokens a reply after `tokens` may have: max_tokens, or what the context has left."""
@@ -410,19 +332,19 @@ class Engine:
         if not 1 <= streams <= MAX_PARALLEL:
             raise ValueError(f"streams must be between 1 and {MAX_PARALLEL}")
         first = int(np.argmax(self.next_token_logits(tokens)))
-        seqs = [WORKING_SEQ, *self._cells.lend(streams - 1, len(tokens))]
+        seqs = [WORKING_SEQ, *self.runtime.cells.lend(streams - 1, len(tokens))]
         next_tokens, position = [first] * streams, len(tokens)
         started = time.perf_counter()
         try:
             for _ in range(n_tokens):
-                self._fill_batch([(token, position, seq, True) for token, seq in zip(next_tokens, seqs)])
-                self._run_batch()
-                next_tokens = [int(np.argmax(self._logits_row(row))) for row in range(streams)]
+                self.runtime.fill_batch([(token, position, seq, True) for token, seq in zip(next_tokens, seqs)])
+                self.runtime.run_batch()
+                next_tokens = [int(np.argmax(self.runtime.logits_row(row))) for row in range(streams)]
                 position += 1
             elapsed = time.perf_counter() - started
         finally:
-            self._cells.give_back(seqs[1:])
-            self._cells.truncate(0)  # the bookkeeping did not see these tokens
+            self.runtime.cells.give_back(seqs[1:])
+            self.runtime.cells.truncate(0)  # the bookkeeping did not see these tokens
         return streams * n_tokens / elapsed
 
     def constrained_choice(self, tokens: Sequence[int], grammar: str, max_tokens: int = 32, keep_prefix: int = 0) -> str:
@@ -431,13 +353,13 @@ class Engine:
         for literal in grammar_literals(grammar):
             if not self.is_plain_text(literal):
                 raise GrammarError(f"grammar rejected: literal {literal!r} contains a control token of this model")
-        _, picker = start_reply(self, tokens, SamplingParams(temperature=0.0, grammar=grammar, max_tokens=max_tokens))
+        _, picker = self._start_reply(tokens, SamplingParams(temperature=0.0, grammar=grammar, max_tokens=max_tokens))
         self._evaluate(list(tokens), keep_prefix)
         produced: list[int] = []
         while len(produced) < max_tokens:
-            token, _ = picker.pick(self._ctx, -1)
+            token, _ = picker.pick()
             if token in self.end_of_turn:
                 break
             produced.append(token)
-            self._decode([token])
+            self.runtime.decode([token])
         return self.detokenize(produced)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import llama_cpp as llama
 import numpy as np
-from llama_cpp._ctypes_extensions import load_shared_library
+from .bindings import load_shared_library
 
 
 def _ggml_accessors() -> ctypes.CDLL:

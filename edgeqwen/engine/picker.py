@@ -16,12 +16,13 @@ from collections.abc import Iterable, Sequence
 
 import llama_cpp
 import numpy as np
-from llama_cpp import _internals as internals
 
 from ..errors import EngineError, GrammarError
 from ..json_schema import check_rules
+from .bindings import LlamaModel
 from .reply import Reply
-from .sampling import SamplingParams, build_sampler
+from .runtime import Runtime
+from .sampling import SamplingParams
 
 # llama_token_data as numpy sees it: {id int32, logit float32, p float32}
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
@@ -30,25 +31,16 @@ LAZY_GRAMMAR = True  # False: the whole grammar on every token (what llama-cpp-p
 Scores = tuple[float, list[tuple[int, float]]]  # the picked token's logprob, and the top alternatives (id, logprob)
 
 
-def start_reply(engine, tokens: Sequence[int], sampling: SamplingParams) -> tuple[Reply, TokenPicker]:
-    """A reply after `tokens` on `engine` (an Engine): its bookkeeping (budget, stop texts, logprobs) and
-    what picks its tokens. Under a grammar, control tokens other than the end of turn are never picked:
-    their text is not the reply's."""
-    reply = Reply(
-        len(tokens),
-        engine.reply_budget(tokens, sampling),
-        engine._piece,
-        engine.end_of_turn,
-        sampling.stop,
-        sampling.logprobs is not None,
-    )
-    banned = engine.info.special_tokens - engine.end_of_turn if sampling.grammar is not None else ()
-    return reply, TokenPicker(
-        engine._model, sampling, engine.n_vocab, banned=banned, context=tokens, window=engine.n_ctx
-    )
+def start_reply(runtime: Runtime, tokens: Sequence[int], sampling: SamplingParams, *, budget: int,
+                end_of_turn: frozenset[int], control_tokens: frozenset[int]) -> tuple[Reply, TokenPicker]:
+    """A reply after `tokens`: its bookkeeping (budget, stop texts, logprobs) and what picks its tokens.
+    Under a grammar, control tokens other than the end of turn are never picked: their text is not the reply's."""
+    reply = Reply(len(tokens), budget, runtime.piece, end_of_turn, sampling.stop, sampling.logprobs is not None)
+    banned = control_tokens - end_of_turn if sampling.grammar is not None else frozenset()
+    return reply, TokenPicker(runtime, sampling, banned=banned, context=tokens)
 
 
-def grammar_sampler(model: internals.LlamaModel, grammar: str) -> llama_cpp.llama_sampler_p:
+def grammar_sampler(model: LlamaModel, grammar: str) -> llama_cpp.llama_sampler_p:
     """llama.cpp's grammar sampler for a grammar built by json_schema; GrammarError if llama.cpp refuses it."""
     try:
         check_rules(grammar)
@@ -73,40 +65,28 @@ def token_scores(logits: np.ndarray, token: int, top: int) -> Scores:
 
 
 class TokenPicker:
-    """The next token of one reply, from a row of logits: `pick(ctx, row)`."""
+    """The next token of one reply, from a row of the last batch's logits: `pick(row)`."""
 
-    def __init__(
-        self,
-        model: internals.LlamaModel,
-        sampling: SamplingParams,
-        n_vocab: int,
-        *,
-        banned: Iterable[int] = (),
-        context: Sequence[int] = (),
-        window: int = 4096,
-    ) -> None:
-        self.chain = build_sampler(model, sampling, context=context, window=window)
+    def __init__(self, runtime: Runtime, sampling: SamplingParams, *, banned: Iterable[int] = (),
+                 context: Sequence[int] = ()) -> None:
+        self.runtime = runtime
+        self.chain = runtime.sampler(sampling, context=context)
         self.top = sampling.logprobs
-        self.n_vocab = n_vocab
         self.resampled = 0  # tokens the whole grammar had to be applied for
         self._grammar = None
         if sampling.grammar is not None:
-            self._grammar = grammar_sampler(model, sampling.grammar)
+            n_vocab = runtime.n_vocab
+            self._grammar = grammar_sampler(runtime.model, sampling.grammar)
             self._candidates = np.zeros(n_vocab, dtype=_TOKEN_DATA)
             self._ids = np.arange(n_vocab, dtype=np.int32)
-            self._banned = np.fromiter(
-                sorted(set(banned)), dtype=np.int64
-            )  # control tokens: their text is not the reply's
+            self._banned = np.fromiter(sorted(set(banned)), dtype=np.int64)  # control tokens: not the reply's text
             self._one = llama_cpp.llama_token_data(0, 1.0, 0.0)
 
-    def pick(self, ctx: internals.LlamaContext, row: int) -> tuple[int, Scores | None]:
+    def pick(self, row: int = -1) -> tuple[int, Scores | None]:
         """The token sampled from batch row `row` (-1: the last), fed to the chain and the grammar; with
         logprobs asked for, its scores."""
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, row), shape=(self.n_vocab,))
-        if self._grammar is None:
-            token = self.chain.sample(ctx, row)
-        else:
-            token = self._constrained(logits)
+        logits = self.runtime.logits_row(row)
+        token = self.runtime.sample(self.chain, row) if self._grammar is None else self._constrained(logits)
         return token, (token_scores(logits, token, self.top) if self.top is not None else None)
 
     def close(self) -> None:
@@ -141,7 +121,7 @@ class TokenPicker:
         if self._banned.size:
             candidates["logit"][self._banned] = -np.inf
         array = llama_cpp.llama_token_data_array(
-            candidates.ctypes.data_as(llama_cpp.llama_token_data_p), self.n_vocab, -1, False
+            candidates.ctypes.data_as(llama_cpp.llama_token_data_p), len(candidates), -1, False
         )
         if grammar:
             llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import llama_cpp
-from llama_cpp import _logger
+
+from .bindings import set_verbose
 
 
 def quantize_file(source: Path, dest: Path, ftype: str, *, threads: int | None = None, verbose: bool = False) -> tuple[int, list[str]]:
@@ -18,7 +19,7 @@ def quantize_file(source: Path, dest: Path, ftype: str, *, threads: int | None =
 
     Returns llama.cpp's status (0: done) and what it wrote to stderr (kept quiet unless `verbose`).
     """
-    _logger.set_verbose(verbose)  # llama.cpp logs one line per tensor otherwise
+    set_verbose(verbose)  # llama.cpp logs one line per tensor otherwise
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, ftype)
     params.nthread = int(threads or 0)  # <= 0: all hardware threads

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import llama_cpp
-from llama_cpp import _internals as internals
+
+from .bindings import LlamaModel, LlamaSampler
 
 PENALTY_WINDOW = 64  # recent tokens the repeat penalty applies to (llama.cpp's usual last_n)
 DRY_BASE = 1.75  # llama.cpp's defaults for the DRY sampler
@@ -39,12 +40,12 @@ class SamplingParams:
     logprobs: int | None = None  # None: no log-probabilities; n: each token's, and its n most likely alternatives
 
 
-def build_sampler(model: internals.LlamaModel, sampling: SamplingParams, context: Sequence[int] = (),
-                  window: int = 4096) -> internals.LlamaSampler:
+def build_sampler(model: LlamaModel, sampling: SamplingParams, context: Sequence[int] = (),
+                  window: int = 4096) -> LlamaSampler:
     """llama.cpp's sampler chain for `sampling` (greedy at temperature 0; its grammar is the picker's,
     engine/picker.py); `context` is the prompt, which the DRY sampler must know to keep the reply from
     copying it, and `window` how far back it looks (n_ctx: all of it; this llama.cpp takes no -1 for that)."""
-    sampler = internals.LlamaSampler()
+    sampler = LlamaSampler()
     greedy = sampling.temperature <= 0
     if sampling.repeat_penalty != 1.0 or sampling.frequency_penalty or sampling.presence_penalty:
         # The penalty only lowers the logits of the last PENALTY_WINDOW tokens, so the k best after
@@ -68,7 +69,7 @@ def build_sampler(model: internals.LlamaModel, sampling: SamplingParams, context
     return sampler
 
 
-def _dry(model: internals.LlamaModel, sampling: SamplingParams, context: Sequence[int], window: int) -> llama_cpp.llama_sampler_p:
+def _dry(model: LlamaModel, sampling: SamplingParams, context: Sequence[int], window: int) -> llama_cpp.llama_sampler_p:
     """A DRY sampler that has already seen `context` (the chain's other samplers have not: the repeat
     penalty keeps to the reply's own last tokens). Cloned from one made per model and setting, since
     making one walks the whole vocabulary for the breakers."""
@@ -84,4 +85,4 @@ def _dry(model: internals.LlamaModel, sampling: SamplingParams, context: Sequenc
 
 
 # (model, multiplier, allowed length, window) -> (the model, kept alive with it; a DRY sampler to clone)
-_DRY_TEMPLATES: dict[tuple, tuple[internals.LlamaModel, llama_cpp.llama_sampler_p]] = {}
+_DRY_TEMPLATES: dict[tuple, tuple[LlamaModel, llama_cpp.llama_sampler_p]] = {}

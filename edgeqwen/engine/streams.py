@@ -13,14 +13,14 @@ working sequence between steps (a classification) can neither overrun the cache 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import CacheBusyError
 from .cells import FIRST_SLOT_SEQ, MAX_SLOTS
-from .engine import Engine
-from .picker import TokenPicker, start_reply
+from .picker import TokenPicker
 from .reply import Generation, Reply, TokenLogprob
+from .runtime import Entry, Runtime
 from .sampling import SamplingParams
 
 
@@ -46,12 +46,15 @@ class _Stream:
 
 
 class Streams:
-    """Up to `slots` generations that share decode steps, on one Engine."""
+    """Up to `slots` generations that share decode steps on one model's Runtime (Engine.streams makes
+    them, with the model's way to start a reply: its budget rule, end-of-turn and control tokens)."""
 
-    def __init__(self, engine: Engine, slots: int) -> None:
+    def __init__(self, runtime: Runtime, slots: int, *,
+                 start_reply: Callable[[Sequence[int], SamplingParams], tuple[Reply, TokenPicker]]) -> None:
         if not 1 <= slots <= MAX_SLOTS:
             raise ValueError(f"slots must be between 1 and {MAX_SLOTS}")
-        self._engine = engine
+        self._runtime = runtime  # the context, batch and cells they share with the Engine
+        self._start_reply = start_reply
         self._free = list(range(FIRST_SLOT_SEQ + slots - 1, FIRST_SLOT_SEQ - 1, -1))  # pop() gives the lowest
         self._active: dict[int, _Stream] = {}
         self.slots = slots
@@ -72,11 +75,12 @@ class Streams:
         """Start generating after `tokens` (their first `keep_prefix` are a kept role prefix); returns the
         stream's handle, or None while no slot or too few free cells can take it (try again later).
         The prompt is evaluated by the next steps: the first piece comes from step()."""
-        engine, tokens = self._engine, list(tokens)
-        budget = engine.reply_budget(tokens, sampling)
+        tokens = list(tokens)
+        reply, picker = self._start_reply(tokens, sampling)
+        budget = reply.budget
         shared = min(keep_prefix, len(tokens) - 1)
         own = len(tokens) - shared + budget
-        if not self._free or engine._cells.cells_in_slots() + own + shared > engine.n_ctx:
+        if not self._free or self._runtime.cells.cells_in_slots() + own + shared > self._runtime.n_ctx:
             return None
         seq = self._free.pop()
         try:
@@ -84,11 +88,6 @@ class Streams:
         except CacheBusyError:
             self._release(seq)
             return None
-        except BaseException:
-            self._release(seq)
-            raise
-        try:
-            reply, picker = start_reply(engine, tokens, sampling)
         except BaseException:
             self._release(seq)
             raise
@@ -101,17 +100,17 @@ class Streams:
         entries, sampling = self._batch()
         if not entries:
             return {}
-        engine = self._engine
+        runtime = self._runtime
         try:
-            engine._fill_batch(entries)
-            engine._run_batch()
+            runtime.fill_batch(entries)
+            runtime.run_batch()
         except BaseException:
             self.close_all()
             raise
         pieces: dict[int, Piece] = {}
         for stream, row in sampling:
             try:
-                stream.next_token, scores = stream.picker.pick(engine._ctx, row)  # its own row of logits
+                stream.next_token, scores = stream.picker.pick(row)  # its own row of logits
             except BaseException:
                 self.close_all()
                 raise
@@ -140,11 +139,11 @@ class Streams:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _batch(self) -> tuple[list[tuple[int, int, int, bool]], list[tuple[_Stream, int]]]:
+    def _batch(self) -> tuple[list[Entry], list[tuple[_Stream, int]]]:
         """The step's batch entries: first the last token of every generating stream, then as much of
         the waiting prompts as fits, in the order their streams started; and which streams sample from
         which row."""
-        entries: list[tuple[int, int, int, bool]] = []
+        entries: list[Entry] = []
         sampling: list[tuple[_Stream, int]] = []
         generating = [stream for stream in self._active.values() if not stream.prompt]
         prompting = [stream for stream in self._active.values() if stream.prompt]
@@ -153,7 +152,7 @@ class Streams:
             entries.append((stream.next_token, stream.position, stream.seq, True))
             stream.position += 1
         for stream in prompting:
-            chunk = stream.prompt[: self._engine.n_batch - len(entries)]
+            chunk = stream.prompt[: self._runtime.n_batch - len(entries)]
             del stream.prompt[: len(chunk)]
             entries += [(token, stream.position + j, stream.seq, False) for j, token in enumerate(chunk)]
             stream.position += len(chunk)
@@ -165,14 +164,14 @@ class Streams:
     def _open(self, seq: int, prefix: list[int], own: int) -> None:
         """The slot's sequence holding the kept `prefix` (evaluated once on the working sequence if not
         kept yet), and `own` cells reserved for the rest of its prompt and its reply."""
-        engine, cells = self._engine, self._engine._cells
+        cells = self._runtime.cells
         cells.truncate(0)  # the working sequence's last prompt: scratch, and cells the slot may need
         if prefix and tuple(prefix) not in cells.kept:
-            engine._hold(prefix)  # kept for the next stream too
+            self._runtime.hold(prefix)  # kept for the next stream too
         cells.open_slot(seq, prefix, own)
         cells.make_room(len(cells.working))
 
     def _release(self, seq: int) -> None:
-        self._engine._cells.close_slot(seq)
+        self._runtime.cells.close_slot(seq)
         self._free.append(seq)
         self._free.sort(reverse=True)

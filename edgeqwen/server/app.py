@@ -64,7 +64,7 @@ class Server:
         self.eq = eq
         self.config = config
         self.worker = worker or InferenceWorker(config.queue_size, eq.chat_streams(config.slots))
-        self.model_path = Path(eq.engine.info.path)
+        self.model_path = Path(eq.model_info.path)
         self.model_id = self.model_path.stem
         self.started = int(time.time())
 

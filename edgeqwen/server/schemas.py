@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import InputError
-from ..prompt_fit import clean_text
+from ..text import clean_text
 
 MAX_BATCH_TEXTS = 64  # texts in one /v1/sentiment or /v1/classify request
 MAX_MESSAGES = 256  # messages in one chat request or history

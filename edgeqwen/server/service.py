@@ -15,10 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api import EdgeQwen, RunResult
-from ..classifier import Classification
-from ..conversation import Conversation, Piece, Turn
-from ..roles import Message, Role
+from ..api import Classification, Conversation, EdgeQwen, Message, Role, RunResult, Turn
 from .worker import Job, SlotRequest
 
 
@@ -58,10 +55,10 @@ def generate(eq: EdgeQwen, spec: ChatSpec, job: Job) -> SlotRequest:
     conversation = eq.conversation(spec.role, spec.history, schema=spec.schema, stop=spec.stop, logprobs=spec.logprobs)
     turn = conversation.prepare(spec.text)
 
-    def delta(piece: Piece) -> Delta:
+    def delta(piece) -> Delta:  # a ChatStreams Piece
         return Delta(piece.text, [entry.to_dict() for entry in piece.logprobs] if spec.logprobs is not None else None)
 
-    def done(piece: Piece) -> Generated:
+    def done(piece) -> Generated:
         return _generated(conversation, turn)
 
     return SlotRequest(start=lambda streams: streams.start(conversation, turn), item=delta, done=done)

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
-from .evaluate import EvalOptions, read_data
-from .head import model_heads_dir
-from .head_training import train_head
-from .roles import Role, pick_role
+from ..errors import InputError
+from ..evaluate import EvalOptions, read_data
+from ..head import model_heads_dir
+from ..roles import Role, pick_role
+from .head import train_head
 
 TRAIN_FRACTION = 0.8
 SEED = 0
@@ -44,37 +44,54 @@ def trainable_roles(roles: dict[str, Role]) -> list[str]:
     return sorted(name for name, role in roles.items() if role.kind == "classify" and role.training is not None)
 
 
-def train_model_heads(eq: Any, role_names: Sequence[str] = (), data: Path | None = None, *, progress: bool = True,
-                      log: Callable[[str], None] = print) -> list[HeadResult]:
-    """Train the heads of `role_names` (default: every trainable role) for the loaded model.
+@dataclass
+class HeadJob:
+    """One head to train: the role, its labelled texts, and which gold field they carry."""
+
+    role: Role
+    path: Path
+    task: str  # "route" (text + route) for a router role, else "sentiment" (text + label)
+    items: list
+
+
+def plan_heads(roles: dict[str, Role], role_names: Sequence[str] = (), data: Path | None = None) -> list[HeadJob]:
+    """The heads `train_model_heads` would train, with their texts read: every problem (no such role,
+    nothing to train on, bad data) is found here, before the model loads.
 
     `data` is a labelled JSONL for a single role that names no training texts of its own (or to
-    replace them). Raises InputError before any training when a role has nothing to train on.
-    """
+    replace them)."""
     if data is not None and len(role_names) != 1:
         raise InputError("--data trains one role's head: name it with --role")
-    names = list(role_names) or trainable_roles(eq.roles)
+    names = list(role_names) or trainable_roles(roles)
     if not names:
         raise InputError("no classify role names training texts; give --role NAME --data LABELLED.jsonl")
-    jobs = [_job(eq.roles, name, data) for name in names]  # every problem found before the first slow step
+    return [_job(roles, name, data) for name in names]
+
+
+def train_model_heads(eq: Any, role_names: Sequence[str] = (), data: Path | None = None, *, progress: bool = True,
+                      log: Callable[[str], None] = print, jobs: Sequence[HeadJob] | None = None) -> list[HeadResult]:
+    """Train the heads of `role_names` (default: every trainable role) for the loaded model, or the
+    `jobs` plan_heads gave; see plan_heads for `data`."""
+    jobs = plan_heads(eq.roles, role_names, data) if jobs is None else jobs
     results = []
-    for number, (role, path, task, items) in enumerate(jobs, start=1):
-        log(f"[{number}/{len(jobs)}] head of role '{role.name}' on {path.name} ({len(items)} texts)")
-        results.append(_train_one(eq, role, path, task, items, progress))
+    for number, job in enumerate(jobs, start=1):
+        log(f"[{number}/{len(jobs)}] head of role '{job.role.name}' on {job.path.name} ({len(job.items)} texts)")
+        results.append(_train_one(eq, job, progress))
     return results
 
 
-def _job(roles: dict[str, Role], name: str, data: Path | None) -> tuple[Role, Path, str, list]:
+def _job(roles: dict[str, Role], name: str, data: Path | None) -> HeadJob:
     role = pick_role(roles, name, "classify")
     path = data or role.training_path
     if path is None:
         raise InputError(f"role '{name}' names no training texts: give --data LABELLED.jsonl (text + label per line)")
     task = "route" if role.is_router else "sentiment"  # which gold field the lines carry: route or label
-    return role, path, task, read_data([path], task)
+    return HeadJob(role, path, task, read_data([path], task))
 
 
-def _train_one(eq: Any, role: Role, path: Path, task: str, items: list, progress: bool) -> HeadResult:
-    output = model_heads_dir(eq.engine.info.path) / role.head_file
+def _train_one(eq: Any, job: HeadJob, progress: bool) -> HeadResult:
+    role, path, task, items = job.role, job.path, job.task, job.items
+    output = model_heads_dir(eq.model_info.path) / role.head_file
     options = EvalOptions(data=[path], task=task, role=role.name, progress=progress)
     block = role.training is not None and role.training.reads in ("block", "message") and bool(_blocks(eq))
     started = time.perf_counter()
@@ -90,7 +107,7 @@ def _train_one(eq: Any, role: Role, path: Path, task: str, items: list, progress
 
 
 def _blocks(eq: Any) -> list[int]:
-    return list(range(2, eq.engine.n_layer - 1, 2))
+    return list(eq.readable_layers[2::2])
 
 
 def format_summary(results: Sequence[HeadResult]) -> list[str]:
