@@ -66,6 +66,7 @@ def bounded_schemas() -> st.SearchStrategy[dict]:
 _results: list[dict] = []
 
 
+@pytest.mark.timeout(1800)  # 16 model replies, on a shared machine
 @settings(
     max_examples=16,
     deadline=None,
