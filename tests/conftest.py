@@ -166,13 +166,22 @@ def read_line_until(response, wanted, timeout: float = 120) -> bytes:
 @pytest.fixture(scope="session", autouse=True)
 def output_matrix_read_once():
     """Tests that train final-state heads read the model's output matrix (545 MB for the stand-in)
-    once per model file, not once per head."""
+    and compute its Gram matrix once per model file, not once per head."""
     from functools import lru_cache
 
     import edgeqwen.training.head as training
 
+    bases = {}
+
+    def basis_once(output):  # W^T W of the same output matrix: computed once too
+        if id(output) not in bases:
+            bases[id(output)] = make_basis(output)
+        return bases[id(output)]
+
+    make_basis = training.HiddenFromLogits
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(training, "output_matrix", lru_cache(maxsize=2)(training.output_matrix))
+        patch.setattr(training, "HiddenFromLogits", basis_once)
         yield
 
 

@@ -87,6 +87,8 @@ def test_an_unsure_router_answers_with_both_when_its_role_says_so(invoke_model, 
     prompts.mkdir()
     for name in ("route.head.npz", "route.train.jsonl"):  # the role's head and the training texts it names
         shutil.copy(REPO / "prompts" / name, prompts)
+    chat = (REPO / "prompts" / "chat.yaml").read_text(encoding="utf-8").replace("max_tokens: 256", "max_tokens: 16")
+    (prompts / "chat.yaml").write_text(chat, encoding="utf-8")  # short replies: what is under test is the route
     route = (REPO / "prompts" / "route.yaml").read_text(encoding="utf-8")
     (prompts / "route.yaml").write_text(route + "abstain_below: 0.99999\n", encoding="utf-8")  # unsure of everything
     with caplog.at_level(logging.WARNING):

@@ -9,6 +9,8 @@ below are imported on first use, so a batch job never loads Ray Serve. See docs/
 
 from __future__ import annotations
 
+from ..lazy import lazy_names
+
 # public name -> the submodule that defines it
 _EXPORTS = {
     "ClusterError": "nodes",
@@ -21,12 +23,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> object:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _EXPORTS)
