@@ -1,14 +1,18 @@
 """Batch classification of a file: JSONL, CSV or plain text in; JSONL or CSV out, resumable.
 
 Each result is written and flushed as soon as it exists, so an interrupted run keeps its work and
-`resume` continues after the last input already in the output file.
+`resume` continues after the last input already in the output file: a half-written last record is
+cut off (the file truncated where the last whole record ends; the records before it are never
+rewritten), so a run killed at any byte and resumed leaves the same file as one never interrupted.
+A JSONL record is one line whatever its text holds: line and paragraph separators (U+0085, U+2028,
+U+2029) and lone surrogates are written as JSON escapes, beside the control characters JSON escapes.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +25,9 @@ from .errors import InputError
 from .text import clean_text
 
 OUTPUT_FIELDS = ("line", "text", "label", "display", "confidence", "error")
+# What json.dumps leaves raw that str.splitlines splits at, or that UTF-8 cannot hold: written as \uXXXX escapes.
+LINE_BREAKING = re.compile("[\u0085\u2028\u2029\ud800-\udfff]")
+BLOCK = 1 << 16
 
 
 @dataclass
@@ -73,21 +80,78 @@ def _csv_texts(path: Path, handle: TextIO) -> Iterator[tuple[int, str]]:
             yield number, row[column]
 
 
+def jsonl_record(record: dict) -> str:
+    """One result as one JSON line that any line reader splits only at its end."""
+    text = json.dumps({field: record[field] for field in OUTPUT_FIELDS}, ensure_ascii=False)
+    return LINE_BREAKING.sub(lambda match: f"\\u{ord(match.group()):04x}", text) + "\n"
+
+
 def last_done_line(output: Path) -> int:
-    """The input line number of the last complete result in `output`; drops a half-written last line."""
-    if not output.is_file() or output.stat().st_size == 0:
+    """The input line number of the last complete result in `output`. A half-written last record (the
+    run was interrupted while writing it) is cut off by truncating the file where the last complete
+    record ends; nothing before that is rewritten."""
+    if not output.is_file():
         return 0
-    data = output.read_bytes()
-    if not data.endswith(b"\n"):  # interrupted mid-write: the partial record goes
-        data = data[: data.rfind(b"\n") + 1]
-        output.write_bytes(data)
-    lines = data.decode("utf-8", "replace").splitlines()
-    if not lines:
+    with output.open("rb+") as handle:
+        end, last = _complete_csv(handle) if output.suffix.lower() == ".csv" else _complete_jsonl(handle)
+        if end < handle.seek(0, 2):
+            handle.truncate(end)
+    if last is None:
         return 0
-    if output.suffix.lower() == ".csv":
-        rows = list(csv.reader(io.StringIO("\n".join(lines))))
-        return int(rows[-1][0]) if len(rows) > 1 else 0
-    return int(json.loads(lines[-1])["line"])
+    try:
+        return int(last[0]) if output.suffix.lower() == ".csv" else int(json.loads(last)["line"])
+    except (ValueError, KeyError, TypeError, IndexError):
+        raise InputError(f"{output}: cannot resume: its last record is not one edgeqwen sentiment wrote") from None
+
+
+def _complete_jsonl(handle) -> tuple[int, bytes | None]:
+    """Where the last complete line ends (just past its newline), and that line (None if there is none)."""
+    end = _after_last_newline(handle, handle.seek(0, 2))
+    if end == 0:
+        return 0, None
+    start = _after_last_newline(handle, end - 1)
+    handle.seek(start)
+    return end, handle.read(end - 1 - start)
+
+
+def _after_last_newline(handle, before: int) -> int:
+    """The offset just past the last b"\\n" in the file's first `before` bytes (0 if none), read backwards."""
+    position = before
+    while position > 0:
+        start = max(0, position - BLOCK)
+        handle.seek(start)
+        found = handle.read(position - start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        position = start
+    return 0
+
+
+def _complete_csv(handle) -> tuple[int, list[str] | None]:
+    """Where the last complete CSV row ends (a quoted text may hold line breaks, so the rows are
+    parsed), and that row (None if there is no row after the header)."""
+    handle.seek(0)
+    text = handle.read().decode("utf-8", "surrogateescape")
+    pieces = text.split("\n")
+    lines = [piece + "\n" for piece in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
+    read = {"chars": 0, "ends_line": True}
+
+    def feed():
+        for line in lines:
+            read["chars"] += len(line)
+            read["ends_line"] = line.endswith("\n")
+            yield line
+
+    complete, count, last = 0, 0, None
+    try:
+        for row in csv.reader(feed(), strict=True):
+            if not read["ends_line"]:
+                break
+            complete, count = read["chars"], count + 1
+            last = row if count > 1 else None  # the first row is the header
+    except csv.Error:  # the last row stops inside a quoted text
+        pass
+    return len(text[:complete].encode("utf-8", "surrogateescape")), last
 
 
 class RecordWriter:
@@ -99,8 +163,11 @@ class RecordWriter:
             raise InputError(f"{output} exists: pass --resume to continue it, or choose another --output")
         self.skip_through = last_done_line(output) if output is not None and resume else 0
         self._owned = output is not None
-        self._handle = output.open("a", encoding="utf-8", newline="") if output is not None else stdout
-        self._csv = csv.writer(self._handle) if output is not None and output.suffix.lower() == ".csv" else None
+        is_csv = output is not None and output.suffix.lower() == ".csv"
+        # CSV has no escapes: a lone surrogate in a text is written as the characters \udXXX
+        errors = "backslashreplace" if is_csv else "strict"
+        self._handle = output.open("a", encoding="utf-8", errors=errors, newline="") if output is not None else stdout
+        self._csv = csv.writer(self._handle) if is_csv else None
         if self._csv is not None and self._handle.tell() == 0:
             self._csv.writerow(OUTPUT_FIELDS)
 
@@ -109,7 +176,7 @@ class RecordWriter:
             if self._csv is not None:
                 self._csv.writerow([record[field] for field in OUTPUT_FIELDS])
             else:
-                self._handle.write(json.dumps({field: record[field] for field in OUTPUT_FIELDS}, ensure_ascii=False) + "\n")
+                self._handle.write(jsonl_record(record))
         self._handle.flush()
 
     def close(self) -> None:
