@@ -186,6 +186,15 @@ class ChatStreams:
         if conversation is not None:
             conversation.record(turn, generation or Generation())
 
+    def end(self, handle: int) -> Piece:
+        """End a reply now as if its token budget ran out (finish_reason "length"), e.g. at a server's
+        time limit; what it said so far joins its history. Returns its last Piece (no new text)."""
+        generation = self._streams.close(handle) or Generation()
+        generation.finish_reason = "length"
+        conversation, turn = self._turns.pop(handle)
+        conversation.record(turn, generation)
+        return Piece("", "length", generation)
+
     def close_all(self) -> None:
         for handle in list(self._turns):
             self.close(handle)

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from edgeqwen.server.worker import Cancelled, InferenceWorker, QueueFull
+from edgeqwen.engine import Piece
+from edgeqwen.server.worker import Cancelled, InferenceWorker, QueueFull, SlotRequest, TimedOut
 
 from conftest import read_line_until
 from near_tie import assert_same_or_near_tie
@@ -113,6 +114,131 @@ def test_errors_reach_the_request_and_the_thread_survives():
                 await worker.submit(broken).result()
             assert await worker.submit(lambda job: 42).result() == 42
         assert worker.status()["failed"] == 30
+        worker.close()
+
+    asyncio.run(scenario())
+
+
+class Slots:
+    """Chat slots for the scheduler alone: each reply is `length` pieces of "x", one per step()."""
+
+    def __init__(self, slots: int = 1, length: int = 10_000) -> None:
+        self.slots, self.length, self._said, self._next = slots, length, {}, 0
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self._said)
+
+    def open(self) -> int | None:
+        if not self.free:
+            return None
+        self._next += 1
+        self._said[self._next] = 0
+        return self._next
+
+    def step(self) -> dict:
+        time.sleep(0.002)
+        pieces = {}
+        for handle in list(self._said):
+            self._said[handle] += 1
+            done = self._said[handle] >= self.length
+            pieces[handle] = Piece("x", "stop" if done else None)
+            if done:
+                del self._said[handle]
+        return pieces
+
+    def close(self, handle: int) -> None:
+        self._said.pop(handle, None)
+
+    def end(self, handle: int) -> Piece:
+        del self._said[handle]
+        return Piece("", "length")
+
+
+def routed_chat(job):
+    """Like /v1/run: a call on the thread (the route), then a reply that waits for a slot."""
+    job.check()
+    return SlotRequest(start=lambda slots: slots.open(), done=lambda piece: piece.finish_reason)
+
+
+def test_routed_chats_waiting_for_a_slot_count_against_the_queue():
+    """A /v1/run flood (before: every request's route ran and then it waited for a slot outside the
+    queue, so none was ever refused: 40 of 40 admitted with queue 2)."""
+
+    async def scenario():
+        worker = InferenceWorker(queue_size=2, streams=Slots(slots=1))
+        admitted, refused, most_waiting = [], 0, 0
+        for _ in range(40):
+            try:
+                admitted.append(worker.submit(routed_chat, then_chat=True))
+            except QueueFull as full:
+                refused += 1
+                assert full.retry_after >= 1
+            await asyncio.sleep(0.005)  # the thread routes what it can meanwhile
+            most_waiting = max(most_waiting, worker.status()["waiting"])
+        assert most_waiting <= 2 + 1 and len(admitted) <= 1 + 1 + 2 and refused >= 36  # + 1: admitted to start at once
+        waiting = [job for job in admitted if job.request is not None][1:]
+        assert waiting, "a routed chat waits for the slot"
+        before = worker.status()["waiting"]
+        waiting[0].cancel()  # its client goes away while it waits for the slot: its place is free at once
+        assert worker.status()["waiting"] == before - 1 and worker.status()["cancelled"] == 1
+        worker.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_still_waiting_at_its_deadline_gets_timed_out_at_once():
+    async def scenario():
+        worker = InferenceWorker(queue_size=4, request_timeout=0.3)
+        release, started_event = threading.Event(), threading.Event()
+        worker.submit(blocking_job(release, started_event))  # holds the thread past every deadline
+        await asyncio.get_running_loop().run_in_executor(None, started_event.wait, 5)
+        started = time.monotonic()
+        waiter = worker.submit(lambda job: "never")
+        with pytest.raises(TimedOut) as timed_out:
+            await waiter.result()
+        assert not timed_out.value.started and timed_out.value.retry_after >= 1
+        assert "--request-timeout" in str(timed_out.value)
+        assert 0.25 < time.monotonic() - started < 2 and worker.status()["waiting"] == 0
+        release.set()
+        status = worker.status()
+        assert status["timed_out"] == 1
+        worker.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_reply_running_at_its_deadline_ends_with_finish_reason_length():
+    async def scenario():
+        worker = InferenceWorker(queue_size=4, streams=Slots(slots=2, length=1_000_000), request_timeout=0.3)
+        started = time.monotonic()
+        request = SlotRequest(start=lambda slots: slots.open(), done=lambda piece: piece.finish_reason)
+        job = worker.submit(lambda job: request, chat=True)
+        items = [item async for item in job.items()]
+        assert job.value == "length" and len(items) > 10  # it said what it could, then stopped
+        assert 0.25 < time.monotonic() - started < 2
+        status = worker.status()
+        assert (status["served"], status["timed_out"], status["streams"]) == (1, 1, 0)
+        worker.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_classification_over_its_deadline_stops_between_batches():
+    async def scenario():
+        worker = InferenceWorker(queue_size=4, batch_size=2, request_timeout=0.2)
+        calls = []
+
+        def slow(texts):
+            calls.append(texts)
+            time.sleep(0.15)
+            return texts
+
+        job = worker.submit_batch("sentiment", [f"t{i}" for i in range(20)], slow)
+        with pytest.raises(TimedOut) as timed_out:
+            await job.result()
+        assert timed_out.value.started and 2 <= len(calls) < 10
+        assert await worker.submit_batch("sentiment", ["next"], lambda texts: texts).result() == ["next"]
         worker.close()
 
     asyncio.run(scenario())
@@ -253,7 +379,8 @@ def test_a_cancelled_stream_frees_its_slot_and_the_others_finish(live):
     alone = post(live, "/v1/chat/completions", chat_body(QUESTIONS[0]))[1]["choices"][0]["message"]["content"]
     before = queue_state(live)
     conn = http.client.HTTPConnection("127.0.0.1", live, timeout=300)
-    conn.request("POST", "/v1/chat/completions", body=json.dumps(chat_body("Count from 1 to 500, separated by commas.", True, 1000)).encode(),
+    body = json.dumps(chat_body("Count from 1 to 500, separated by commas.", True, 500)).encode()
+    conn.request("POST", "/v1/chat/completions", body=body,
                  headers={"Content-Type": "application/json"})
     response = conn.getresponse()
     read_line_until(response, lambda line: b'"content":"' in line and b'"content":""' not in line)

@@ -20,141 +20,53 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import settings
 from ..errors import CacheBusyError
-from .metrics import Metrics
+from .job import Cancelled, Job, QueueFull, SlotRequest, TimedOut
 
-
-class Cancelled(Exception):
-    """The job's client went away (or the server is stopping): stop working on it."""
-
-
-class QueueFull(Exception):
-    """The wait queue is full; retry after `retry_after` seconds."""
-
-    def __init__(self, retry_after: int, waiting: int) -> None:
-        super().__init__(f"the model is busy ({waiting} requests waiting); retry in {retry_after} s")
-        self.retry_after = retry_after
-        self.waiting = waiting
-
-
-@dataclass
-class SlotRequest:
-    """What a job's function returns to go on in a chat slot: `start(streams)` starts its stream (its
-    handle, or None while it does not fit), `item(piece)` is what job.emit gets for each piece that
-    hands out text or logprobs, and `done(piece)` the job's value from its last piece."""
-
-    start: Callable[[Any], int | None]
-    item: Callable[[Any], Any] = lambda piece: piece.text
-    done: Callable[[Any], Any] = lambda piece: None
-
-
-class Job:
-    """One unit of model work, created on the event loop and run on the inference thread.
-
-    kind: "call" (fn runs alone), "chat" (fn returns a SlotRequest when a slot is free) or "batch"
-    (run_many over `inputs`, together with other waiting batch jobs of the same `key`)."""
-
-    def __init__(self, fn: Callable[[Job], Any], loop: asyncio.AbstractEventLoop, on_cancel: Callable[[Job], None] = lambda job: None,
-                 *, kind: str = "call", key: Any = None, inputs: Sequence[Any] = ()) -> None:
-        self.fn = fn
-        self.loop = loop
-        self.kind, self.key, self.inputs = kind, key, list(inputs)
-        self.state = "waiting"  # → running → done, or waiting → abandoned (cancelled before it started)
-        self.cancelled = threading.Event()
-        self._on_cancel = on_cancel
-        self.emitted = 0
-        self.value: Any = None
-        self.request: SlotRequest | None = None
-        self.done: Callable[[Job, list], Any] = lambda job, results: results  # a batch job's value from its results
-        self.started = 0.0
-        self.created = time.perf_counter()
-        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    # -- inference thread -------------------------------------------------------------------------
-
-    def check(self) -> None:
-        if self.cancelled.is_set():
-            raise Cancelled()
-
-    def emit(self, item: Any) -> None:
-        """Hand one streamed item to the event loop; raises Cancelled once nobody wants it."""
-        self.check()
-        self.emitted += 1
-        self._post("item", item)
-
-    def _post(self, kind: str, value: Any) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self._events.put_nowait, (kind, value))
-        except RuntimeError:  # the event loop is closed: the server is stopping
-            self.cancelled.set()
-
-    # -- event loop -------------------------------------------------------------------------------
-
-    def cancel(self) -> None:
-        """Stop this job: if still waiting it leaves the queue at once; if running it stops at the next token."""
-        if not self.cancelled.is_set():
-            self.cancelled.set()
-            self._on_cancel(self)
-
-    async def items(self) -> AsyncIterator[Any]:
-        """The streamed items, then returns; raises the job's exception if it failed."""
-        try:
-            while True:
-                kind, value = await self._events.get()
-                if kind == "item":
-                    yield value
-                elif kind == "error":
-                    raise value
-                else:
-                    self.value = value
-                    return
-        finally:
-            self.cancel()  # no-op if finished; frees the engine if the consumer went away
-
-    async def result(self) -> Any:
-        """The job's return value (streamed items, if any, are dropped)."""
-        async for _ in self.items():
-            pass
-        return self.value
+__all__ = ["Cancelled", "InferenceWorker", "Job", "QueueFull", "SlotRequest", "TimedOut"]
 
 
 class InferenceWorker:
     """The scheduler on one thread: `streams` (a ChatStreams, or None for no chat slots) runs chat
-    jobs; at most `queue_size` jobs wait to start."""
+    jobs; at most `queue_size` jobs wait to start, wherever they wait (the queue, a slot, the
+    slots' cells); with `request_timeout`, every job is answered within that many seconds of its
+    arrival (a reply is cut, finish_reason "length"; a job still waiting gets TimedOut)."""
 
-    def __init__(
-        self, queue_size: int = settings.QUEUE_SIZE, streams: Any = None, batch_size: int = settings.BATCH_SIZE,
-        metrics: Metrics | None = None,
-    ) -> None:
+    def __init__(self, queue_size: int = settings.QUEUE_SIZE, streams: Any = None,
+                 batch_size: int = settings.BATCH_SIZE, request_timeout: float | None = None) -> None:
         if queue_size < 0:
             raise ValueError("queue_size must be >= 0")
-        self.metrics = metrics or Metrics()
         self.queue_size = queue_size
         self.streams = streams
         self.batch_size = batch_size
+        self.request_timeout = request_timeout
         self._wake = threading.Condition(threading.Lock())
         self._lock = self._wake  # one lock for the book-keeping and the thread's sleep
         self._queue: deque[Job] = deque()  # waiting to start, in order
         self._waiting = 0
         self._running: Job | None = None  # the job on the thread now, other than chat slots
-        self._resumed: deque[Job] = deque()  # started, waiting for a slot (their SlotRequest)
+        self._resumed: deque[Job] = deque()  # started (a /v1/run route step), waiting for a slot (their SlotRequest)
+        self._starting: Job | None = None  # the chat the thread is putting into a slot now
         self._active: dict[int, Job] = {}  # stream handle -> its job
         self._deferred: deque[list[Job]] = deque()  # groups too big beside the slots' cells: run once they are empty
         self._closed = False
         self._durations: deque[float] = deque(maxlen=32)
-        self.counts = {"served": 0, "cancelled": 0, "failed": 0, "rejected": 0, "classify_calls": 0, "classify_jobs": 0}
+        self.counts = {"served": 0, "cancelled": 0, "failed": 0, "rejected": 0, "timed_out": 0,
+                       "classify_calls": 0, "classify_jobs": 0}
         self._thread = threading.Thread(target=self._loop, name="edgeqwen-inference", daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[[Job], Any], *, chat: bool = False) -> Job:
+    def submit(self, fn: Callable[[Job], Any], *, chat: bool = False, then_chat: bool = False) -> Job:
         """Queue `fn(job)` for the inference thread (with chat=True, run when a slot is free: it returns
-        a SlotRequest), or raise QueueFull at once."""
-        return self._submit(Job(fn, asyncio.get_running_loop(), self._abandon, kind="chat" if chat and self.streams else "call"))
+        a SlotRequest), or raise QueueFull at once. then_chat: `fn` runs at once but may return a
+        SlotRequest (a routed /v1/run), so it starts at once only if a slot is free too."""
+        job = Job(fn, asyncio.get_running_loop(), self._abandon, kind="chat" if chat and self.streams else "call")
+        job.wants_slot = chat or then_chat
+        return self._submit(job)
 
     def submit_batch(self, key: Any, items: Sequence[Any], run_many: Callable[[list], list],
                      done: Callable[[Job, list], Any] = lambda job, results: results) -> Job:
@@ -168,8 +80,8 @@ class InferenceWorker:
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "busy": self._running is not None or bool(self._active or self._resumed),
-                "waiting": self._waiting,
+                "busy": self._running is not None or bool(self._active or self._resumed or self._starting),
+                "waiting": self._pending_locked(),
                 "queue_size": self.queue_size,
                 "slots": self.streams.slots if self.streams else 0,
                 "streams": len(self._active),
@@ -181,7 +93,8 @@ class InferenceWorker:
         """Stop taking jobs, cancel the running and waiting ones, and end the thread."""
         with self._lock:
             self._closed = True
-            running = [self._running, *self._active.values(), *self._resumed, *(job for group in self._deferred for job in group)]
+            deferred = [job for group in self._deferred for job in group]
+            running = [self._running, self._starting, *self._active.values(), *self._resumed, *deferred]
             self._wake.notify()
         for job in running:
             if job is not None:
@@ -192,40 +105,77 @@ class InferenceWorker:
     def _submit(self, job: Job) -> Job:
         with self._lock:
             if self._closed:
-                raise QueueFull(self._retry_after_locked(), self._waiting)
-            if not self._starts_now_locked(job) and self._waiting >= self.queue_size:
+                raise QueueFull(self._retry_after_locked(), self._pending_locked())
+            if not self._starts_now_locked(job) and self._pending_locked() >= self.queue_size:
                 self.counts["rejected"] += 1
-                raise QueueFull(self._retry_after_locked(), self._waiting)
+                raise QueueFull(self._retry_after_locked(), self._pending_locked())
             self._waiting += 1
             self._queue.append(job)
             self._wake.notify()
+        if self.request_timeout is not None:
+            job.deadline = job.arrived + self.request_timeout
+            job.timer = job.loop.call_later(self.request_timeout, self._expire, job)
         return job
+
+    def _pending_locked(self) -> int:
+        """Jobs admitted but not running: in the queue, waiting for a slot or for the slots' cells."""
+        deferred = sum(len(group) for group in self._deferred)
+        return self._waiting + len(self._resumed) + deferred + (self._starting is not None)
 
     def _starts_now_locked(self, job: Job) -> bool:
         """Whether the thread takes `job` at once: a free slot for a chat, else a free thread."""
         waiting = [j for j in self._queue if j.state == "waiting"]
+        if job.wants_slot and self.streams:
+            routing = self._running is not None and self._running.wants_slot
+            ahead = len(self._resumed) + (self._starting is not None) + routing + sum(j.wants_slot for j in waiting)
+            if self.streams.free - ahead <= 0 or self._deferred:
+                return False
         if job.kind == "chat":
-            return self.streams.free - len(self._resumed) - sum(j.kind == "chat" for j in waiting) > 0 and not self._deferred
+            return True
         return self._running is None and not any(j.kind != "chat" for j in waiting)
 
     def _abandon(self, job: Job) -> None:
-        """A waiting job was cancelled: its place in the queue is free now, not when the thread reaches it."""
+        """A job was cancelled: if it waits anywhere, its place is free now, not when the thread reaches it."""
+        if self._withdraw(job, "cancelled"):
+            job._post("error", Cancelled())
+
+    def _expire(self, job: Job) -> None:
+        """A job reached its deadline (event loop): one still waiting gets TimedOut at once; a running
+        one is ended by the thread (a reply cut at its next step)."""
+        retry_after = self._retry_after()
+        if self._withdraw(job, "timed_out"):
+            job._post("error", TimedOut(self.request_timeout or 0, started=False, retry_after=retry_after))
+
+    def _withdraw(self, job: Job, outcome: str) -> bool:
+        """Take a job that waits (the queue, a slot, the cells) out of the worker; False if it is not waiting."""
         with self._lock:
-            abandoned = job.state == "waiting"
-            if abandoned:
-                job.state = "abandoned"
+            if job.state == "waiting":
                 self._waiting -= 1
                 self._queue.remove(job)
-                self.counts["cancelled"] += 1
-        if abandoned:
-            job._post("error", Cancelled())
+            elif job in self._resumed:
+                self._resumed.remove(job)
+            elif any(job in group for group in self._deferred):
+                for group in self._deferred:
+                    if job in group:
+                        group.remove(job)
+                self._deferred = deque(group for group in self._deferred if group)
+            else:
+                return False
+            job.state = "abandoned"
+            job.cancelled.set()
+            self.counts[outcome] += 1
+            return True
 
     def _mean_duration(self) -> float:
         return sum(self._durations) / len(self._durations) if self._durations else 2.0
 
+    def _retry_after(self) -> int:
+        with self._lock:
+            return self._retry_after_locked()
+
     def _retry_after_locked(self) -> int:
         """Seconds until a place is likely free: the jobs ahead times the mean job time."""
-        ahead = self._waiting + (self._running is not None)
+        ahead = self._pending_locked() + (self._running is not None)
         return max(1, min(120, math.ceil(self._mean_duration() * max(1, ahead))))
 
     # -- the scheduler (inference thread) ----------------------------------------------------------
@@ -303,13 +253,15 @@ class InferenceWorker:
             self._finish(job, "failed", RuntimeError("this worker has no chat slots"))
         elif isinstance(value, SlotRequest):
             job.request = value
-            self._resumed.append(job)
+            with self._lock:
+                self._resumed.append(job)  # it waits for a slot, and counts against the queue meanwhile
         else:
             self._finish(job, "served", value)
 
     def _run_batch(self, jobs: list[Job]) -> None:
-        """One run_many call for the group (a job of more than batch_size items: one per batch); a job
-        cancelled meanwhile just drops its results."""
+        """One run_many call for the group (a job of more than batch_size items: one per batch, and it
+        ends with TimedOut between two of them once past its deadline); a job cancelled meanwhile just
+        drops its results."""
         run_many = jobs[0].fn(jobs[0])
         items = [item for job in jobs for item in job.inputs]
         try:
@@ -317,13 +269,16 @@ class InferenceWorker:
             for first in range(0, len(items), self.batch_size):
                 if len(jobs) == 1:
                     jobs[0].check()
+                    if first and jobs[0].overdue():
+                        raise TimedOut(self.request_timeout or 0, started=True)
                 results += run_many(items[first : first + self.batch_size])
                 self.counts["classify_calls"] += 1
-                self.metrics.classify_batch(len(items[first : first + self.batch_size]))
         except CacheBusyError as error:
             return self._defer(jobs) if self._active else [self._finish(job, "failed", error) for job in jobs]
         except Cancelled as error:
             return self._finish(jobs[0], "cancelled", error)
+        except TimedOut as error:
+            return self._finish(jobs[0], "timed_out", error)
         except BaseException as error:  # noqa: BLE001
             if len(jobs) == 1:
                 return self._finish(jobs[0], "failed", error)
@@ -351,34 +306,47 @@ class InferenceWorker:
         """Waiting chats into free slots, in order; none while a deferred job waits for the slots to empty."""
         while self.streams and self.streams.free and not self._deferred:
             with self._lock:
-                job = self._resumed[0] if self._resumed else next((j for j in self._queue if j.state == "waiting" and j.kind == "chat"), None)
-                if job is None:
-                    return
-                if job.state == "waiting":
+                if self._resumed:
+                    job = self._resumed.popleft()
+                else:
+                    job = next((j for j in self._queue if j.state == "waiting" and j.kind == "chat"), None)
+                    if job is None:
+                        return
                     self._start_locked(job)
-                    self._resumed.appendleft(job)
+                self._starting = job
+            if job.overdue():  # its deadline passed while it waited (the event loop had not withdrawn it yet)
+                self._starting = None
+                late = TimedOut(self.request_timeout or 0, started=False, retry_after=self._retry_after())
+                self._finish(job, "timed_out", late)
+                continue
             try:
                 job.check()
                 job.request = job.request or job.fn(job)
                 handle = job.request.start(self.streams)
             except BaseException as error:  # noqa: BLE001
-                self._resumed.popleft()
+                self._starting = None
                 self._finish(job, "cancelled" if isinstance(error, Cancelled) else "failed", error)
                 continue
+            with self._lock:
+                self._starting = None
+                if handle is None and self._active:
+                    self._resumed.appendleft(job)  # too few free cells: it waits for a stream to end
+                    return
             if handle is None:
-                if self._active:
-                    return  # too few free cells: it waits for a stream to end
-                self._resumed.popleft()
                 self._finish(job, "failed", CacheBusyError("the prompt does not fit the KV cache"))
                 continue
-            self._resumed.popleft()
             self._active[handle] = job
 
     def _step(self) -> None:
-        """One decode step of every active chat; cancelled ones are freed first."""
+        """One decode step of every active chat; cancelled ones are freed first, and those past their
+        deadline end as if their token budget ran out."""
         for handle, job in list(self._active.items()):
             if job.cancelled.is_set():
                 self._end_stream(handle, "cancelled", Cancelled())
+            elif job.overdue():
+                self.counts["timed_out"] += 1
+                self._active.pop(handle)
+                self._finish(job, "served", job.request.done(self.streams.end(handle)))
         if not self._active:
             return
         try:
@@ -390,15 +358,12 @@ class InferenceWorker:
         for handle, piece in pieces.items():
             job = self._active[handle]
             try:
-                if piece.text or piece.logprobs:
-                    job.emit(job.request.item(piece))
-                    if job.emitted == 1:
-                        self.metrics.first_token(time.perf_counter() - job.created)
+                if piece.text:
+                    job.emit(job.request.item(piece.text))
             except Cancelled as error:
                 self._end_stream(handle, "cancelled", error)
                 continue
             if piece.finish_reason:
-                self.metrics.reply(piece.generation.tokens if piece.generation else 0)
                 self._end_stream(handle, "served", job.request.done(piece))
 
     def _end_stream(self, handle: int, outcome: str, value: Any) -> None:
@@ -414,8 +379,6 @@ class InferenceWorker:
             self.counts[outcome] += 1
             if outcome == "served":
                 self._durations.append(time.perf_counter() - job.started)
-                if job.kind == "batch":
-                    self.metrics.classified(time.perf_counter() - job.created)
         job._post("result" if outcome == "served" else "error", value)
 
     def _cancel_all_locked(self) -> None:
