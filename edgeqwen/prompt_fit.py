@@ -49,11 +49,7 @@ def fit_prompt(
 
 
 def _fit(engine: EngineLike, role: Role, text: str, history: list[Message], reserve: int) -> FittedPrompt:
-    while True:
-        tokens = engine.chat_tokens(role.messages(text, history))
-        if len(tokens) + reserve <= engine.n_ctx or not history:
-            break
-        history = history[2:]  # one user turn and its reply
+    history, tokens = _drop_old_turns(engine, role, text, history, reserve)
     limit = engine.n_ctx - min(reserve, MIN_REPLY_TOKENS)
     if len(tokens) <= limit:
         return FittedPrompt(tokens, history, truncated=False)
@@ -64,3 +60,29 @@ def _fit(engine: EngineLike, role: Role, text: str, history: list[Message], rese
         raise InputError(f"role '{role.name}' needs {fixed} tokens of fixed prompt; n_ctx {engine.n_ctx} is too small")
     tokens = engine.chat_tokens(role.messages(engine.detokenize(text_tokens[:room]), history))
     return FittedPrompt(tokens, history, truncated=True)
+
+
+def _drop_old_turns(
+    engine: EngineLike, role: Role, text: str, history: list[Message], reserve: int
+) -> tuple[list[Message], list[int]]:
+    """The history without as few of its oldest turn pairs as leave `reserve` tokens free (all of them
+    if nothing else does), and the prompt's tokens. Each message is tokenized once, however many
+    cuts are tried: a prompt gets shorter as turns are dropped, so the fewest is found by bisection."""
+    known: dict[str, list[int]] = {}
+
+    def prompt(drop: int) -> list[int]:
+        return engine.chat_tokens(role.messages(text, history[2 * drop :]), known=known)
+
+    tokens = prompt(0)
+    if len(tokens) + reserve <= engine.n_ctx or not history:
+        return history, tokens
+    low, high = 0, (len(history) + 1) // 2  # dropping `low` pairs is too few; `high` (none left) is the last resort
+    fits: dict[int, list[int]] = {}
+    while high - low > 1:
+        middle = (low + high) // 2
+        candidate = prompt(middle)
+        if len(candidate) + reserve <= engine.n_ctx:
+            high, fits[middle] = middle, candidate
+        else:
+            low = middle
+    return history[2 * high :], fits.get(high) or prompt(high)

@@ -77,11 +77,15 @@ class FakeEngine:
     def reply_header_length(self) -> int:
         return len(self.tokenize("<|im_end|>\n<|im_start|>assistant\n", special=True))
 
-    def chat_tokens(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
+    def chat_tokens(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True,
+                    known: dict[str, list[int]] | None = None) -> list[int]:
+        known = {} if known is None else known
         tokens: list[int] = []
         for message in messages:
             tokens += self.tokenize(f"<|im_start|>{message['role']}\n", special=True)
-            tokens += self.tokenize(message["content"])
+            if message["content"] not in known:
+                known[message["content"]] = self.tokenize(message["content"])
+            tokens += known[message["content"]]
             tokens += self.tokenize("<|im_end|>\n", special=True)
         if add_generation_prompt:
             tokens += self.tokenize("<|im_start|>assistant\n", special=True)

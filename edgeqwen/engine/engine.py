@@ -129,18 +129,26 @@ class Engine:
         (the end of the turn and the reply's header, 5 in ChatML)."""
         return len(self.tokenize(self._template_pieces([{"role": "user", "content": ""}], True)[-1], special=True))
 
-    def chat_tokens(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
+    def chat_tokens(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True,
+                    known: dict[str, list[int]] | None = None) -> list[int]:
         """Tokens of `messages` in the model's own chat template.
 
         The template's markup is tokenized with control tokens, message contents without, so text a
-        user types can never open or close a turn.
+        user types can never open or close a turn. `known` maps contents to their tokens: those found
+        there are not tokenized again, the others are added (a caller trying several cuts of one long
+        conversation tokenizes each message once).
         """
         tokens: list[int] = []
         for index, piece in enumerate(self._template_pieces(messages, add_generation_prompt)):
             if index % 2 == 0:
                 tokens += self.tokenize(piece, special=True)
-            else:
-                tokens += self.tokenize(messages[int(piece)]["content"])
+                continue
+            content = messages[int(piece)]["content"]
+            if known is None:
+                known = {}  # this call's own: every content is still tokenized once
+            if content not in known:
+                known[content] = self.tokenize(content)
+            tokens += known[content]
         return tokens
 
     def _template_pieces(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> list[str]:
