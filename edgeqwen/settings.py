@@ -96,6 +96,14 @@ MAX_CHAT_SLOTS = 8  # the KV cache's sequence ids set aside for chat slots
 MAX_BODY_BYTES = 256 * 1024
 MAX_TEXT_CHARS = 16_000
 LOG_LEVEL = "info"
+# Seconds from a request's arrival to its answer (`--request-timeout`): a reply still going then ends
+# with finish_reason "length", a request still waiting gets 503 + Retry-After. A 256-token reply in
+# each of four slots at 2 tokens/s each (a slow board; docs/server.md) is about 130 s.
+REQUEST_TIMEOUT = 180.0
+MAX_CONNECTIONS = 64  # uvicorn's limit_concurrency: connections or requests at once; beyond, uvicorn answers 503
+KEEP_ALIVE_TIMEOUT = 5  # seconds an idle keep-alive connection stays open (uvicorn's timeout_keep_alive)
+HEAD_TIMEOUT = 10.0  # seconds for a request line and its headers to arrive (protocol.py)
+BODY_TIMEOUT = 30.0  # seconds for a request body to arrive (body.py): 256 KiB over a slow link
 
 # -- a Ray cluster (`--ray`, docs/ray.md) -------------------------------------------------------
 

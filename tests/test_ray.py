@@ -248,7 +248,7 @@ def test_serve_sentiment_auth_limits_and_errors_match_edgeqwen_serve(served):
 
 def test_serve_busy_replicas_answer_503_with_retry_after(served):
     # One chat slot and queue size 0: each replica runs one chat and queues no other; with both generating, a third is refused.
-    body = json.dumps({"model": "chat", "stream": True, "max_tokens": 1500,
+    body = json.dumps({"model": "chat", "stream": True, "max_tokens": 1000,
                        "messages": [{"role": "user", "content": "Count from 1 to 1000, separated by commas. Do not stop early."}]}).encode()
     open_streams, refused = [], None
     try:

@@ -20,6 +20,19 @@ MetricsKeyOption = Annotated[Optional[str], typer.Option(
 )]
 ReplicasOption = Annotated[Optional[int], typer.Option("--replicas", min=1, help="With --ray: Ray Serve replicas, each a model copy with its own queue. Default: as many as the cluster holds.")]
 
+RequestTimeoutOption = Annotated[float, typer.Option(
+    "--request-timeout", min=1,
+    help="Seconds from a request's arrival to its answer: a reply still going then ends with finish_reason 'length', "
+    "a request still waiting gets 503 + Retry-After.")]
+AllowedHostsOption = Annotated[Optional[str], typer.Option(
+    "--allowed-hosts",
+    help="Comma-separated host names to answer for beside this machine's own (IP addresses, localhost, its name), "
+    "e.g. a reverse proxy's; '*.example.com' for subdomains, '*' for any.")]
+AllowedOriginsOption = Annotated[Optional[str], typer.Option(
+    "--allowed-origins",
+    help="Comma-separated web page origins that may call the API from a browser (CORS) beside the server's own page, "
+    "e.g. 'http://localhost:3000' or 'http://localhost:*'.")]
+
 
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on. Default: this machine only; 0.0.0.0 opens it to the network (set --api-key).")] = settings.HOST,
@@ -36,6 +49,9 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1024, help="Largest request body (413 above).")] = settings.MAX_BODY_BYTES,
     max_text_chars: Annotated[int, typer.Option("--max-text-chars", min=1, help="Longest text or message (422 above).")] = settings.MAX_TEXT_CHARS,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")] = settings.LOG_LEVEL,
+    request_timeout: RequestTimeoutOption = settings.REQUEST_TIMEOUT,
+    allowed_hosts: AllowedHostsOption = None,
+    allowed_origins: AllowedOriginsOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's own log.")] = False,
     ray: RayFlag = False,
     ray_address: RayAddressOption = None,
@@ -65,9 +81,16 @@ def serve(
         metrics_key=metrics_key or None,
         prompts=str(prompts) if prompts else None, threads=threads, ctx=ctx, router=router, queue_size=queue_size, slots=slots,
         max_body_bytes=max_body_bytes, max_text_chars=max_text_chars, log_level=log_level, verbose=verbose,
+        request_timeout=request_timeout, allowed_hosts=split_list(allowed_hosts),
+        allowed_origins=split_list(allowed_origins),
     )
     serving = ray_module("serving") if on_ray is not None else None
     if serving is not None:
         serving.serve_on_ray(config, on_ray)  # the same config: same app, auth, limits and errors
     else:
         run_server(config)
+
+
+def split_list(value: str | None) -> tuple[str, ...]:
+    """'a, b,,c' → ('a', 'b', 'c')."""
+    return tuple(item.strip() for item in (value or "").split(",") if item.strip())

@@ -12,16 +12,16 @@ Endpoints (all JSON; errors are {"error": {"message", "type", "code", "param"}})
 
 Every model call goes through one InferenceWorker (worker.py): one thread that advances chat replies
 in slots, one token of each per decode step, and runs classifications between steps (those of one
-role that wait together as one batch); a bounded wait queue, 503 + Retry-After when it is full, and
-cancellation when a client disconnects.
-Settings: config.py; error bodies: errors.py; the API key: auth.py.
+role that wait together as one batch); a bounded wait queue, 503 + Retry-After when it is full, a
+time limit per request, and cancellation when a client disconnects.
+Settings: config.py; error bodies: errors.py; the API key: auth.py; Host and Origin checks: guard.py;
+request bodies: body.py; the HTTP protocol's deadline for request heads: protocol.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -32,18 +32,21 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..api import EdgeQwen
-from ..roles import Role
+from ..roles import Role, Sampling
 from . import openai, service
 from .auth import BearerAuth
+from .body import read_json
 from .config import ServerConfig
 from .errors import ApiError, api_error, endpoint, handle_error, role_or_404
 from .metrics import CONTENT_TYPE as METRICS_TYPE, RequestCounter, authorized
+from .guard import SiteGuard, origin_pattern
 from .schemas import ClassifyRequest, RequestError, RunRequest, check_text, parse
 from .sse import JobStream, sse
 from .worker import InferenceWorker, Job
@@ -55,6 +58,7 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }
+MAX_TOKENS_CEILING = next(rule.le for rule in Sampling.model_fields["max_tokens"].metadata if getattr(rule, "le", None))
 
 
 class Server:
@@ -63,7 +67,8 @@ class Server:
     def __init__(self, eq: EdgeQwen, config: ServerConfig, worker: InferenceWorker | None = None) -> None:
         self.eq = eq
         self.config = config
-        self.worker = worker or InferenceWorker(config.queue_size, eq.chat_streams(config.slots))
+        streams = None if worker else eq.chat_streams(config.slots)
+        self.worker = worker or InferenceWorker(config.queue_size, streams, request_timeout=config.request_timeout)
         self.model_path = Path(eq.model_info.path)
         self.model_id = self.model_path.stem
         self.started = int(time.time())
@@ -71,26 +76,21 @@ class Server:
     # -- plumbing ---------------------------------------------------------------------------------
 
     async def read_json(self, request: Request) -> Any:
-        limit = self.config.max_body_bytes
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise self._too_large(int(declared))
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise self._too_large(len(body))
-        try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise ApiError(400, f"the request body is not valid JSON: {error}", code="invalid_json") from None
+        return await read_json(request, self.config.max_body_bytes, self.config.body_timeout)
 
-    def _too_large(self, size: int) -> ApiError:
-        return ApiError(
-            413,
-            f"request body of {size} bytes is over this server's limit of {self.config.max_body_bytes} bytes (--max-body-bytes)",
-            code="body_too_large",
-        )
+    def reply_limit(self, role: Role) -> int:
+        """The most tokens a request may ask one reply of `role` for: a chat slot's share of the
+        context (n_ctx / slots, at most half of it, so the conversation keeps the rest), or the
+        role's own max_tokens when that is more; never more than a role file may set."""
+        share = self.eq.n_ctx // max(2, self.config.slots)
+        return min(MAX_TOKENS_CEILING, max(role.sampling.max_tokens, share))
+
+    def check_max_tokens(self, asked: int | None, param: str, role: Role) -> None:
+        limit = self.reply_limit(role)
+        if asked is not None and role.kind == "generate" and asked > limit:
+            share = f"its {self.eq.n_ctx}-token context over {self.config.slots} chat slots"
+            message = f"{param} is {asked}; this server allows at most {limit} for role '{role.name}' ({share})"
+            raise ApiError(400, message, code="max_tokens_too_large", param=param)
 
     def text(self, value: str, where: str) -> str:
         return check_text(value, where, self.config.max_text_chars)
@@ -135,6 +135,8 @@ class Server:
             entry = {"id": name, "object": "model", "created": self.started, "owned_by": "edgeqwen", "kind": role.kind, "description": role.description}
             if role.kind == "classify":
                 entry["labels"] = role.label_names
+            else:
+                entry["max_tokens"] = self.reply_limit(role)
             if role.output_schema is not None:
                 entry["schema"] = role.output_schema
             data.append(entry)
@@ -162,7 +164,8 @@ class Server:
             {"role": m.role, "content": self.text(m.content, f"history.{i}.content") if m.role == "user" or m.content else ""}
             for i, m in enumerate(body.history)
         ]
-        job = self.worker.submit(lambda job: service.run(self.eq, text, body.task, history, job))
+        job = self.worker.submit(lambda job: service.run(self.eq, text, body.task, history, job),
+                                 then_chat=body.task != "sentiment")
         if not body.stream:
             return JSONResponse((await self.wait(job, request)).to_dict())
         return JobStream(self._run_events(job), job)
@@ -178,6 +181,8 @@ class Server:
     async def chat_completions(self, request: Request) -> Response:
         body = openai.parse_request(await self.read_json(request))
         target = openai.resolve_model(body.model, self.model_id, self.eq.roles)
+        asked = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        self.check_max_tokens(getattr(body, asked), asked, target)
         text, spec = openai.chat_spec(body, target, self.config.max_text_chars)
         if target.kind == "classify":
             top = openai.top_logprobs(body)
@@ -212,10 +217,19 @@ def create_app(eq: EdgeQwen, config: ServerConfig = ServerConfig(), worker: Infe
         Route("/v1/run", endpoint(server.run), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
+    origins = config.allowed_origins
+    hosts = config.allowed_hosts
+    middleware = [Middleware(SiteGuard, listen_host=config.host, allowed_hosts=hosts, allowed_origins=origins)]
+    if origins:  # CORS headers for the listed web pages (SiteGuard refuses the others)
+        exact = [origin for origin in origins if "*" not in origin or origin == "*"]
+        middleware.append(Middleware(CORSMiddleware, allow_origins=exact, allow_origin_regex=origin_pattern(origins),
+                                     allow_methods=["GET", "POST"], allow_headers=["*"],
+                                     expose_headers=["Retry-After"]))
     app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(RequestCounter, metrics=server.worker.metrics),  # outermost: counts the key check's refusals too
+            Middleware(RequestCounter, metrics=server.worker.metrics),  # outermost: counts the refusals of the checks too
+            *middleware,
             Middleware(BearerAuth, api_key=config.api_key),
         ],
         exception_handlers={HTTPException: handle_error, Exception: handle_error},
@@ -251,14 +265,24 @@ def serve(config: ServerConfig) -> None:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(
-        app,
-        host=config.host,
-        port=config.port,
-        log_level=config.log_level,
-        timeout_graceful_shutdown=3,
-        server_header=False,
-    )
+    uvicorn.run(app, **uvicorn_options(config))
+
+
+def uvicorn_options(config: ServerConfig) -> dict[str, Any]:
+    """How uvicorn serves the app (uvicorn.run's or uvicorn.Config's keywords): its address, and the
+    connection limit and timeouts of the settings."""
+    from .protocol import with_head_deadline  # imports uvicorn: only when serving
+
+    return {
+        "host": config.host,
+        "port": config.port,
+        "log_level": config.log_level,
+        "timeout_graceful_shutdown": 3,
+        "server_header": False,
+        "limit_concurrency": config.max_connections,
+        "timeout_keep_alive": config.keep_alive_timeout,
+        "http": with_head_deadline(config.head_timeout),
+    }
 
 
 __all__ = ["ApiError", "ServerConfig", "create_app", "serve"]

@@ -24,3 +24,10 @@ class ServerConfig:
     max_text_chars: int = settings.MAX_TEXT_CHARS
     log_level: str = settings.LOG_LEVEL
     verbose: bool = False
+    request_timeout: float = settings.REQUEST_TIMEOUT
+    allowed_hosts: tuple[str, ...] = ()  # host names served beside the server's own (guard.py); "*": any
+    allowed_origins: tuple[str, ...] = ()  # web page origins allowed beside the server's own page; "*": any
+    max_connections: int = settings.MAX_CONNECTIONS
+    keep_alive_timeout: int = settings.KEEP_ALIVE_TIMEOUT
+    head_timeout: float = settings.HEAD_TIMEOUT
+    body_timeout: float = settings.BODY_TIMEOUT

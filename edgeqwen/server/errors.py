@@ -1,11 +1,15 @@
 """How a request fails over HTTP: ApiError, the mapping of any exception to one, and the handlers that send it.
 
-Every error body is OpenAI-style: {"error": {"message", "type", "code", "param"}}.
+Every error body is OpenAI-style: {"error": {"message", "type", "code", "param"}}, its message one
+line for the client. The client is told what it can act on; what went wrong inside the server (an
+exception's text, a file path) goes to the log only, under an error id the body names.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.exceptions import HTTPException
@@ -15,9 +19,11 @@ from starlette.responses import JSONResponse, Response
 from ..errors import ContextOverflowError, EdgeQwenError, InputError, RoleError
 from ..roles import Role, pick_role
 from .schemas import RequestError
-from .worker import Cancelled, QueueFull
+from .worker import Cancelled, QueueFull, TimedOut
 
 log = logging.getLogger("edgeqwen.server")
+MAX_MESSAGE_CHARS = 400
+PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[\\/](?:[^\s'\"\\/:]+[\\/])+([^\s'\"\\/:]*)")  # /a/b/c.npz → c.npz
 
 
 class ApiError(Exception):
@@ -33,6 +39,8 @@ class ApiError(Exception):
         param: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        message = " ".join(message.split())  # one line, whatever it was built from
+        message = message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
         self.headers = headers or {}
@@ -56,14 +64,32 @@ def api_error(error: Exception) -> ApiError:
         return ApiError(400, "the client disconnected before the request body arrived", code="client_disconnected")
     if isinstance(error, Cancelled):
         return ApiError(503, "the request was cancelled (client gone or server stopping)", type="server_busy", code="cancelled")
+    if isinstance(error, TimedOut) and not error.started:
+        return ApiError(503, f"{error}; retry in {error.retry_after} s", type="server_busy", code="request_timeout",
+                        headers={"Retry-After": str(error.retry_after)})
+    if isinstance(error, TimedOut):
+        return ApiError(504, str(error), type="server_error", code="request_timeout")
     if isinstance(error, (InputError, ContextOverflowError)):
-        return ApiError(422, str(error), code="invalid_input")
-    if isinstance(error, RoleError):
-        return ApiError(404, str(error), code="role_not_found")
+        return ApiError(422, without_paths(str(error)), code="invalid_input")
+    if isinstance(error, EdgeQwenError):  # a role file, a head file, the model: the server's problem, told in its log
+        return logged(error, "model_error", "the model could not answer this request")
+    return logged(error, "internal_error", "internal error")
+
+
+def without_paths(message: str) -> str:
+    """A message with every file path cut to its last part: the client needs no server paths."""
+    return PATH.sub(lambda match: match.group(1) or "…", message)
+
+
+def logged(error: BaseException, code: str, what: str) -> ApiError:
+    """A 500 whose body names only an error id; the log has the exception under that id."""
+    error_id = uuid.uuid4().hex[:12]
     if isinstance(error, EdgeQwenError):
-        return ApiError(500, str(error), type="server_error", code="model_error")
-    log.error("internal error", exc_info=error)
-    return ApiError(500, f"internal error: {type(error).__name__}: {error}", type="server_error", code="internal_error")
+        log.error("error %s: %s: %s", error_id, type(error).__name__, error)
+    else:
+        log.error("error %s", error_id, exc_info=error)
+    message = f"{what} (error id {error_id}; the server's log has the details)"
+    return ApiError(500, message, type="server_error", code=code)
 
 
 def role_or_404(roles: Mapping[str, Role], name: str, kind: str | None = None) -> Role:
