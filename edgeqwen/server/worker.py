@@ -5,12 +5,12 @@ only waits for results. That thread is a scheduler: chat replies run in a fixed 
 advance together, one token of each per decode step (ChatStreams), and between two steps it admits
 waiting chats into free slots and runs the next other job. Classification jobs of one role that wait
 together are run as one batch of texts. A job that cannot be admitted (the queue is full) is refused
-at once with a `QueueFull` that says when to retry; a job in a slot counts as running, not waiting.
-A job whose client went away is cancelled: skipped if still waiting, its slot freed at the next step.
-
-Thread side: a job's function receives the `Job` and calls `job.emit(item)` for each streamed item
-(raises `Cancelled` once the job is cancelled) and `job.check()` between steps; it may return a
-`SlotRequest` to go on in a chat slot. Event-loop side: `await job.result()` or `async for item in job.items()`.
+at once with a `QueueFull` that says when to retry; a job in a slot counts as running, not waiting,
+and a job waiting anywhere else (for the thread, for a slot after its first step, for the slots'
+cells) counts as waiting. A job whose client went away is cancelled: it leaves at once if waiting,
+its slot is freed at the next step. With a time limit, a job still waiting at its deadline gets
+`TimedOut` at once, and a reply still going ends at its next step as if its budget ran out.
+The jobs themselves (Job, SlotRequest, the errors) are in job.py.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class InferenceWorker:
         self._queue: deque[Job] = deque()  # waiting to start, in order
         self._waiting = 0
         self._running: Job | None = None  # the job on the thread now, other than chat slots
-        self._resumed: deque[Job] = deque()  # started (a /v1/run route step), waiting for a slot (their SlotRequest)
+        self._resumed: deque[Job] = deque()  # past a first step (a /v1/run route), waiting for a slot
         self._starting: Job | None = None  # the chat the thread is putting into a slot now
         self._active: dict[int, Job] = {}  # stream handle -> its job
         self._deferred: deque[list[Job]] = deque()  # groups too big beside the slots' cells: run once they are empty
