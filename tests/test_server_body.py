@@ -9,6 +9,7 @@ import http.client
 import json
 import logging
 import socket
+import threading
 import time
 
 import pytest
@@ -179,3 +180,22 @@ def test_error_bodies_name_no_path_and_no_exception_but_the_log_does(caplog):
 def test_api_error_messages_are_one_line():
     assert ApiError(400, "first\nsecond\r\n  third").message == "first second third"
     assert len(ApiError(400, "x" * 5000).message) <= 400
+
+
+def test_a_streamed_request_that_waits_out_the_time_limit_gets_a_503_not_a_broken_stream():
+    """A stream's 200 waits for its first item, so a request still queued at its deadline gets a real
+    503 + Retry-After (the openai client retries it) instead of a 200 whose stream holds an error."""
+    eq = FakeEdgeQwen(classify_seconds=1.5)  # one classification holds the inference thread past the deadline
+    with serve_in_thread(ServerConfig(request_timeout=0.5), eq) as (port, _):
+        blocker = threading.Thread(target=send, args=(port, "/v1/sentiment", b'{"text": "holds the thread"}'))
+        blocker.start()
+        time.sleep(0.2)
+        body = json.dumps({"model": "chat", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+        conn.close()
+        blocker.join(timeout=30)
+    assert response.status == 503 and int(response.getheader("Retry-After")) >= 1
+    assert answer["error"]["code"] == "request_timeout" and "--request-timeout" in answer["error"]["message"]

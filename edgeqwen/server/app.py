@@ -98,8 +98,9 @@ class Server:
     def role(self, name: str, kind: str | None = None) -> Role:
         return role_or_404(self.eq.roles, name, kind)
 
-    async def wait(self, job: Job, request: Request) -> Any:
-        """The job's result; if the client disconnects first, the job is cancelled (engine freed)."""
+    async def wait(self, job: Job, request: Request, *, first: bool = False) -> Any:
+        """The job's result (with first=True: until its first item, see Job.first); if the client
+        disconnects first, the job is cancelled (engine freed)."""
 
         async def watch() -> None:
             while (await request.receive())["type"] != "http.disconnect":
@@ -108,10 +109,11 @@ class Server:
 
         watcher = asyncio.create_task(watch())
         try:
-            return await job.result()
+            return await (job.first() if first else job.result())
         finally:
             watcher.cancel()
-            job.cancel()  # no-op for a finished job
+            if not first:
+                job.cancel()  # no-op for a finished job
 
     # -- routes -----------------------------------------------------------------------------------
 
@@ -168,6 +170,7 @@ class Server:
                                  then_chat=body.task != "sentiment")
         if not body.stream:
             return JSONResponse((await self.wait(job, request)).to_dict())
+        await self.wait(job, request, first=True)
         return JobStream(self._run_events(job), job)
 
     async def _run_events(self, job: Job):
@@ -192,6 +195,7 @@ class Server:
             job = self.worker.submit(lambda job: service.generate(self.eq, spec, job), chat=True)
         meta = openai.new_meta(body.model)
         if body.stream:
+            await self.wait(job, request, first=True)
             return JobStream(openai.chunks(job, meta, openai.wants_usage(body)), job)
         result: service.Generated = await self.wait(job, request)
         return JSONResponse(openai.completion(meta, result))

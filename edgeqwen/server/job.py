@@ -83,6 +83,7 @@ class Job:
         self.timer: asyncio.TimerHandle | None = None  # the event loop's call at the deadline
         self.started = 0.0
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._first: tuple[str, Any] | None = None  # an event seen by first(), still to be taken by items()
 
     # -- inference thread -------------------------------------------------------------------------
 
@@ -113,11 +114,25 @@ class Job:
             self.cancelled.set()
             self._on_cancel(self)
 
+    async def first(self) -> None:
+        """Wait until the job has streamed its first item or ended, taking nothing; raises the job's
+        exception if it failed first. A streamed response waits for this before its 200, so a request
+        refused while it waited (TimedOut) still gets its HTTP error."""
+        if self._first is None:
+            self._first = await self._events.get()
+        if self._first[0] == "error":
+            if self.timer is not None:
+                self.timer.cancel()
+            raise self._first[1]
+
     async def items(self) -> AsyncIterator[Any]:
         """The streamed items, then returns; raises the job's exception if it failed."""
         try:
             while True:
-                kind, value = await self._events.get()
+                if self._first is not None:
+                    (kind, value), self._first = self._first, None
+                else:
+                    kind, value = await self._events.get()
                 if kind == "item":
                     yield value
                 elif kind == "error":
