@@ -100,7 +100,9 @@ LOG_LEVEL = "info"
 # with finish_reason "length", a request still waiting gets 503 + Retry-After. A 256-token reply in
 # each of four slots at 2 tokens/s each (a slow board; docs/server.md) is about 130 s.
 REQUEST_TIMEOUT = 180.0
-MAX_CONNECTIONS = 64  # uvicorn's limit_concurrency: connections or requests at once; beyond, uvicorn answers 503
+# uvicorn's limit_concurrency: connections or requests at once (beyond, uvicorn's own 503); request
+# bodies being read then hold at most 128 x MAX_BODY_BYTES = 32 MiB.
+MAX_CONNECTIONS = 128
 KEEP_ALIVE_TIMEOUT = 5  # seconds an idle keep-alive connection stays open (uvicorn's timeout_keep_alive)
 HEAD_TIMEOUT = 10.0  # seconds for a request line and its headers to arrive (protocol.py)
 BODY_TIMEOUT = 30.0  # seconds for a request body to arrive (body.py): 256 KiB over a slow link

@@ -14,7 +14,8 @@ the server's own page sends it) beside hostile ones, each bounded in count:
   huge_history     chats with 255 long history messages
 
 An honest request is *served* (200 and a well-formed answer; a reply cut by a limit counts),
-*rejected* (503 with Retry-After; the client waits it, capped, before its next request) or *lost*
+*rejected* (503: the server refused it at once; the client waits Retry-After, capped, or 2 s without
+one, before its next request; those without are counted apart: uvicorn's connection limit) or *lost*
 (anything else: an error status, no answer within --timeout, a broken stream). Prints a table (and
 writes JSON): honest requests by outcome, what the hostile ones got, the server's peak RSS,
 tracebacks in its log, and whether it still answers at the end. Exit code 1 if an honest request
@@ -116,8 +117,9 @@ def honest_request(target: Target, kind: str, n: int) -> dict:
         finally:
             conn.close()
         record["status"] = response.status
-        if response.status == 503 and (response.getheader("Retry-After") or "").isdigit():
-            record.update(outcome="rejected", retry_after=int(response.getheader("Retry-After")))
+        if response.status == 503:
+            retry_after = response.getheader("Retry-After") or ""
+            record.update(outcome="rejected", retry_after=int(retry_after) if retry_after.isdigit() else None)
         elif response.status != 200:
             record["error"] = f"HTTP {response.status}: {payload[:160]}"
         else:
@@ -155,7 +157,7 @@ def honest_client(
         record = honest_request(target, HONEST_KINDS[(number + i) % len(HONEST_KINDS)], number + i)
         records.append(record)
         if record["outcome"] == "rejected":
-            time.sleep(min(record["retry_after"], max_backoff))
+            time.sleep(min(record["retry_after"] or 2, max_backoff))
 
 
 # -- hostile clients -------------------------------------------------------------------------------
@@ -449,6 +451,9 @@ def run(args: argparse.Namespace) -> dict:
             "sent": len(records),
             "served": sum(r["outcome"] == "served" for r in records),
             "rejected_503": sum(r["outcome"] == "rejected" for r in records),
+            "rejected_without_retry_after": sum(
+                r["outcome"] == "rejected" and r["retry_after"] is None for r in records
+            ),
             "lost": sum(r["outcome"] == "lost" for r in records),
             "p50_s": percentile([r["latency_s"] for r in records if r["outcome"] == "served"], 50),
             "p90_s": percentile([r["latency_s"] for r in records if r["outcome"] == "served"], 90),
@@ -479,8 +484,9 @@ def print_table(summary: dict) -> None:
         f"queue {summary['queue_size']}, {summary['wall_s']} s"
     )
     print(
-        f"honest: sent {honest['sent']}, served {honest['served']}, rejected 503 {honest['rejected_503']}, "
-        f"lost {honest['lost']}; served p50 {honest['p50_s']} s, p90 {honest['p90_s']} s"
+        f"honest: sent {honest['sent']}, served {honest['served']}, rejected 503 {honest['rejected_503']} "
+        f"({honest['rejected_without_retry_after']} without Retry-After), lost {honest['lost']}; "
+        f"served p50 {honest['p50_s']} s, p90 {honest['p90_s']} s"
     )
     for kind, outcomes in honest["by_kind"].items():
         print(f"  {kind:<12} {outcomes}")
