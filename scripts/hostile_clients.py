@@ -397,6 +397,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         server_args += ["--threads", str(args.threads)]
     code = str(Path(args.code).resolve()) if args.code else str(REPO)
+    os.chdir(code)  # `python -m edgeqwen` puts its working directory first on sys.path, before PYTHONPATH
     with ServerProcess(*server_args, env={"PYTHONPATH": code}) as server:
         target = Target(server, args.timeout)
         warm = [honest_request(target, kind, 0) for kind in ("sentiment", "chat")]
@@ -523,6 +524,7 @@ def main() -> int:
     args = parser.parse_args()
     if not (1 <= args.clients <= 32 and 1 <= args.requests <= 100 and 10 <= args.deadline <= 900):
         parser.error("--clients must be 1..32, --requests 1..100, --deadline 10..900")
+    args.json = args.json.resolve()
     summary = run(args)
     print_table(summary)
     args.json.parent.mkdir(parents=True, exist_ok=True)
