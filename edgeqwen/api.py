@@ -99,11 +99,6 @@ class EdgeQwen:
         self._classifiers: dict[str, Classifier] = {}
         self.router = Router(router, self._classifier("route") if router == "llm" else None)
 
-    @property
-    def n_ctx(self) -> int:
-        """The context window in tokens: a prompt and its reply, shared by the replies of chat slots."""
-        return self.engine.n_ctx
-
     # -- classify roles -------------------------------------------------------------------------
 
     def classify(self, text: str, role: str = "sentiment") -> Classification:

@@ -21,7 +21,7 @@ from edgeqwen.server.app import ServerConfig  # noqa: E402
 from edgeqwen.server.body import parse_json  # noqa: E402
 from edgeqwen.server.errors import ApiError  # noqa: E402
 
-from fake_model import FakeEdgeQwen, serve_in_thread  # noqa: E402
+from fake_model import fake_edgeqwen, serve_in_thread  # noqa: E402
 
 CHAT = b'"model":"chat","messages":[{"role":"user","content":"hi"}]'
 HOSTILE = {  # name: (path, body, what the message must say)
@@ -53,7 +53,7 @@ HOSTILE = {  # name: (path, body, what the message must say)
 
 @pytest.fixture(scope="module")
 def served():
-    eq = FakeEdgeQwen()
+    eq = fake_edgeqwen()
     config = ServerConfig(
         body_timeout=1.0, head_timeout=1.0, max_connections=8, keep_alive_timeout=1, max_body_bytes=256 * 1024
     )
@@ -154,7 +154,7 @@ def test_connections_beyond_the_limit_get_503_and_the_server_answers_after(serve
 def test_error_bodies_name_no_path_and_no_exception_but_the_log_does(caplog):
     """A broken head file of a role at the first classification (before: a 404 whose body held the
     file's path and numpy's exception text), and an unexpected exception (before: its repr)."""
-    eq = FakeEdgeQwen()
+    eq = fake_edgeqwen()
     failures = iter(
         [
             RoleError("/srv/edgeqwen/prompts/topic.npz: not a valid head file (ValueError: pickled data)"),
@@ -185,7 +185,7 @@ def test_api_error_messages_are_one_line():
 def test_a_streamed_request_that_waits_out_the_time_limit_gets_a_503_not_a_broken_stream():
     """A stream's 200 waits for its first item, so a request still queued at its deadline gets a real
     503 + Retry-After (the openai client retries it) instead of a 200 whose stream holds an error."""
-    eq = FakeEdgeQwen(classify_seconds=1.5)  # one classification holds the inference thread past the deadline
+    eq = fake_edgeqwen(classify_seconds=1.5)  # one classification holds the inference thread past the deadline
     with serve_in_thread(ServerConfig(request_timeout=0.5), eq) as (port, _):
         blocker = threading.Thread(target=send, args=(port, "/v1/sentiment", b'{"text": "holds the thread"}'))
         blocker.start()

@@ -43,11 +43,11 @@ class TimedOut(Exception):
 @dataclass
 class SlotRequest:
     """What a job's function returns to go on in a chat slot: `start(streams)` starts its stream (its
-    handle, or None while it does not fit), `item(text)` is what job.emit gets for each piece, and
-    `done(piece)` the job's value from its last piece."""
+    handle, or None while it does not fit), `item(piece)` is what job.emit gets for each piece that
+    hands out text or logprobs, and `done(piece)` the job's value from its last piece."""
 
     start: Callable[[Any], int | None]
-    item: Callable[[str], Any] = lambda text: text
+    item: Callable[[Any], Any] = lambda piece: piece.text
     done: Callable[[Any], Any] = lambda piece: None
 
 
@@ -82,6 +82,7 @@ class Job:
         self.deadline: float | None = None  # time.monotonic() by which it must be answered
         self.timer: asyncio.TimerHandle | None = None  # the event loop's call at the deadline
         self.started = 0.0
+        self.created = time.perf_counter()
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._first: tuple[str, Any] | None = None  # an event seen by first(), still to be taken by items()
 

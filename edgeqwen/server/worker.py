@@ -26,6 +26,7 @@ from typing import Any
 from .. import settings
 from ..errors import CacheBusyError
 from .job import Cancelled, Job, QueueFull, SlotRequest, TimedOut
+from .metrics import Metrics
 
 __all__ = ["Cancelled", "InferenceWorker", "Job", "QueueFull", "SlotRequest", "TimedOut"]
 
@@ -36,10 +37,13 @@ class InferenceWorker:
     slots' cells); with `request_timeout`, every job is answered within that many seconds of its
     arrival (a reply is cut, finish_reason "length"; a job still waiting gets TimedOut)."""
 
-    def __init__(self, queue_size: int = settings.QUEUE_SIZE, streams: Any = None,
-                 batch_size: int = settings.BATCH_SIZE, request_timeout: float | None = None) -> None:
+    def __init__(
+        self, queue_size: int = settings.QUEUE_SIZE, streams: Any = None, batch_size: int = settings.BATCH_SIZE,
+        metrics: Metrics | None = None, request_timeout: float | None = None,
+    ) -> None:
         if queue_size < 0:
             raise ValueError("queue_size must be >= 0")
+        self.metrics = metrics or Metrics()
         self.queue_size = queue_size
         self.streams = streams
         self.batch_size = batch_size
@@ -273,6 +277,7 @@ class InferenceWorker:
                         raise TimedOut(self.request_timeout or 0, started=True)
                 results += run_many(items[first : first + self.batch_size])
                 self.counts["classify_calls"] += 1
+                self.metrics.classify_batch(len(items[first : first + self.batch_size]))
         except CacheBusyError as error:
             return self._defer(jobs) if self._active else [self._finish(job, "failed", error) for job in jobs]
         except Cancelled as error:
@@ -346,7 +351,9 @@ class InferenceWorker:
             elif job.overdue():
                 self.counts["timed_out"] += 1
                 self._active.pop(handle)
-                self._finish(job, "served", job.request.done(self.streams.end(handle)))
+                piece = self.streams.end(handle)
+                self.metrics.reply(piece.generation.tokens if piece.generation else 0)
+                self._finish(job, "served", job.request.done(piece))
         if not self._active:
             return
         try:
@@ -358,12 +365,15 @@ class InferenceWorker:
         for handle, piece in pieces.items():
             job = self._active[handle]
             try:
-                if piece.text:
-                    job.emit(job.request.item(piece.text))
+                if piece.text or piece.logprobs:
+                    job.emit(job.request.item(piece))
+                    if job.emitted == 1:
+                        self.metrics.first_token(time.perf_counter() - job.created)
             except Cancelled as error:
                 self._end_stream(handle, "cancelled", error)
                 continue
             if piece.finish_reason:
+                self.metrics.reply(piece.generation.tokens if piece.generation else 0)
                 self._end_stream(handle, "served", job.request.done(piece))
 
     def _end_stream(self, handle: int, outcome: str, value: Any) -> None:
@@ -379,6 +389,8 @@ class InferenceWorker:
             self.counts[outcome] += 1
             if outcome == "served":
                 self._durations.append(time.perf_counter() - job.started)
+                if job.kind == "batch":
+                    self.metrics.classified(time.perf_counter() - job.created)
         job._post("result" if outcome == "served" else "error", value)
 
     def _cancel_all_locked(self) -> None:
