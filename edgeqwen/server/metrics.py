@@ -144,9 +144,9 @@ class Metrics:
             metric(f"edgeqwen_{name}", "gauge", help_text, [f"edgeqwen_{name} {_number(value)}"])
         outcomes = [
             f'edgeqwen_jobs_total{{outcome="{o}"}} {status.get(o, 0)}'
-            for o in ("served", "rejected", "cancelled", "failed")
+            for o in ("served", "rejected", "cancelled", "failed", "timed_out")
         ]
-        metric("edgeqwen_jobs_total", "counter", "Model jobs by outcome (rejected: the queue was full).", outcomes)
+        metric("edgeqwen_jobs_total", "counter", "Model jobs by outcome (rejected: the queue was full; timed_out: --request-timeout).", outcomes)
         metric(
             "process_resident_memory_bytes",
             "gauge",
