@@ -146,7 +146,8 @@ class Metrics:
             f'edgeqwen_jobs_total{{outcome="{o}"}} {status.get(o, 0)}'
             for o in ("served", "rejected", "cancelled", "failed", "timed_out")
         ]
-        metric("edgeqwen_jobs_total", "counter", "Model jobs by outcome (rejected: the queue was full; timed_out: --request-timeout).", outcomes)
+        about = "Model jobs by outcome (rejected: the queue was full; timed_out: --request-timeout)."
+        metric("edgeqwen_jobs_total", "counter", about, outcomes)
         metric(
             "process_resident_memory_bytes",
             "gauge",
