@@ -14,16 +14,11 @@ if TYPE_CHECKING:
     from .api import ChatStreams, Classification, Conversation, EdgeQwen, Role, RouteDecision, RunResult, load_roles
     from .errors import EdgeQwenError
 
+# spelled out, not computed, so linters see the imports above as re-exports
+__all__ = ["ChatStreams", "Classification", "Conversation", "EdgeQwen", "EdgeQwenError", "Role", "RouteDecision",
+           "RunResult", "load_roles"]
 # public name -> the submodule that defines it: edgeqwen.api, the one door, and the errors
-_EXPORTS = {
-    **dict.fromkeys(
-        ("ChatStreams", "Classification", "Conversation", "EdgeQwen", "Role", "RouteDecision", "RunResult", "load_roles"),
-        "api",
-    ),
-    "EdgeQwenError": "errors",
-}
-
-__all__ = sorted(_EXPORTS)
+_EXPORTS = {name: "errors" if name == "EdgeQwenError" else "api" for name in __all__}
 __version__ = "0.1.0"
 
 

@@ -31,9 +31,9 @@ from . import settings
 from .classifier import Classifier
 from .errors import InputError, RoleError
 from .head import text_key
-from .text import clean_text
 from .roles import pick_role
 from .router import rules_route
+from .text import clean_text
 
 TASK_FIELDS = {"sentiment": "label", "route": "route"}
 DEFAULT_ROLES = {"sentiment": "sentiment", "route": "route"}

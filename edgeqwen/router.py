@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .classifier import Classification, Classifier
-from .text import clean_text
 from .roles import Role
+from .text import clean_text
 
 STRATEGIES = ("llm", "rules")
 

@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 from . import settings
 from .errors import ModelFetchError
-from .model_paths import STANDIN_FILE
 from .hashing import recorded_sha256, sha256_file, write_stamp
+from .model_paths import STANDIN_FILE
 from .text import one_line
 
 BLOCK = 1 << 20  # 1 MiB: streaming block for copying

@@ -60,8 +60,9 @@ def build_standin(dest: Path, tokenizer_dir: Path) -> Path:
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from convert_fixtures import TOKENIZER_FILES, qwen2_config
     from edgeqwen.convert.safetensors_io import write_safetensors
+
+    from convert_fixtures import TOKENIZER_FILES, qwen2_config
 
     reader = GGUFReader(STANDIN)
     meta = {k: reader.get_field(k).contents() for k in reader.fields if k.startswith("qwen2.")}

@@ -188,9 +188,9 @@ def output_matrix_read_once():
 @pytest.fixture
 def fake_eq():
     """EdgeQwen on the deterministic fake engine (tests/fake_engine.py): no model file, no llama.cpp."""
-    from fake_engine import FakeEngine
-
     from edgeqwen import EdgeQwen
+
+    from fake_engine import FakeEngine
 
     return EdgeQwen(engine=FakeEngine(), prefix_cache=False)
 
@@ -199,10 +199,10 @@ def fake_eq():
 def invoke_fake(monkeypatch):
     """The `edgeqwen` command in this process on the fake engine: the CLI's own work (options, output,
     files, errors) in the fast tier. What the model says is tested on the real model elsewhere."""
-    from fake_engine import FakeEngine
-
     from edgeqwen import EdgeQwen
     from edgeqwen.cli import options
+
+    from fake_engine import FakeEngine
 
     def load(model, *, n_ctx=None, prompts_dir=None, router="llm", **ignored):
         return EdgeQwen(engine=FakeEngine(n_ctx or 2048), prompts_dir=prompts_dir, router=router, prefix_cache=False)

@@ -14,9 +14,9 @@ import threading
 import time
 from contextlib import contextmanager
 
-from fake_engine import FakeEngine
-
 from edgeqwen import EdgeQwen
+
+from fake_engine import FakeEngine
 
 
 def fake_edgeqwen(classify_seconds: float = 0.0, n_ctx: int = 2048) -> EdgeQwen:

@@ -12,7 +12,6 @@ import pytest
 from edgeqwen.batch import classify_file, last_done_line, read_inputs
 from edgeqwen.errors import InputError
 
-
 TEXTS = ["Great phone, love it!", "质量太差，非常失望。", "Terrible service.", "酒店很干净，服务很好。"]
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from edgeqwen.engine import Engine
-from edgeqwen.prompt_fit import fixed_prefix, fit_prompt
+from edgeqwen.prompt_fit import fit_prompt, fixed_prefix
 
 QUESTIONS = {"Can you help me plan a trip to Kyoto?", "你好，今天天气怎么样？", "What is the capital of Australia?",
              "帮我写一首关于秋天的诗。", "Tell me a joke about cats."}

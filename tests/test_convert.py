@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convert_fixtures import make_checkpoint, make_hub_cache, read_gguf_metadata, write_tokenizer_from_gguf  # noqa: E402
-
 from edgeqwen.convert import QuantizeOptions, convert_checkpoint, fetch_checkpoint, read_manifest, run_quantize
 from edgeqwen.convert.quantize import quantize_gguf
 from edgeqwen.errors import ConvertError, ModelFetchError
 from edgeqwen.gguf_info import inspect_gguf
+
+from convert_fixtures import make_checkpoint, make_hub_cache, read_gguf_metadata, write_tokenizer_from_gguf  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 HUB_REPO = "Qwen/Qwen1.5-0.5B-Chat"

@@ -7,7 +7,7 @@ import pytest
 
 from edgeqwen.engine import Engine, SamplingParams
 from edgeqwen.errors import ContextOverflowError, GrammarError
-from edgeqwen.prompt_fit import fixed_prefix, fit_prompt
+from edgeqwen.prompt_fit import fit_prompt, fixed_prefix
 
 from near_tie import assert_same_or_near_tie
 

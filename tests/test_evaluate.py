@@ -10,18 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
 from edgeqwen import head as head_module
+from edgeqwen.classifier import Classifier
 from edgeqwen.engine import Engine
 from edgeqwen.errors import InputError, RoleError
 from edgeqwen.evaluate import DataError, EvalOptions, Item, abstain_band, format_report, metrics, read_data
-from edgeqwen.training.fit import HiddenFromLogits, choose_blend, fit_logistic, predict_logistic, split_items
-from edgeqwen.training.head import train_head
-from edgeqwen.head import Head, load_head, model_heads_dir, model_identity, prompt_fingerprint, save_head
 from edgeqwen.gguf_info import output_matrix
+from edgeqwen.head import Head, load_head, model_heads_dir, model_identity, prompt_fingerprint, save_head
 from edgeqwen.prompt_fit import fixed_prefix
 from edgeqwen.roles import load_role, load_roles
-from edgeqwen.classifier import Classifier
+from edgeqwen.training.fit import HiddenFromLogits, choose_blend, fit_logistic, predict_logistic, split_items
+from edgeqwen.training.head import train_head
+
+from conftest import REPO
 
 SENTIMENT_ROWS = [
     {"text": "I love this phone, the screen is gorgeous.", "label": "positive", "lang": "en"},

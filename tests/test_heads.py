@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-
 ROLE = """kind: classify
 system: Does this message need an answer today (urgent) or can it wait (later)?
 template: "Message: {text}"

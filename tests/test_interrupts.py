@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import console_script
 from edgeqwen.signals import held_signals
+
+from conftest import console_script
 
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 

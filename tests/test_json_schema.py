@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 
-import gbnf_sample
 import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,6 +13,8 @@ from hypothesis import strategies as st
 
 from edgeqwen.errors import SchemaError
 from edgeqwen.json_schema import MAX_REPEAT, check_rules, gbnf_literal, schema_grammar
+
+import gbnf_sample
 
 NAMES = st.text(st.sampled_from('abcxyz_é中 "\\<|>'), min_size=1, max_size=6)
 STRING_VALUES = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=6)

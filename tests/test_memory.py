@@ -52,8 +52,8 @@ def test_engine_runs_under_a_1_gib_data_cap_and_reports_peak_rss(model_path):
     peak = figures["peak_rss_kib"] * 1024
     assert peak < CAP, f"peak RSS {peak / 2**20:.0f} MiB"
     assert figures["data_kib"] * 1024 < CAP
-    from edgeqwen.memory_plan import estimate_bytes
     from edgeqwen.gguf_info import inspect_gguf
+    from edgeqwen.memory_plan import estimate_bytes
 
     estimate = estimate_bytes(inspect_gguf(model_path), 2048)
     assert abs(estimate - peak) / peak < 0.3, (estimate, peak)  # doctor's estimate is close to what was measured

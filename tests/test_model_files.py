@@ -14,7 +14,6 @@ from edgeqwen.errors import EdgeQwenError, ModelFileError, ModelNotFoundError
 
 from conftest import run_cli
 
-
 TEMPLATE = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
 
 

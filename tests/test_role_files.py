@@ -16,7 +16,8 @@ from edgeqwen.errors import GrammarError, RoleError
 from edgeqwen.grammar import check_grammar, grammar_literals, label_grammar, label_problem
 from edgeqwen.roles import Role, load_role, load_roles
 
-from conftest import VALID_ROLE as VALID, console_script
+from conftest import VALID_ROLE as VALID
+from conftest import console_script
 
 
 def one_line_error(path, field: str | None, fragment: str) -> str:

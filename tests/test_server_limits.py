@@ -28,6 +28,7 @@ COUNT = "Count from 1 to 1000, separated by commas. Do not stop early."
 def counting(model_path, tmp_path_factory):
     """The model with test_server's roles: a chat role at temperature 0 without DRY, which counts on and on."""
     from edgeqwen import EdgeQwen
+
     from test_server import write_test_prompts
 
     return EdgeQwen(model_path, prompts_dir=write_test_prompts(tmp_path_factory.mktemp("prompts")), prefix_cache=False)

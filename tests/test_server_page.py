@@ -20,7 +20,6 @@ from edgeqwen.server.launch import ServerProcess  # noqa: E402
 from conftest import REPO  # noqa: E402
 from test_server import write_test_prompts  # noqa: E402
 
-
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

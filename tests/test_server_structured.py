@@ -19,9 +19,9 @@ openai = pytest.importorskip("openai", reason="the test extra installs openai: p
 pydantic = pytest.importorskip("pydantic")
 pytest.importorskip("starlette", reason="the serve extra: pip install -e '.[serve]'")
 
-from conftest import standin_path  # noqa: E402
-
 from edgeqwen.server.launch import ServerProcess  # noqa: E402
+
+from conftest import standin_path  # noqa: E402
 
 pytestmark = pytest.mark.model
 

@@ -8,8 +8,18 @@ import typer
 
 from .. import settings
 from .options import (
-    CtxOption, DataArgument, JsonReportOption, KvCacheOption, LimitOption, ModelOption, PromptsOption, RoleOption,
-    TaskOption, ThreadsOption, open_model, write_report,
+    CtxOption,
+    DataArgument,
+    JsonReportOption,
+    KvCacheOption,
+    LimitOption,
+    ModelOption,
+    PromptsOption,
+    RoleOption,
+    TaskOption,
+    ThreadsOption,
+    open_model,
+    write_report,
 )
 
 

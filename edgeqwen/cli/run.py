@@ -12,8 +12,16 @@ import typer
 
 from .. import settings
 from ..errors import InputError
-from .options import CtxOption, KvCacheOption, ModelOption, PromptsOption, RouterOption, ThreadsOption, VerboseOption
-from .options import open_model
+from .options import (
+    CtxOption,
+    KvCacheOption,
+    ModelOption,
+    PromptsOption,
+    RouterOption,
+    ThreadsOption,
+    VerboseOption,
+    open_model,
+)
 
 if TYPE_CHECKING:
     from ..api import Conversation, EdgeQwen, RunResult

@@ -11,8 +11,17 @@ import typer
 from .. import settings
 from .guard import interrupt_note
 from .options import (
-    ActorsPerNodeOption, CtxOption, ModelOption, ModelSha256Option, PromptsOption, RayAddressOption, RayFlag, ThreadsOption,
-    open_model, ray_module, ray_options,
+    ActorsPerNodeOption,
+    CtxOption,
+    ModelOption,
+    ModelSha256Option,
+    PromptsOption,
+    RayAddressOption,
+    RayFlag,
+    ThreadsOption,
+    open_model,
+    ray_module,
+    ray_options,
 )
 
 ActorsOption = Annotated[Optional[int], typer.Option("--actors", min=1, help="With --ray: model copies (Ray actors) in all. Default: as many as the cluster holds.")]

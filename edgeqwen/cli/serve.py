@@ -9,8 +9,16 @@ import typer
 from .. import settings
 from ..errors import EdgeQwenError
 from .options import (
-    ActorsPerNodeOption, CtxOption, ModelOption, ModelSha256Option, PromptsOption, RayAddressOption, RayFlag, ThreadsOption,
-    ray_module, ray_options,
+    ActorsPerNodeOption,
+    CtxOption,
+    ModelOption,
+    ModelSha256Option,
+    PromptsOption,
+    RayAddressOption,
+    RayFlag,
+    ThreadsOption,
+    ray_module,
+    ray_options,
 )
 
 MetricsKeyOption = Annotated[Optional[str], typer.Option(
@@ -72,7 +80,8 @@ def serve(
         model_sha256=model_sha256, model=model, threads=threads, ctx=ctx, prompts=prompts,
     )
     try:
-        from ..server.app import ServerConfig, serve as run_server  # the optional extra: imported only here
+        from ..server.app import ServerConfig  # the optional extra: imported only here
+        from ..server.app import serve as run_server
     except ImportError as error:
         missing = error.name or error
         raise EdgeQwenError(f"edgeqwen serve needs the server extra ({missing} is missing): pip install 'edgeqwen[serve]'") from None

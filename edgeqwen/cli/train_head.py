@@ -8,8 +8,18 @@ from typing import Annotated, Optional
 import typer
 
 from .options import (
-    CtxOption, DataArgument, JsonReportOption, KvCacheOption, ModelOption, PromptsOption, RoleOption, SeedOption,
-    TaskOption, ThreadsOption, open_model, write_report,
+    CtxOption,
+    DataArgument,
+    JsonReportOption,
+    KvCacheOption,
+    ModelOption,
+    PromptsOption,
+    RoleOption,
+    SeedOption,
+    TaskOption,
+    ThreadsOption,
+    open_model,
+    write_report,
 )
 
 
@@ -54,7 +64,8 @@ def train_head(
     """
     from ..api import check_choice, load_roles
     from ..evaluate import TASK_FIELDS, EvalOptions, check_gold, check_role, format_report, read_data
-    from ..training.head import how_roles_find, train_head as fit_head
+    from ..training.head import how_roles_find
+    from ..training.head import train_head as fit_head
 
     check_choice("--task", task, tuple(TASK_FIELDS))
     options = EvalOptions(data=list(data), task=task, role=role, progress=True)

@@ -26,7 +26,18 @@ from ..api import EdgeQwen
 from ..batch import BatchSummary, RecordWriter, classify_records, read_inputs
 from ..errors import EdgeQwenError
 from ..roles import load_roles, pick_role
-from .nodes import ClusterError, ModelSpec, RayOptions, actor_options, check_every_node, check_node_model, connect, copies, model_spec, one_line
+from .nodes import (
+    ClusterError,
+    ModelSpec,
+    RayOptions,
+    actor_options,
+    check_every_node,
+    check_node_model,
+    connect,
+    copies,
+    model_spec,
+    one_line,
+)
 
 # What each labelled row gains (a column of the same name already there is replaced).
 RESULT_SCHEMA = pa.schema([("label", pa.string()), ("display", pa.string()), ("confidence", pa.float64()), ("error", pa.string())])

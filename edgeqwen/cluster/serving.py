@@ -23,7 +23,18 @@ from ..api import EdgeQwen
 from ..errors import EdgeQwenError
 from ..server.app import create_app, is_loopback
 from ..server.config import ServerConfig
-from .nodes import ClusterError, ModelSpec, RayOptions, actor_options, check_every_node, check_node_model, connect, copies, model_spec, one_line
+from .nodes import (
+    ClusterError,
+    ModelSpec,
+    RayOptions,
+    actor_options,
+    check_every_node,
+    check_node_model,
+    connect,
+    copies,
+    model_spec,
+    one_line,
+)
 
 APP_NAME = "edgeqwen"
 # `serve run ... build_app KEY=VALUE`: the ServerConfig fields it may set, beside the RayOptions ones.

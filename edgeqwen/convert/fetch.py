@@ -84,8 +84,12 @@ def _from_hub(repo: str, revision: str | None, *, cache_dir: Path | None, endpoi
     import httpx2 as httpx  # huggingface_hub's HTTP client
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
-        GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
-        RepositoryNotFoundError, RevisionNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
     )
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import gguf
-from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, MODEL_ARCH, TokenType
+import numpy as np
+from gguf import MODEL_ARCH, GGMLQuantizationType, GGUFWriter, LlamaFileType, TokenType
 
 from edgeqwen.errors import ConvertError
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import llama_cpp as llama
 import numpy as np
+
 from .bindings import load_shared_library
 
 

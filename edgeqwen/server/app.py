@@ -45,8 +45,9 @@ from .auth import BearerAuth
 from .body import read_json
 from .config import ServerConfig
 from .errors import ApiError, api_error, endpoint, handle_error, role_or_404
-from .metrics import CONTENT_TYPE as METRICS_TYPE, RequestCounter, authorized
 from .guard import SiteGuard, origin_pattern
+from .metrics import CONTENT_TYPE as METRICS_TYPE
+from .metrics import RequestCounter, authorized
 from .schemas import ClassifyRequest, RequestError, RunRequest, check_text, parse
 from .sse import JobStream, sse
 from .worker import InferenceWorker, Job
