@@ -226,7 +226,8 @@ def classify_file(
     return BatchSummary(done=done, skipped=skipped, seconds=time.perf_counter() - started)
 
 
-def classify_records(classify_many: Callable[[list[str]], list[Classification]], batch: list[tuple[int, str]]) -> list[dict]:
+def classify_records(classify_many: Callable[[list[str]], list[Classification]],
+                     batch: list[tuple[int, str]]) -> list[dict]:
     """A record per input of `batch`, in order; an input that cannot be classified (e.g. empty) is
     reported in its record, and the others are classified together."""
     records: list[dict] = []
@@ -236,7 +237,8 @@ def classify_records(classify_many: Callable[[list[str]], list[Classification]],
             clean_text(text)
             good.append((number, text))
         except InputError as error:
-            records.append({"line": number, "text": text, "label": None, "display": None, "confidence": None, "error": str(error)})
+            records.append({"line": number, "text": text, "label": None, "display": None, "confidence": None,
+                            "error": str(error)})
     for (number, text), result in zip(good, classify_many([text for _, text in good]) if good else []):
         records.append({"line": number, "text": text, "label": result.label, "display": result.display,
                         "confidence": round(result.confidence, 4), "error": None})

@@ -140,7 +140,8 @@ def structured_rates(eq, rounds: int = 3) -> dict:
 
 
 def _greedy(role, max_tokens: int):
-    return role.model_copy(update={"sampling": role.sampling.model_copy(update={"temperature": 0.0, "max_tokens": max_tokens})})
+    return role.model_copy(update={"sampling": role.sampling.model_copy(update={"temperature": 0.0,
+                                                                                "max_tokens": max_tokens})})
 
 
 def _rss_mb() -> float:
@@ -166,7 +167,8 @@ def _first_result_subprocess(model: Path, threads: int, n_ctx: int, cache_dir: P
     return {"first_s": round(inner["first"] - started, 3), "rss_mb": round(inner["rss"], 1)}
 
 
-def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = None, repeats: int = 1, log: Callable[[str], None] = print) -> dict:
+def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = None, repeats: int = 1,
+                  log: Callable[[str], None] = print) -> dict:
     """Measure edgeqwen and plain llama-cpp-python on one model; returns the figures."""
     from .api import EdgeQwen
     from .board import physical_cores
@@ -210,7 +212,8 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         after_chat.append(_timed(lambda: eq.sentiment(text)))
     long_times = [_timed(lambda: eq.sentiment(text)) for text in LONG_INPUTS]
     route_times = [_timed(lambda: eq.route(text)) for text in SHORT_INPUTS]
-    auto_times = [_timed(lambda: eq.run(text, "auto", chat=False)) for text in SHORT_INPUTS]  # route, and label a review
+    # route, and label a review
+    auto_times = [_timed(lambda: eq.run(text, "auto", chat=False)) for text in SHORT_INPUTS]
     route_role = eq.router.prompt  # the prompt the router reads texts through
     route_prefix = eq.prompt_tokens(route_role)
     route_floor = [raw.eval_seconds(route_prefix, eq.prompt_tokens(route_role, text)[len(route_prefix):])
@@ -222,7 +225,8 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
     together = _timed(lambda: eq.classify_many(many_texts))
 
     log("plain llama-cpp-python references…")
-    naive = [_timed(lambda: raw.grammar_completion(NAIVE_PROMPT.format(text=text), ("Positive", "Negative"))) for text in SHORT_INPUTS]
+    naive = [_timed(lambda: raw.grammar_completion(NAIVE_PROMPT.format(text=text), ("Positive", "Negative")))
+             for text in SHORT_INPUTS]
     labels = role.label_names
     same_prompt = [_timed(lambda: raw.chat_completion(role.messages(text), labels)) for text in SHORT_INPUTS]
     chat_messages = [{"role": "user", "content": "Say hello in five words."}]
@@ -266,10 +270,13 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
     floor_p50 = statistics.median(floor)
     figures.update({
         "floor_p50_ms": _ms(floor_p50),
-        "sentiment_short_warm_p50_ms": _ms(statistics.median(warm)), "sentiment_short_warm_p90_ms": _p([_ms(t) for t in warm], 0.9),
-        "sentiment_short_cold_role_p50_ms": _ms(statistics.median(cold)), "sentiment_short_cold_role_p90_ms": _p([_ms(t) for t in cold], 0.9),
+        "sentiment_short_warm_p50_ms": _ms(statistics.median(warm)),
+        "sentiment_short_warm_p90_ms": _p([_ms(t) for t in warm], 0.9),
+        "sentiment_short_cold_role_p50_ms": _ms(statistics.median(cold)),
+        "sentiment_short_cold_role_p90_ms": _p([_ms(t) for t in cold], 0.9),
         "sentiment_after_chat_p50_ms": _ms(statistics.median(after_chat)),
-        "sentiment_long_p50_ms": _ms(statistics.median(long_times)), "sentiment_long_p90_ms": _p([_ms(t) for t in long_times], 0.9),
+        "sentiment_long_p50_ms": _ms(statistics.median(long_times)),
+        "sentiment_long_p90_ms": _p([_ms(t) for t in long_times], 0.9),
         "router_p50_ms": _ms(statistics.median(route_times)),
         "router_floor_p50_ms": _ms(statistics.median(route_floor)),
         "auto_route_and_label_p50_ms": _ms(statistics.median(auto_times)),
@@ -298,11 +305,13 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         "warm_p50_over_floor": round(statistics.median(warm) / floor_p50, 2),
         "after_chat_p50_over_floor": round(statistics.median(after_chat) / floor_p50, 2),
         "router_p50_over_its_floor": round(statistics.median(route_times) / statistics.median(route_floor), 2),
-        "auto_over_router_plus_sentiment": round(statistics.median(auto_times) / (statistics.median(route_times) + statistics.median(warm)), 2),
+        "auto_over_router_plus_sentiment": round(
+            statistics.median(auto_times) / (statistics.median(route_times) + statistics.median(warm)), 2),
         "together_over_one_at_a_time": round(one_at_a_time / together, 2),
         "naive_over_cold_role": round(statistics.median(naive) / statistics.median(cold), 2),
         "own_prompt_chat_completion_over_cold_role": round(statistics.median(same_prompt) / statistics.median(cold), 2),
-        "own_prompt_chat_completion_after_chat_over_ours_after_chat": round(statistics.median(same_prompt_after_chat) / statistics.median(after_chat), 2),
+        "own_prompt_chat_completion_after_chat_over_ours_after_chat": round(
+            statistics.median(same_prompt_after_chat) / statistics.median(after_chat), 2),
         "chat_decode_over_raw": round(decode_tps / raw_tps_p50, 3),
         "chat_decode_over_raw_same_penalty": round(decode_tps / raw_same_p50, 3),
         "chat_decode_over_bare_llama_decode": round(decode_tps / bare_p50, 3),

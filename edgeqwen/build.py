@@ -75,7 +75,8 @@ def smoke_check(model: Path, threads: int | None = None, log: Log = print) -> in
     checks = []
     for text, expected in SMOKE_EXAMPLES:
         label = eq.sentiment(text)
-        checks.append({"text": text, "expected": expected, "label": label.label, "confidence": round(label.confidence, 3)})
+        checks.append({"text": text, "expected": expected, "label": label.label,
+                       "confidence": round(label.confidence, 3)})
         log(f"sentiment {'ok ' if label.label == expected else 'MISS'} {label.label:<8} {label.confidence:.2f}  {text}")
     correct = sum(c["label"] == c["expected"] for c in checks)
     update_manifest(model, sentiment_smoke_check={"correct": correct, "total": len(checks), "results": checks})

@@ -31,7 +31,8 @@ def label_token_problem(engine: EngineLike, label: str) -> str | None:
     """
     if engine.is_plain_text(label):
         return None
-    return "is a control token of this model" if len(engine.tokenize(label, special=True)) == 1 else "contains a control token of this model"
+    return ("is a control token of this model" if len(engine.tokenize(label, special=True)) == 1
+            else "contains a control token of this model")
 
 
 def check_labels(engine: EngineLike, roles: Iterable[Role]) -> None:
@@ -43,7 +44,8 @@ def check_labels(engine: EngineLike, roles: Iterable[Role]) -> None:
         for index, name in enumerate(role.label_names):
             problem = label_token_problem(engine, name)
             if problem:
-                raise RoleError(f"{role.source}: field 'labels.{index}.name': label {name!r} {problem}; pick plain words")
+                raise RoleError(f"{role.source}: field 'labels.{index}.name': label {name!r} {problem}; pick plain "
+                                "words")
 
 
 @dataclass
@@ -83,7 +85,8 @@ class Classifier:
         self._label_ids = [seq[0] for seq in self._sequences]  # each label's first token
         # One distinct token per label: the grammar-constrained greedy choice is the arg-max of
         # those tokens' logits, so one evaluation decides and no grammar is needed.
-        self.single_token = all(len(seq) == 1 for seq in self._sequences) and len(set(self._label_ids)) == len(self._label_ids)
+        self.single_token = (all(len(seq) == 1 for seq in self._sequences)
+                             and len(set(self._label_ids)) == len(self._label_ids))
         if role.calibration != "none" and not self.single_token:
             raise RoleError(f"{role.source}: field 'calibration': needs labels that are single tokens for this model")
         self._grammar = None if self.single_token else label_grammar(role.label_names)
@@ -108,9 +111,11 @@ class Classifier:
         if self.head is None and not self.single_token:
             scored = [self._decode_label(prompt) for prompt in prompts]
         else:
-            scored = [self._label_and_scores(self._head_scores(read) if self.head else read.label_scores) for read in self._read(prompts)]
+            scored = [self._label_and_scores(self._head_scores(read) if self.head else read.label_scores)
+                      for read in self._read(prompts)]
         each_ms = (time.perf_counter() - started) * 1000 / max(1, len(texts))
-        return [self._result(label, scores, prompt, each_ms, len(texts)) for (label, scores), prompt in zip(scored, prompts)]
+        return [self._result(label, scores, prompt, each_ms, len(texts))
+                for (label, scores), prompt in zip(scored, prompts)]
 
     def shares_read_with(self, other: Classifier) -> bool:
         """Both decide by heads on blocks alone (no logits) and read texts through the same prompt, so
@@ -126,7 +131,8 @@ class Classifier:
             raise ValueError(f"roles '{self.role.name}' and '{other.role.name}' do not read texts alike")
         started = time.perf_counter()
         prompt = fit_prompt(self.engine, self.prompt, clean_text(text), prefix=self._prefix)
-        (read,) = self._read([prompt], sorted({self.head.layer, other.head.layer}), logits=False, to_message=self.head.to_message)
+        (read,) = self._read([prompt], sorted({self.head.layer, other.head.layer}), logits=False,
+                             to_message=self.head.to_message)
         each_ms = (time.perf_counter() - started) * 1000
         return self._from_read(read, prompt, each_ms), other._from_read(read, prompt, each_ms)
 
@@ -134,7 +140,8 @@ class Classifier:
         label, scores = self._label_and_scores(self._head_scores(read))
         return self._result(label, scores, prompt, each_ms, 1)
 
-    def read_many(self, texts: Sequence[str], layers: Sequence[int] = (), logits: bool = True, to_message: bool = False) -> list[Read]:
+    def read_many(self, texts: Sequence[str], layers: Sequence[int] = (), logits: bool = True,
+                  to_message: bool = False) -> list[Read]:
         """What heads are trained on, per text: each block's layer features (with `to_message`, of the
         rows up to the end of the user's message), the next-token logits and the calibrated label
         scores (zeros when the labels are not single tokens)."""
@@ -161,12 +168,16 @@ class Classifier:
         unread = 0 if logits else past_message
         reads: list[Read | None] = [None] * len(prompts)
         for start, indices in by_start.items():
-            results = self.engine.evaluate_many([prompts[i].tokens[: len(prompts[i].tokens) - unread] for i in indices], start,
+            results = self.engine.evaluate_many([prompts[i].tokens[: len(prompts[i].tokens) - unread]
+                                                 for i in indices], start,
                                                 layers=layers, logits=bool(logits))
             for index, result in zip(indices, results):
-                label_scores = self._label_scores(result.logits) if result.logits is not None and self.single_token else np.zeros(len(self._sequences))
-                read_rows = {layer: rows[: len(rows) - (past_message - unread)] for layer, rows in result.states.items()}
-                reads[index] = Read({layer: layer_features(rows) for layer, rows in read_rows.items()}, result.logits, label_scores)
+                label_scores = (self._label_scores(result.logits) if result.logits is not None and self.single_token
+                                else np.zeros(len(self._sequences)))
+                read_rows = {layer: rows[: len(rows) - (past_message - unread)]
+                             for layer, rows in result.states.items()}
+                reads[index] = Read({layer: layer_features(rows) for layer, rows in read_rows.items()}, result.logits,
+                                    label_scores)
         return reads
 
     def _head_scores(self, read: Read) -> np.ndarray:
@@ -179,9 +190,11 @@ class Classifier:
     def _decode_label(self, prompt: FittedPrompt) -> tuple[str, np.ndarray]:
         """Labels of several tokens: greedy decoding under the label grammar, scored by each label's log-probability."""
         label = self.engine.constrained_choice(prompt.tokens, self._grammar, keep_prefix=prompt.fixed)
-        return label, np.array([self.engine.sequence_logprob(prompt.tokens, seq, prompt.fixed) for seq in self._sequences])
+        return label, np.array([self.engine.sequence_logprob(prompt.tokens, seq, prompt.fixed)
+                                for seq in self._sequences])
 
-    def _result(self, label: str, scores: np.ndarray, prompt: FittedPrompt, each_ms: float, batch: int) -> Classification:
+    def _result(self, label: str, scores: np.ndarray, prompt: FittedPrompt, each_ms: float,
+                batch: int) -> Classification:
         probabilities = softmax(scores)
         return Classification(
             role=self.role.name,

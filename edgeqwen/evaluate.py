@@ -41,7 +41,8 @@ ABSTAIN_GRID = (0.6, 0.7, 0.8, 0.9)
 
 # Reconstruction of the seed's sentiment prompt (its code is not available to edgeqwen): a plain
 # completion, no chat template, answer forced to "Positive" or "Negative" by a grammar.
-SEED_PROMPT = "请分析以下文本的情感倾向（Analyze the sentiment of the following text）。\n文本：{text}\n情感（Positive 或 Negative）："
+SEED_PROMPT = ("请分析以下文本的情感倾向（Analyze the sentiment of the following text）。\n"
+               "文本：{text}\n情感（Positive 或 Negative）：")
 SEED_LABELS = {"Positive": "positive", "Negative": "negative"}
 
 
@@ -90,7 +91,8 @@ def read_data(paths: Sequence[str | Path], task: str, limit: int | None = None) 
     for where, row in jsonl_objects(paths, f"'text' and '{gold_field}'"):
         for key in ("text", gold_field):
             if not isinstance(row.get(key), str) or not row[key].strip():
-                raise DataError(f"{where}: field '{key}' missing or not a non-empty string (task {task} reads '{gold_field}')")
+                raise DataError(f"{where}: field '{key}' missing or not a non-empty string (task {task} reads "
+                                f"'{gold_field}')")
         lang = row.get("lang")
         source = row.get("source")
         items.append(Item(row["text"], row[gold_field].strip(), str(lang) if lang is not None else None, where,
@@ -135,7 +137,8 @@ def seed_prompt_system(eq: Any) -> System:
 
     return System(
         "seed prompt (reconstruction)",
-        "reconstructed from the measurements' description: plain completion, no chat template, grammar \"Positive\" | \"Negative\"",
+        "reconstructed from the measurements' description: plain completion, no chat template, grammar \"Positive\" | "
+        "\"Negative\"",
         lambda texts: [predict(text) for text in texts],
     )
 
@@ -148,7 +151,8 @@ def rules_system() -> System:
 # -- scoring ----------------------------------------------------------------------------------
 
 
-def metrics(items: Sequence[Item], predicted: Sequence[str], latencies_ms: Sequence[float], wall_s: float) -> dict[str, Any]:
+def metrics(items: Sequence[Item], predicted: Sequence[str], latencies_ms: Sequence[float],
+            wall_s: float) -> dict[str, Any]:
     golds = [item.gold for item in items]
     classes = sorted(set(golds) | set(predicted))
     correct = [g == p for g, p in zip(golds, predicted)]
@@ -160,7 +164,8 @@ def metrics(items: Sequence[Item], predicted: Sequence[str], latencies_ms: Seque
         precision = tp / n_pred if n_pred else 0.0
         recall = tp / n_gold if n_gold else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[c] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4), "support": n_gold}
+        per_class[c] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
+                        "support": n_gold}
     confusion = {g: {p: sum(gg == g and pp == p for gg, pp in zip(golds, predicted)) for p in classes} for g in classes}
     by_lang: dict[str, Any] = {}
     langs = sorted({item.lang for item in items if item.lang is not None})
@@ -207,7 +212,8 @@ def _by_source(items: Sequence[Item], correct: Sequence[bool]) -> dict[str, dict
     for item, ok in zip(items, correct):
         if item.source is not None:
             groups.setdefault(source_group(item.source), []).append(ok)
-    return {source: {"n": len(oks), "accuracy": round(sum(oks) / len(oks), 4)} for source, oks in sorted(groups.items())}
+    return {source: {"n": len(oks), "accuracy": round(sum(oks) / len(oks), 4)}
+            for source, oks in sorted(groups.items())}
 
 
 def source_summary(by_source: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
@@ -216,7 +222,8 @@ def source_summary(by_source: dict[str, dict[str, Any]]) -> dict[str, Any] | Non
         return None
     worst = min(by_source, key=lambda source: by_source[source]["accuracy"])
     mean = float(np.mean([v["accuracy"] for v in by_source.values()]))
-    return {"sources": len(by_source), "mean": round(mean, 4), "worst": worst, "worst_accuracy": by_source[worst]["accuracy"]}
+    return {"sources": len(by_source), "mean": round(mean, 4), "worst": worst,
+            "worst_accuracy": by_source[worst]["accuracy"]}
 
 
 def _latency(values: Sequence[float]) -> dict[str, float]:
@@ -266,18 +273,21 @@ def score(items: Sequence[Item], systems: Sequence[System], progress: bool = Tru
                 chunk = [item.text for item in items[first : first + system.batch]]
                 t0 = time.perf_counter()
                 predicted += system.predict(chunk)
-                latencies += [(time.perf_counter() - t0) * 1000 / len(chunk)] * len(chunk)  # per text: the batch's share
+                # per text: the batch's share
+                latencies += [(time.perf_counter() - t0) * 1000 / len(chunk)] * len(chunk)
                 bar.advance(len(chunk))
             wall = time.perf_counter() - started
             results.append({"system": system.name, "description": system.description,
                             **metrics(items, predicted, latencies, wall),
-                            **({"abstain_band": abstain_band(items, predicted, system.confidences)} if system.confidences else {})})
+                            **({"abstain_band": abstain_band(items, predicted, system.confidences)}
+                               if system.confidences else {})})
     finally:
         bar.close()
     return results
 
 
-def abstain_band(items: Sequence[Item], predicted: Sequence[str], confidences: Sequence[float]) -> list[dict[str, float]]:
+def abstain_band(items: Sequence[Item], predicted: Sequence[str],
+                 confidences: Sequence[float]) -> list[dict[str, float]]:
     """For each threshold a role's `abstain_below` could take: the share of texts below it (answered
     by both roles when the router abstains) and the accuracy on the rest."""
     right = np.array([item.gold == p for item, p in zip(items, predicted)])
@@ -317,7 +327,8 @@ def check_gold(items: Sequence[Item], task: str, role: Any) -> None:
     allowed = sorted({label.routes_to or label.name for label in role.labels}) if task == "route" else role.label_names
     for item in items:
         if item.gold not in allowed:
-            raise DataError(f"{item.where}: {TASK_FIELDS[task]} {item.gold!r} is not one of {allowed} (role '{role.name}')")
+            raise DataError(f"{item.where}: {TASK_FIELDS[task]} {item.gold!r} is not one of {allowed} (role "
+                            f"'{role.name}')")
 
 
 def evaluate(eq: Any, options: EvalOptions, items: Sequence[Item]) -> dict[str, Any]:
@@ -331,7 +342,8 @@ def evaluate(eq: Any, options: EvalOptions, items: Sequence[Item]) -> dict[str, 
         skipped = len(items) - len(kept)
         items = kept
         if not items:
-            raise DataError("every text was used to train the role's head; nothing left to validate on (--include-trained scores them anyway)")
+            raise DataError("every text was used to train the role's head; nothing left to validate on "
+                            "(--include-trained scores them anyway)")
     systems = [role_system(classifier, options.task, batch=options.batch_size)]
     if options.compare:
         if classifier.head is not None:
@@ -354,18 +366,23 @@ def evaluate(eq: Any, options: EvalOptions, items: Sequence[Item]) -> dict[str, 
 
 def format_report(report: dict[str, Any]) -> str:
     langs = sorted({lang for s in report["systems"] for lang in s["by_lang"]})
-    lines = [f"data: {', '.join(report['data'])}  ({report['n']} texts, task {report['task']}, role {report['role']}, model {report['model']})"]
+    lines = [f"data: {', '.join(report['data'])}  ({report['n']} texts, task {report['task']}, role {report['role']}, "
+             f"model {report['model']})"]
     if report.get("skipped_trained"):
-        lines.append(f"left out: {report['skipped_trained']} texts the role's head was trained on (--include-trained keeps them)")
+        lines.append(f"left out: {report['skipped_trained']} texts the role's head was trained on (--include-trained "
+                     "keeps them)")
     if report.get("split"):
         lines.append(f"scored on the held-out part: {report['split']}")
     width = max(len(s["system"]) for s in report["systems"])
-    header = f"{'system':<{width}}  {'n':>5}  {'acc':>6}  " + "".join(f"{lang:>6}  " for lang in langs) + f"{'macroF1':>7}  {'p50 ms':>7}  {'p90 ms':>7}  {'texts/s':>7}"
+    header = (f"{'system':<{width}}  {'n':>5}  {'acc':>6}  " + "".join(f"{lang:>6}  " for lang in langs)
+              + f"{'macroF1':>7}  {'p50 ms':>7}  {'p90 ms':>7}  {'texts/s':>7}")
     lines += ["", header]
     for s in report["systems"]:
-        per_lang = "".join(f"{_pct(s['by_lang'][lang]['accuracy']) if lang in s['by_lang'] else '-':>6}  " for lang in langs)
+        per_lang = "".join(f"{_pct(s['by_lang'][lang]['accuracy']) if lang in s['by_lang'] else '-':>6}  "
+                           for lang in langs)
         thr = s["throughput_per_s"] if s["throughput_per_s"] is not None else "-"
-        lines.append(f"{s['system']:<{width}}  {s['n']:>5}  {_pct(s['accuracy']):>6}  {per_lang}{s['macro_f1']:>7.3f}  {s['p50_ms']:>7.1f}  {s['p90_ms']:>7.1f}  {thr:>7}")
+        lines.append(f"{s['system']:<{width}}  {s['n']:>5}  {_pct(s['accuracy']):>6}  {per_lang}{s['macro_f1']:>7.3f}  "
+                     f"{s['p50_ms']:>7.1f}  {s['p90_ms']:>7.1f}  {thr:>7}")
     for s in report["systems"]:
         lines += ["", f"{s['system']}: {s['description']}"]
         classes = list(s["per_class"])
@@ -382,7 +399,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines += _source_lines(s.get("by_source") or {})
         if s.get("abstain_band") and report["task"] == "route":
             lines.append("  if the router abstained below (answering with both roles): " + ", ".join(
-                f"{b['below']:g}: {_pct(b['share'])} of texts, {_pct(b['accuracy_outside']) if b['accuracy_outside'] is not None else '-'} right outside"
+                f"{b['below']:g}: {_pct(b['share'])} of texts, "
+                f"{_pct(b['accuracy_outside']) if b['accuracy_outside'] is not None else '-'} right outside"
                 for b in s["abstain_band"]))
     return "\n".join(lines)
 
@@ -391,7 +409,8 @@ def _source_lines(by_source: dict[str, dict[str, Any]]) -> list[str]:
     summary = source_summary(by_source)
     if summary is None:
         return []
-    lines = [f"  by source ({summary['sources']}): mean {_pct(summary['mean'])}, worst {_pct(summary['worst_accuracy'])} ({_short(summary['worst'])})"]
+    lines = [f"  by source ({summary['sources']}): mean {_pct(summary['mean'])}, worst "
+             f"{_pct(summary['worst_accuracy'])} ({_short(summary['worst'])})"]
     for source, v in sorted(by_source.items(), key=lambda kv: kv[1]["accuracy"]):
         lines.append(f"    {_pct(v['accuracy']):>6} of {v['n']:>4}  {_short(source)}")
     return lines

@@ -95,7 +95,8 @@ class Head:
         """What the head reads, in words (reports)."""
         if self.layer is None:
             return "the final hidden state"
-        return f"block {self.layer}'s output (mean over the input, last token{' of the message' if self.to_message else ''})"
+        return (f"block {self.layer}'s output (mean over the input, last token"
+                f"{' of the message' if self.to_message else ''})")
 
     def reordered(self, labels: list[str]) -> "Head":
         order = [self.labels.index(name) for name in labels]
@@ -105,11 +106,13 @@ class Head:
         """Why this head cannot serve the loaded model and role, or None when it can."""
         if sorted(self.labels) != sorted(labels):
             return f"its labels {list(self.labels)} are not the role's {labels}"
-        differs = [key for key in ("architecture", "n_embd", "n_vocab", "name", "file_size") if self.model.get(key) != model.get(key)]
+        differs = [key for key in ("architecture", "n_embd", "n_vocab", "name", "file_size")
+                   if self.model.get(key) != model.get(key)]
         if self.model.get("sha256") and model.get("sha256") and self.model["sha256"] != model["sha256"]:
             differs.append("sha256")
         if differs:
-            return f"it was trained on another model ({self.model.get('name')}, n_embd {self.model.get('n_embd')}; differs in {', '.join(differs)})"
+            return (f"it was trained on another model ({self.model.get('name')}, n_embd {self.model.get('n_embd')}; "
+                    f"differs in {', '.join(differs)})")
         if self.prompt_sha256 != prompt_sha256:
             return "the role's prompt changed since it was trained"
         return None
@@ -151,7 +154,8 @@ def load_head(path: str | Path) -> Head:
     try:
         with np.load(path, allow_pickle=False) as data:
             if int(data["format"]) not in READABLE_FORMATS:
-                raise RoleError(f"{path}: head format {int(data['format'])} is not one of {READABLE_FORMATS}; retrain it")
+                raise RoleError(f"{path}: head format {int(data['format'])} is not one of {READABLE_FORMATS}; retrain "
+                                "it")
             layer = int(data["layer"]) if "layer" in data.files else -1
             head = Head(
                 labels=tuple(str(x) for x in data["labels"]),
@@ -199,11 +203,13 @@ def head_for(engine: Any, role: Any) -> Head | None:
     this model file (`<model stem>.heads/<role's head file>`), then the one beside the role. None
     when neither exists or fits; a misfit is warned once, with the command that trains a fitting one."""
     beside = role_head_path(role)
-    candidates = [p for p in (model_heads_dir(engine.info.path) / role.head_file, beside) if p is not None and p.exists()]
+    candidates = [p for p in (model_heads_dir(engine.info.path) / role.head_file, beside)
+                  if p is not None and p.exists()]
     reason = None
     for candidate in candidates:
         head = load_head(candidate)
-        reason = head.mismatch(model_identity(engine), prompt_fingerprint(role), role.label_names) or _shape_problem(head, engine)
+        reason = head.mismatch(model_identity(engine), prompt_fingerprint(role),
+                               role.label_names) or _shape_problem(head, engine)
         if reason is None:
             return head.reordered(role.label_names)
     if reason is not None and (str(candidates[0]), reason) not in _warned:

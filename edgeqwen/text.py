@@ -1,4 +1,5 @@
-"""Text rules shared by several modules: an input cleaned, error details folded onto one line, which script a text is in."""
+"""Text rules shared by several modules: an input cleaned, error details folded onto one line, which script a
+text is in."""
 
 from __future__ import annotations
 

@@ -14,9 +14,11 @@ from .options import ModelOption, ThreadsOption
 def bench(
     model: ModelOption = None,
     threads: ThreadsOption = None,
-    ctx: Annotated[Optional[int], typer.Option("--ctx", min=256, help="Context window in tokens. Default: the memory plan's, as for every command.")] = None,
+    ctx: Annotated[Optional[int], typer.Option(
+        "--ctx", min=256, help="Context window in tokens. Default: the memory plan's, as for every command.")] = None,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Repeat the short-input set this many times.")] = 1,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json",
+                                                      help="Also write the figures to this JSON file.")] = None,
 ) -> None:
     """Measure load time, time to first result, sentiment/router latency, chat speed and peak RSS.
 

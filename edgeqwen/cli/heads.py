@@ -15,15 +15,22 @@ from .options import ModelOption, PromptsOption, ThreadsOption, open_model
 
 def heads(
     model: ModelOption = None,
-    role: Annotated[Optional[list[str]], typer.Option("--role", "-r", help="Train this classify role's head (repeat for more). Default: every role whose YAML names training texts.")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Labelled JSON Lines for one --role: text + label per line (text + route for a router role).")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results (accuracy with and without each head) to this JSON file.")] = None,
+    role: Annotated[Optional[list[str]], typer.Option(
+        "--role", "-r", help="Train this classify role's head (repeat for more). Default: every role whose YAML names "
+                             "training texts.")] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        "--data",
+        help="Labelled JSON Lines for one --role: text + label per line (text + route for a router role).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option(
+        "--json", help="Also write the results (accuracy with and without each head) to this JSON file.")] = None,
     prompts: PromptsOption = None,
     threads: ThreadsOption = None,
 ) -> None:
-    """Train classification heads for a model file (80 % of the texts; the other 20 % scored), written to <model>.heads/.
+    """Train classification heads for a model file (80 % of the texts; the other 20 % scored), written to \
+<model>.heads/.
 
-    The roles pick them up whenever that model runs. Run it after editing a role's prompt, for a model built elsewhere (`edgeqwen quantize` does it for you), or for your own classify role with --data.
+    The roles pick them up whenever that model runs. Run it after editing a role's prompt, for a model built \
+elsewhere (`edgeqwen quantize` does it for you), or for your own classify role with --data.
 
     \b
     Examples:

@@ -17,5 +17,6 @@ def roles(prompts: PromptsOption = None) -> None:
         typer.echo(f"{role.name:<12} {role.kind:<9} {role.description}{labels}")
         typer.echo(f"{'':<12} {role.source}")
         if role.head:
-            reads = f" (reads the text through the '{role.head_prompt.name}' role's prompt)" if role.head_prompt is not role else ""
+            reads = (f" (reads the text through the '{role.head_prompt.name}' role's prompt)"
+                     if role.head_prompt is not role else "")
             typer.echo(f"{'':<12} head {role.head}{reads}")

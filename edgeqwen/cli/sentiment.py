@@ -1,4 +1,5 @@
-"""`edgeqwen sentiment FILE`: every text of a file classified, with a progress bar, resumable; on one machine or a Ray cluster."""
+"""`edgeqwen sentiment FILE`: every text of a file classified, with a progress bar, resumable; on one machine or a
+Ray cluster."""
 
 from __future__ import annotations
 
@@ -24,15 +25,22 @@ from .options import (
     ray_options,
 )
 
-ActorsOption = Annotated[Optional[int], typer.Option("--actors", min=1, help="With --ray: model copies (Ray actors) in all. Default: as many as the cluster holds.")]
+ActorsOption = Annotated[Optional[int], typer.Option(
+    "--actors", min=1, help="With --ray: model copies (Ray actors) in all. Default: as many as the cluster holds.")]
 
 
 def sentiment(
-    inputs: Annotated[Path, typer.Argument(help="JSONL (a \"text\" field per line), CSV (a \"text\" column, else the first) or plain text (one input per line).")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results here: .jsonl or .csv. Default: JSONL on stdout.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run: skip inputs already in --output.")] = False,
+    inputs: Annotated[Path, typer.Argument(
+        help="JSONL (a \"text\" field per line), CSV (a \"text\" column, else the first) or plain text (one input per "
+        "line).")],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write results here: .jsonl or .csv. Default: JSONL on stdout.")] = None,
+    resume: Annotated[bool, typer.Option("--resume",
+                                         help="Continue an interrupted run: skip inputs already in --output.")] = False,
     role: Annotated[str, typer.Option("--role", help="Any classify role.")] = "sentiment",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Texts evaluated together; 1: one at a time (same labels, slower).")] = settings.BATCH_SIZE,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1,
+        help="Texts evaluated together; 1: one at a time (same labels, slower).")] = settings.BATCH_SIZE,
     model: ModelOption = None,
     threads: ThreadsOption = None,
     ctx: CtxOption = None,
@@ -56,7 +64,8 @@ def sentiment(
     from ..batch import classify_file, count_inputs
 
     on_ray = ray_options(
-        ray or ray_address is not None, address=ray_address, copies=actors, copies_flag="--actors", actors_per_node=actors_per_node,
+        ray or ray_address is not None, address=ray_address, copies=actors, copies_flag="--actors",
+        actors_per_node=actors_per_node,
         model_sha256=model_sha256, model=model, threads=threads, ctx=ctx, prompts=prompts,
     )
     cluster = ray_module("batch") if on_ray else None

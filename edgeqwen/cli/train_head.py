@@ -1,4 +1,5 @@
-"""`edgeqwen train-head`: a classification head for one classify role fitted on labelled JSONL, reported on a held-out part."""
+"""`edgeqwen train-head`: a classification head for one classify role fitted on labelled JSONL, reported on a
+held-out part."""
 
 from __future__ import annotations
 
@@ -52,12 +53,14 @@ def train_head(
     ctx: CtxOption = None,
     kv_cache: KvCacheOption = None,
 ) -> None:
-    """Fit a classification head for a classify role on a split of labelled texts; report it and the role's label logits on the held-out part.
+    """Fit a classification head for a classify role on a split of labelled texts; report it and the role's label \
+logits on the held-out part.
 
     \b
     Examples:
       edgeqwen train-head router_*.jsonl --task route -o my_prompts/route.head.npz --choose-layer
-      edgeqwen train-head my_texts.jsonl --task route -m models/x.gguf --train-fraction 0.8 -o models/x.heads/route.head.npz
+      edgeqwen train-head my_texts.jsonl --task route -m models/x.gguf --train-fraction 0.8 -o \
+models/x.heads/route.head.npz
       edgeqwen train-head dev.jsonl --train-fraction 0 --train-extra prompts/sentiment.train.jsonl \\
           -o prompts/sentiment.head.npz --layer 16 --l2 1
     (`edgeqwen heads` trains every shipped role's head for a model file in one go.)

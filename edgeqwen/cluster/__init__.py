@@ -1,4 +1,5 @@
-"""edgeqwen past one machine: batch classification (Ray Data) and the server (Ray Serve) on a Ray cluster; the only code that imports Ray.
+"""edgeqwen past one machine: batch classification (Ray Data) and the server (Ray Serve) on a Ray cluster; the only code
+that imports Ray.
 
 Needs the extra: pip install 'edgeqwen[ray]'. Everything else in edgeqwen runs without it. The names
 below are imported on first use, so a batch job never loads Ray Serve. See docs/ray.md.

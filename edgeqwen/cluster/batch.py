@@ -40,7 +40,8 @@ from .nodes import (
 )
 
 # What each labelled row gains (a column of the same name already there is replaced).
-RESULT_SCHEMA = pa.schema([("label", pa.string()), ("display", pa.string()), ("confidence", pa.float64()), ("error", pa.string())])
+RESULT_SCHEMA = pa.schema([("label", pa.string()), ("display", pa.string()), ("confidence", pa.float64()),
+                           ("error", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,8 @@ def _dataset(rows: list[tuple[int, str]], batch_size: int) -> tuple[ray.data.Dat
     return ray.data.from_arrow(tables), len(tables)
 
 
-def _write_in_order(labelled: ray.data.Dataset, total: int, writer: RecordWriter, progress: Callable[[int], None]) -> None:
+def _write_in_order(labelled: ray.data.Dataset, total: int, writer: RecordWriter,
+                    progress: Callable[[int], None]) -> None:
     """Write each record once, in seq order, as soon as every earlier one is written. Records that come
     early wait in `early` (a few blocks at most: Ray returns blocks roughly in the order it started them)."""
     early: dict[int, dict] = {}
@@ -183,4 +185,5 @@ def _write_in_order(labelled: ray.data.Dataset, total: int, writer: RecordWriter
             writer.write(ready)
             progress(written)
     if written != total:
-        raise ClusterError(f"the Ray job returned {written} of {total} results in order; the output holds those (continue with --resume)")
+        raise ClusterError(f"the Ray job returned {written} of {total} results in order; the output holds those "
+                           "(continue with --resume)")

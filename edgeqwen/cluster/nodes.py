@@ -79,7 +79,8 @@ def connect(options: RayOptions) -> Callable[[], None]:
             per_node = options.actors_per_node or max(1, (os.cpu_count() or 1) // options.threads)
             ray.init(resources={settings.RAY_SLOT: per_node}, include_dashboard=False, **quiet)
     except Exception as error:  # noqa: BLE001 - Ray raises many kinds here; the user needs one line
-        raise ClusterError(f"cannot start or reach the Ray cluster{f' at {address}' if address else ''}: {one_line(error)}") from None
+        raise ClusterError(f"cannot start or reach the Ray cluster{f' at {address}' if address else ''}: "
+                           f"{one_line(error)}") from None
     if on_sigterm is not None and threading.current_thread() is threading.main_thread():
         # ray.init puts in a SIGTERM handler that exits with status 15 at once; the command's own
         # (console.catch_sigterm) ends it as Ctrl-C does: output flushed, the line, status 143.
@@ -117,7 +118,8 @@ def copies(options: RayOptions) -> int:
             f"ray start ... --num-cpus N --resources='{{\"{settings.RAY_SLOT}\": COPIES}}' (docs/ray.md)"
         )
     if options.actors is not None and options.actors > holds:
-        raise ClusterError(f"{options.actors} model copies asked for, but the cluster holds {holds} with {options.threads} threads each (its slots and CPUs)")
+        raise ClusterError(f"{options.actors} model copies asked for, but the cluster holds {holds} with "
+                           f"{options.threads} threads each (its slots and CPUs)")
     return options.actors or holds
 
 
@@ -136,7 +138,8 @@ def model_spec(options: RayOptions) -> ModelSpec:
     if local is not None and not local.exists():
         if wanted:
             return ModelSpec(str(local), wanted, options.prompts)  # only the nodes have it
-        raise ModelNotFoundError(f"model file {local} is not on this machine: give --model-sha256 so each node's copy can be checked")
+        raise ModelNotFoundError(f"model file {local} is not on this machine: give --model-sha256 so each node's copy "
+                                 "can be checked")
     path = resolve_model(local).resolve()
     digest = stamped_sha256(path)
     if wanted and digest != wanted:
@@ -149,10 +152,12 @@ def check_node_model(model: ModelSpec) -> Path:
     node = socket.gethostname()
     path = Path(model.path)
     if not path.is_file():
-        raise ModelNotFoundError(f"node {node}: no model file at {path}: copy it there, or give a path every node shares")
+        raise ModelNotFoundError(f"node {node}: no model file at {path}: copy it there, or give a path every node "
+                                 "shares")
     digest = stamped_sha256(path)
     if digest != model.sha256:
-        raise ModelFileError(f"node {node}: {path} has sha256 {digest[:16]}…, expected {model.sha256[:16]}…: copy the same model file to every node")
+        raise ModelFileError(f"node {node}: {path} has sha256 {digest[:16]}…, expected {model.sha256[:16]}…: copy the "
+                             "same model file to every node")
     if model.prompts and not Path(model.prompts).is_dir():
         raise ModelNotFoundError(f"node {node}: no prompts directory at {model.prompts}: copy it there too")
     return path

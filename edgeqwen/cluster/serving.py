@@ -1,4 +1,5 @@
-"""`edgeqwen serve` on a Ray cluster: the same Starlette app (server.app.create_app), one per Ray Serve replica, each over its own model copy.
+"""`edgeqwen serve` on a Ray cluster: the same Starlette app (server.app.create_app), one per Ray Serve replica, each
+over its own model copy.
 
 Each replica loads its node's model once and builds the very app `edgeqwen serve` runs, so the
 routes, the page, the API key, the limits, the queue (503 + Retry-After) and the error bodies are
@@ -46,7 +47,8 @@ class Replica:
 
     def __init__(self, config: ServerConfig, model: ModelSpec) -> None:
         path = check_node_model(model)
-        self.eq = EdgeQwen(path, n_ctx=config.ctx, threads=config.threads, prompts_dir=model.prompts, router=config.router, verbose=config.verbose)
+        self.eq = EdgeQwen(path, n_ctx=config.ctx, threads=config.threads, prompts_dir=model.prompts,
+                           router=config.router, verbose=config.verbose)
         self.config = config
 
     def __serve_build_asgi_app__(self) -> Starlette:
@@ -60,7 +62,8 @@ EdgeQwenDeployment = serve.deployment(name=APP_NAME)(serve.ingress()(Replica))
 
 def application(config: ServerConfig, model: ModelSpec, options: RayOptions, replicas: int) -> Application:
     """The deployment: `replicas` copies, each reserving its threads and a model slot."""
-    config = dataclasses.replace(config, model=model.path, threads=options.threads, prompts=model.prompts, ctx=options.ctx)
+    config = dataclasses.replace(config, model=model.path, threads=options.threads, prompts=model.prompts,
+                                 ctx=options.ctx)
     return EdgeQwenDeployment.options(
         num_replicas=replicas,
         ray_actor_options=actor_options(options),
@@ -74,17 +77,21 @@ def application(config: ServerConfig, model: ModelSpec, options: RayOptions, rep
 def serve_on_ray(config: ServerConfig, options: RayOptions) -> None:
     """Deploy on the cluster, serve until interrupted, then remove the app (`edgeqwen serve --ray`)."""
     if not is_loopback(config.host) and not config.api_key:
-        print(f"warning: listening on {config.host} without --api-key: anyone who can reach this machine can use the model", file=sys.stderr)
+        print(f"warning: listening on {config.host} without --api-key: anyone who can reach this machine can use the "
+              "model", file=sys.stderr)
     disconnect = connect(options)
     try:
         replicas = copies(options)
         model = model_spec(options)
         check_every_node(model)
-        print(f"edgeqwen: starting {replicas} replica(s) of {options.threads} thread(s) on the Ray cluster…", file=sys.stderr, flush=True)
+        print(f"edgeqwen: starting {replicas} replica(s) of {options.threads} thread(s) on the Ray cluster…",
+              file=sys.stderr, flush=True)
         serve.start(http_options={"host": config.host, "port": config.port})
-        serve.run(application(config, model, options, replicas), name=APP_NAME, route_prefix="/", logging_config=_logging(config))
+        serve.run(application(config, model, options, replicas), name=APP_NAME, route_prefix="/",
+                  logging_config=_logging(config))
         shown = f"[{config.host}]" if ":" in config.host else config.host
-        print(f"edgeqwen: {replicas} replica(s) ready; queue {config.queue_size} each; page at http://{shown}:{config.port}/", file=sys.stderr, flush=True)
+        print(f"edgeqwen: {replicas} replica(s) ready; queue {config.queue_size} each; page at "
+              f"http://{shown}:{config.port}/", file=sys.stderr, flush=True)
         while True:
             time.sleep(3600)
     except EdgeQwenError:
@@ -111,13 +118,16 @@ def build_app(args: dict[str, str]) -> Application:
     ray_keys = ("model", "model_sha256", "threads", "ctx", "prompts")
     unknown = set(args) - {*ray_keys, *BUILD_ARGS, "replicas"}
     if unknown:
-        raise ValueError(f"unknown argument(s) {', '.join(sorted(unknown))}; known: replicas, {', '.join((*ray_keys, *BUILD_ARGS))}")
+        raise ValueError(f"unknown argument(s) {', '.join(sorted(unknown))}; known: replicas, "
+                         f"{', '.join((*ray_keys, *BUILD_ARGS))}")
     options = _typed(RayOptions, {key: args[key] for key in ray_keys if key in args})
-    config = _typed(ServerConfig, {"api_key": settings.api_key(), **{key: args[key] for key in BUILD_ARGS if key in args}})
+    config = _typed(ServerConfig,
+                    {"api_key": settings.api_key(), **{key: args[key] for key in BUILD_ARGS if key in args}})
     return application(config, model_spec(options), options, int(args.get("replicas", 1)))
 
 
 def _typed(cls: type, values: dict[str, str | None]):
     """A dataclass from text values, each turned into its field's type (int fields from their digits)."""
     kinds = {field.name: field.type for field in dataclasses.fields(cls)}
-    return cls(**{key: int(value) if value is not None and kinds[key].startswith("int") else value for key, value in values.items()})
+    return cls(**{key: int(value) if value is not None and kinds[key].startswith("int") else value
+                  for key, value in values.items()})

@@ -69,7 +69,8 @@ def _from_local(repo: str, revision: str | None, folder: Path) -> Fetched:
                                       allow_patterns=list(NEEDED_FILES)))
     except LocalEntryNotFoundError as e:
         raise ModelFetchError(
-            f"the cache {cache} has no complete snapshot of {repo} at revision {revision or 'main'} ({_one_line(e, 100)})"
+            f"the cache {cache} has no complete snapshot of {repo} at revision {revision or 'main'} "
+            f"({_one_line(e, 100)})"
         ) from e
     return Fetched(path, repo, revision, _commit_from_path(path), "hub-cache")
 
@@ -100,7 +101,8 @@ def _from_hub(repo: str, revision: str | None, *, cache_dir: Path | None, endpoi
             allow_patterns=list(NEEDED_FILES), etag_timeout=NETWORK_TIMEOUT, max_workers=4,
         ))
     except (GatedRepoError, RepositoryNotFoundError) as e:
-        raise ModelFetchError(f"{repo} is not on the Hugging Face Hub or needs a login (HF_TOKEN): {_one_line(e, 100)}") from e
+        raise ModelFetchError(f"{repo} is not on the Hugging Face Hub or needs a login (HF_TOKEN): "
+                              f"{_one_line(e, 100)}") from e
     except RevisionNotFoundError as e:
         raise ModelFetchError(f"{repo} has no revision {revision!r}") from e
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, httpx.ConnectError, httpx.TimeoutException,

@@ -90,7 +90,8 @@ def load_config(directory: Path) -> dict[str, Any]:
             raise ConvertError(f"config.json lacks a positive integer {key}: {path}")
     heads = config["num_attention_heads"]
     if config["hidden_size"] % heads:
-        raise ConvertError(f"hidden_size {config['hidden_size']} is not a multiple of num_attention_heads {heads}: {path}")
+        raise ConvertError(f"hidden_size {config['hidden_size']} is not a multiple of num_attention_heads {heads}: "
+                           f"{path}")
     head_dim = config.get("head_dim")
     if head_dim is not None and head_dim != config["hidden_size"] // heads:
         raise ConvertError(f"head_dim {head_dim} != hidden_size / heads is not supported yet: {path}")
@@ -254,13 +255,15 @@ def _check_complete(planned: list[_Planned], config: dict[str, Any]) -> None:
             b + "attn_k.weight": (kv_dim, hidden), b + "attn_k.bias": (kv_dim,),
             b + "attn_v.weight": (kv_dim, hidden), b + "attn_v.bias": (kv_dim,),
             b + "attn_output.weight": (hidden, hidden),
-            b + "ffn_gate.weight": (ffn, hidden), b + "ffn_up.weight": (ffn, hidden), b + "ffn_down.weight": (hidden, ffn),
+            b + "ffn_gate.weight": (ffn, hidden), b + "ffn_up.weight": (ffn, hidden),
+            b + "ffn_down.weight": (hidden, ffn),
         })
     if "output.weight" in have:
         expected["output.weight"] = (vocab, hidden)
     for name, shape in expected.items():
         if name not in have:
-            raise ConvertError(f"the checkpoint lacks tensor {name} (its config.json promises it); incomplete download?")
+            raise ConvertError(
+                f"the checkpoint lacks tensor {name} (its config.json promises it); incomplete download?")
         if tuple(have[name]) != shape:
             raise ConvertError(f"tensor {name} has shape {list(have[name])}, config.json implies {list(shape)}")
     extra = sorted(set(have) - set(expected))

@@ -146,7 +146,8 @@ def run_quantize(options: QuantizeOptions, log: Log = print) -> QuantizeResult:
     output.parent.mkdir(parents=True, exist_ok=True)
     stages: list[Stage] = []
 
-    log(f"[1/5] fetching {options.repo}" + (f" from {options.local_dir}" if options.local_dir else " from the Hugging Face Hub"))
+    log(f"[1/5] fetching {options.repo}" + (f" from {options.local_dir}" if options.local_dir
+                                            else " from the Hugging Face Hub"))
     with stage("fetch", stages, log):
         fetched = fetch_checkpoint(options.repo, options.revision, local_dir=options.local_dir,
                                    cache_dir=options.cache_dir, endpoint=options.endpoint, progress=options.progress)

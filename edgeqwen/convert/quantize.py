@@ -11,7 +11,8 @@ from edgeqwen.engine.quantizer import quantize_file
 from edgeqwen.errors import ConvertError
 from edgeqwen.gguf_info import inspect_gguf
 
-# The types `edgeqwen quantize` offers -> llama_ftype values (llama.h names; the engine's quantizer looks them up in llama_cpp).
+# The types `edgeqwen quantize` offers -> llama_ftype values (llama.h names; the engine's quantizer looks them
+# up in llama_cpp).
 QUANT_TYPES: dict[str, str] = {
     "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
     "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",

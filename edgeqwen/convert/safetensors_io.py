@@ -80,7 +80,8 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
         expected = math.prod(shape) * DTYPES[dtype].itemsize
         if end - begin != expected or begin < 0 or any(d < 0 for d in shape):
             raise ConvertError(
-                f"corrupt safetensors file (tensor {name} has {end - begin} bytes, its shape {list(shape)} needs {expected}): {path}"
+                f"corrupt safetensors file (tensor {name} has {end - begin} bytes, its shape {list(shape)} needs "
+                f"{expected}): {path}"
             )
         if base + end > size:
             raise ConvertError(
@@ -113,7 +114,8 @@ def open_checkpoint(directory: Path) -> dict[str, TensorEntry]:
             raise ConvertError(f"missing checkpoint shard {name} (listed in {index.name}): {directory}")
         for tensor, entry in read_header(shard).items():
             if tensor in entries:
-                raise ConvertError(f"tensor {tensor} appears in two shards ({entries[tensor].file.name}, {name}): {directory}")
+                raise ConvertError(f"tensor {tensor} appears in two shards ({entries[tensor].file.name}, {name}): "
+                                   f"{directory}")
             entries[tensor] = entry
     return entries
 

@@ -60,7 +60,8 @@ def next_token_logprobs(model_path: Path, prompts: tuple[str, ...] = PROMPTS, *,
     out: list[np.ndarray] = []
     for prompt in prompts:
         tokens = engine.chat_tokens([{"role": "user", "content": prompt}])
-        rows = [log_softmax(engine.next_token_logits(tokens[:i])).astype(np.float32) for i in range(max(1, len(tokens) - positions + 1), len(tokens) + 1)]
+        rows = [log_softmax(engine.next_token_logits(tokens[:i])).astype(np.float32)
+                for i in range(max(1, len(tokens) - positions + 1), len(tokens) + 1)]
         out.append(np.stack(rows))
     del engine
     return out

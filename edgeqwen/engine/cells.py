@@ -67,7 +67,8 @@ class Cells:
         while self.kept and self._overflows(length):
             self.forget_oldest()
         if self.slots and self._overflows(length):
-            raise CacheBusyError(f"{length} cells do not fit beside the {self.cells_in_slots()} that chat slots hold (n_ctx {self.n_ctx})")
+            raise CacheBusyError(f"{length} cells do not fit beside the {self.cells_in_slots()} that chat slots hold "
+                                 f"(n_ctx {self.n_ctx})")
 
     def _overflows(self, length: int) -> bool:
         return length + self._cells_kept_apart() + self.cells_in_slots() > self.n_ctx
@@ -162,7 +163,8 @@ class Cells:
         """A cleared sequence id for `prefix`, evicting older kept prefixes; None if it should not be kept."""
         if prefix in self.kept or len(prefix) > self.prefix_budget:
             return None
-        while self.kept and (len(self.kept) >= MAX_KEPT_PREFIXES or sum(map(len, self.kept)) + len(prefix) > self.prefix_budget):
+        while self.kept and (len(self.kept) >= MAX_KEPT_PREFIXES
+                             or sum(map(len, self.kept)) + len(prefix) > self.prefix_budget):
             self.forget_oldest()
         seq = min(set(range(1, MAX_KEPT_PREFIXES + 1)) - set(self.kept.values()))
         llama.llama_memory_seq_rm(self._memory, seq, -1, -1)  # cells an interrupted keep() may have left

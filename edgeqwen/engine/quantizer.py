@@ -14,7 +14,8 @@ import llama_cpp
 from .bindings import set_verbose
 
 
-def quantize_file(source: Path, dest: Path, ftype: str, *, threads: int | None = None, verbose: bool = False) -> tuple[int, list[str]]:
+def quantize_file(source: Path, dest: Path, ftype: str, *, threads: int | None = None,
+                  verbose: bool = False) -> tuple[int, list[str]]:
     """Quantize `source` into `dest` as llama.cpp's `ftype` (e.g. "LLAMA_FTYPE_MOSTLY_Q4_K_M").
 
     Returns llama.cpp's status (0: done) and what it wrote to stderr (kept quiet unless `verbose`).

@@ -64,7 +64,8 @@ class Runtime:
         params.kv_unified = True  # one cell pool: sequences can share a prefix's cells
         params.no_perf = True
         params.type_k = params.type_v = KV_TYPES[kv_type]
-        params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                  else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         params.cb_eval = self.tap.callback
         try:
             return LlamaContext(model=self.model, params=params, verbose=self.verbose)

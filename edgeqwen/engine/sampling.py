@@ -77,7 +77,8 @@ def _dry(model: LlamaModel, sampling: SamplingParams, context: Sequence[int], wi
     if key not in _DRY_TEMPLATES:
         breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*(b.encode() for b in DRY_BREAKERS))
         _DRY_TEMPLATES[key] = (model, llama_cpp.llama_sampler_init_dry(
-            model.vocab, sampling.dry_multiplier, DRY_BASE, sampling.dry_allowed_length, window, breakers, len(DRY_BREAKERS)))
+            model.vocab, sampling.dry_multiplier, DRY_BASE, sampling.dry_allowed_length, window, breakers,
+            len(DRY_BREAKERS)))
     dry = llama_cpp.llama_sampler_clone(_DRY_TEMPLATES[key][1])
     for token in context:
         llama_cpp.llama_sampler_accept(dry, token)

@@ -1,4 +1,5 @@
-"""The HTTP routes of `edgeqwen serve` over one loaded model, the app that holds them, and `serve()` (Starlette + uvicorn).
+"""The HTTP routes of `edgeqwen serve` over one loaded model, the app that holds them, and `serve()`
+(Starlette + uvicorn).
 
 Endpoints (all JSON; errors are {"error": {"message", "type", "code", "param"}}):
   GET  /health                     liveness and queue state (never needs the API key)
@@ -55,7 +56,8 @@ from .worker import InferenceWorker, Job
 STATIC_DIR = Path(str(resources.files("edgeqwen.server") / "static"))
 PAGE_HEADERS = {
     # The page loads nothing from elsewhere: it must work on a device that is offline.
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+                               "frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }
@@ -133,9 +135,11 @@ class Server:
         return Response(self.worker.metrics.render(self.worker.status()), media_type=METRICS_TYPE)
 
     async def models(self, request: Request) -> Response:
-        data = [{"id": self.model_id, "object": "model", "created": self.started, "owned_by": "edgeqwen", "kind": "generate", "role": "chat"}]
+        data = [{"id": self.model_id, "object": "model", "created": self.started, "owned_by": "edgeqwen",
+                 "kind": "generate", "role": "chat"}]
         for name, role in sorted(self.eq.roles.items()):
-            entry = {"id": name, "object": "model", "created": self.started, "owned_by": "edgeqwen", "kind": role.kind, "description": role.description}
+            entry = {"id": name, "object": "model", "created": self.started, "owned_by": "edgeqwen", "kind": role.kind,
+                     "description": role.description}
             if role.kind == "classify":
                 entry["labels"] = role.label_names
             else:
@@ -158,13 +162,15 @@ class Server:
         results = await self.wait(job, request)
         if body.text is not None:
             return JSONResponse(results[0])
-        return JSONResponse({"results": results, "timings": {"total_ms": round((time.perf_counter() - started) * 1000, 2)}})
+        return JSONResponse({"results": results,
+                             "timings": {"total_ms": round((time.perf_counter() - started) * 1000, 2)}})
 
     async def run(self, request: Request) -> Response:
         body = parse(RunRequest, await self.read_json(request))
         text = self.text(body.text, "text")
         history = [
-            {"role": m.role, "content": self.text(m.content, f"history.{i}.content") if m.role == "user" or m.content else ""}
+            {"role": m.role,
+             "content": self.text(m.content, f"history.{i}.content") if m.role == "user" or m.content else ""}
             for i, m in enumerate(body.history)
         ]
         job = self.worker.submit(lambda job: service.run(self.eq, text, body.task, history, job),
@@ -233,7 +239,8 @@ def create_app(eq: EdgeQwen, config: ServerConfig = ServerConfig(), worker: Infe
     app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(RequestCounter, metrics=server.worker.metrics),  # outermost: counts the refusals of the checks too
+            # outermost: counts the refusals of the checks too
+            Middleware(RequestCounter, metrics=server.worker.metrics),
             *middleware,
             Middleware(BearerAuth, api_key=config.api_key),
         ],
@@ -258,9 +265,11 @@ def serve(config: ServerConfig) -> None:
     import uvicorn
 
     if not is_loopback(config.host) and not config.api_key:
-        print(f"warning: listening on {config.host} without --api-key: anyone who can reach this machine can use the model", file=sys.stderr)
+        print(f"warning: listening on {config.host} without --api-key: anyone who can reach this machine can use the "
+              "model", file=sys.stderr)
     print("edgeqwen: loading model…", file=sys.stderr, flush=True)
-    eq = EdgeQwen(config.model, n_ctx=config.ctx, threads=config.threads, prompts_dir=config.prompts, router=config.router, verbose=config.verbose)
+    eq = EdgeQwen(config.model, n_ctx=config.ctx, threads=config.threads, prompts_dir=config.prompts,
+                  router=config.router, verbose=config.verbose)
     app = create_app(eq, config)
     server = app.state.server
     shown = f"[{config.host}]" if ":" in config.host else config.host

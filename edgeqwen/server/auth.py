@@ -37,4 +37,6 @@ class BearerAuth:
 
     @staticmethod
     def _open(path: str) -> bool:
-        return any(path == open_path or (open_path.endswith("/") and open_path != "/" and path.startswith(open_path)) for open_path in OPEN_PATHS)
+        return any(path == open_path
+                   or (open_path.endswith("/") and open_path != "/" and path.startswith(open_path))
+                   for open_path in OPEN_PATHS)

@@ -59,11 +59,13 @@ def api_error(error: Exception) -> ApiError:
     if isinstance(error, RequestError):
         return ApiError(error.status, str(error), code=error.code, param=error.param)
     if isinstance(error, QueueFull):
-        return ApiError(503, str(error), type="server_busy", code="queue_full", headers={"Retry-After": str(error.retry_after)})
+        return ApiError(503, str(error), type="server_busy", code="queue_full",
+                        headers={"Retry-After": str(error.retry_after)})
     if isinstance(error, ClientDisconnect):
         return ApiError(400, "the client disconnected before the request body arrived", code="client_disconnected")
     if isinstance(error, Cancelled):
-        return ApiError(503, "the request was cancelled (client gone or server stopping)", type="server_busy", code="cancelled")
+        return ApiError(503, "the request was cancelled (client gone or server stopping)", type="server_busy",
+                        code="cancelled")
     if isinstance(error, TimedOut) and not error.started:
         return ApiError(503, f"{error}; retry in {error.retry_after} s", type="server_busy", code="request_timeout",
                         headers={"Retry-After": str(error.retry_after)})
@@ -99,14 +101,16 @@ def role_or_404(roles: Mapping[str, Role], name: str, kind: str | None = None) -
     except RoleError:
         names = sorted(n for n, r in roles.items() if not kind or r.kind == kind)
         what = f"{kind} role" if kind else "role"
-        raise ApiError(404, f"no {what} named {name!r}; available: {', '.join(names)}", code="role_not_found", param="role") from None
+        raise ApiError(404, f"no {what} named {name!r}; available: {', '.join(names)}", code="role_not_found",
+                       param="role") from None
 
 
 async def handle_error(request: Request, error: Exception) -> Response:
     """Starlette's exception handler: unknown paths, wrong methods and anything else, as JSON."""
     if isinstance(error, HTTPException):
         where = f"{request.method} {request.url.path}"
-        message = {404: f"no such endpoint: {where}", 405: f"method not allowed: {where}"}.get(error.status_code, error.detail)
+        message = {404: f"no such endpoint: {where}",
+                   405: f"method not allowed: {where}"}.get(error.status_code, error.detail)
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
         error = ApiError(error.status_code, message, code=code, headers=error.headers)
     return api_error(error).response()

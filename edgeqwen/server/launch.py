@@ -62,7 +62,8 @@ class ServerProcess:
                 pass
             time.sleep(0.25)
         self.stop()
-        raise RuntimeError(f"edgeqwen serve did not answer /health within {self.startup_timeout:.0f} s:\n{self.log_text()}")
+        raise RuntimeError(f"edgeqwen serve did not answer /health within {self.startup_timeout:.0f} "
+                           f"s:\n{self.log_text()}")
 
     def health(self) -> dict:
         with urllib.request.urlopen(self.url + "/health", timeout=10) as response:

@@ -1,4 +1,5 @@
-"""OpenAI chat completions mapped onto roles: `model` to a role, messages to a ChatSpec, results to response bodies and chunks.
+"""OpenAI chat completions mapped onto roles: `model` to a role, messages to a ChatSpec, results to response
+bodies and chunks.
 
 A request's `model` is the model file's id (the chat role) or any role's name; a classify role
 answers with exactly one label (its labels' probabilities as logprobs), an extract role with JSON
@@ -45,7 +46,8 @@ def resolve_model(model: str, model_id: str, roles: Mapping[str, Role]) -> Role:
     if model in roles:
         return roles[model]
     names = ", ".join([model_id, *sorted(roles)])
-    raise ApiError(404, f"the model {model!r} does not exist; available: {names} (GET /v1/models)", code="model_not_found", param="model")
+    raise ApiError(404, f"the model {model!r} does not exist; available: {names} (GET /v1/models)",
+                   code="model_not_found", param="model")
 
 
 def chat_spec(body: ChatCompletionRequest, role: Role, max_text_chars: int) -> tuple[str, ChatSpec | None]:
@@ -56,7 +58,8 @@ def chat_spec(body: ChatCompletionRequest, role: Role, max_text_chars: int) -> t
         where = f"messages.{index}"
         content = message.text(where)
         if message.role == "user" or len(content) > max_text_chars:
-            content = check_text(content, f"{where}.content", max_text_chars)  # refuses empty user turns and any overlong text
+            # refuses empty user turns and any overlong text
+            content = check_text(content, f"{where}.content", max_text_chars)
         if message.role in ("system", "developer"):
             system.append(content)
         else:

@@ -187,7 +187,8 @@ class InferenceWorker:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not self._closed and not (self._active or self._resumed or self._deferred or self._runnable_locked()):
+                while not self._closed and not (self._active or self._resumed or self._deferred
+                                                or self._runnable_locked()):
                     self._wake.wait()
                 if self._closed and not self._active:
                     self._cancel_all_locked()
@@ -225,7 +226,8 @@ class InferenceWorker:
             jobs, total = [first], len(first.inputs)
             if first.kind == "batch":
                 for job in list(self._queue):
-                    if job is not first and job.state == "waiting" and job.kind == "batch" and job.key == first.key and total + len(job.inputs) <= self.batch_size:
+                    if (job is not first and job.state == "waiting" and job.kind == "batch" and job.key == first.key
+                            and total + len(job.inputs) <= self.batch_size):
                         jobs.append(job)
                         total += len(job.inputs)
             for job in jobs:

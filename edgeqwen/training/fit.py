@@ -13,13 +13,15 @@ from ..head import blend_scores
 from ..numeric import softmax
 
 
-def unstandardize(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def unstandardize(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray,
+                  scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A regression over standardised features ((x - mean) / scale) as one over raw features."""
     per_unit = weight / scale
     return per_unit, bias - per_unit @ mean
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, steps: int = 400) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float,
+                 steps: int = 400) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Multinomial logistic regression on standardised features, L2-penalised, full-batch gradient descent.
 
     Returns (weight, bias, mean, scale). The loss is convex, so plain gradient descent with a step
@@ -56,7 +58,8 @@ def predict_logistic(x: np.ndarray, w: np.ndarray, b: np.ndarray, mean: np.ndarr
     return np.argmax(((np.asarray(x, dtype=np.float64) - mean) / scale) @ w.T + b, axis=1)
 
 
-def choose_l2(x: np.ndarray, y: np.ndarray, n_classes: int, grid=(0.001, 0.01, 0.1, 1.0), folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
+def choose_l2(x: np.ndarray, y: np.ndarray, n_classes: int, grid=(0.001, 0.01, 0.1, 1.0), folds: int = 5,
+              seed: int = 0) -> tuple[float, dict[float, float]]:
     """Pick the penalty by k-fold cross-validation on the training split only."""
     parts = fold_parts(len(y), folds, seed)
     results: dict[float, float] = {}
@@ -116,7 +119,8 @@ class HiddenFromLogits:
         """The hidden states (rows) whose logits gave these moments (rows)."""
         return np.linalg.solve(self.gram, np.asarray(moments, dtype=np.float64).T).T
 
-    def fold(self, weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def fold(self, weight: np.ndarray, bias: np.ndarray, mean: np.ndarray,
+             scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A head over standardised hidden states as (weight over the logits, bias)."""
         per_unit, raw_bias = unstandardize(weight, bias, mean, scale)
         through_gram = np.linalg.solve(self.gram, per_unit.T)

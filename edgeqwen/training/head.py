@@ -38,7 +38,8 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
     `to_message` a block head reads the rows up to the end of the user's message only (Head.to_message).
     """
     if not 0 <= train_fraction < 1 or (train_fraction == 0 and not extra):
-        raise InputError("--train-fraction must be between 0 and 1 (0: train on --train-extra only and score every text of DATA)")
+        raise InputError("--train-fraction must be between 0 and 1 (0: train on --train-extra only and score every "
+                         "text of DATA)")
     if output.suffix != ".npz":
         raise InputError(f"{output}: a head file must end in .npz")
     blocks = eq.readable_layers
@@ -55,7 +56,8 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
     classifier = eq.classifier(role, use_head=False, for_head=True)
     labels = role.label_names
     # Gold values are route targets for task route: map them back to the role's labels.
-    to_label = {(label.routes_to or label.name) if options.task == "route" else label.name: label.name for label in role.labels}
+    to_label = {(label.routes_to or label.name) if options.task == "route" else label.name: label.name
+                for label in role.labels}
     y = np.array([labels.index(to_label[item.gold]) for item in items])
     train, held = split_items(items[:n_data], train_fraction, seed)
     train += list(range(n_data, len(items)))
@@ -63,19 +65,23 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
         raise DataError("too few labelled texts to split into a training and a held-out part")
     candidates = sorted({*blocks[2::2], *([layer] if layer is not None else [])}) if choose_layer else [layer]
     basis = HiddenFromLogits(output_matrix(eq.model_info.path)) if None in candidates else None
-    x_by_layer, logit_scores, latencies = _read_features(classifier, items, candidates, basis, options.progress, name, to_message)
+    x_by_layer, logit_scores, latencies = _read_features(classifier, items, candidates, basis, options.progress, name,
+                                                         to_message)
     if classifier.prompt is not role:  # the head reads another role's prompt; the label logits need the role's own
         logit_scores[held] = _own_label_scores(eq, role, [items[i] for i in held])
     cv_layers = {}
     if choose_layer:
-        cv_layers = {block: choose_l2(x_by_layer[block][train], y[train], len(labels), seed=seed)[1] for block in candidates}
-        layer = max(candidates, key=lambda block: (max(cv_layers[block].values()), -block))  # ties: the earlier block, cheaper
+        cv_layers = {block: choose_l2(x_by_layer[block][train], y[train], len(labels), seed=seed)[1]
+                     for block in candidates}
+        # ties: the earlier block, cheaper
+        layer = max(candidates, key=lambda block: (max(cv_layers[block].values()), -block))
     x = x_by_layer[layer]
     l2, cv = (l2, {}) if l2 is not None else choose_l2(x[train], y[train], len(labels), seed=seed)
     blend, cv_blend = (choose_blend(x[train], y[train], logit_scores[train], len(labels), l2, seed=seed)
                        if classifier.single_token and layer is None and classifier.prompt is role else (1.0, {}))
     w, b, mean, scale = fit_logistic(x[train], y[train], len(labels), l2)
-    weight, bias = unstandardize(w, b, mean, scale) if basis is None or layer is not None else basis.fold(w, b, mean, scale)
+    weight, bias = (unstandardize(w, b, mean, scale) if basis is None or layer is not None
+                    else basis.fold(w, b, mean, scale))
     head = Head(
         labels=tuple(labels), weight=weight, bias=bias, blend=blend,
         model=eq.model_identity(), prompt_sha256=prompt_fingerprint(role), layer=layer, to_message=to_message,
@@ -88,23 +94,29 @@ def train_head(eq: Any, options: EvalOptions, items: Sequence[Item], output: Pat
     lat = [latencies[i] for i in held]
     mix = "" if blend == 1 else f", blended {blend:g} with the label logits"
     systems = [
-        {"system": f"head (trained on {len(train)}, l2 {l2:g}{mix})", "description": f"{output}; logistic regression over {head.reads}",
+        {"system": f"head (trained on {len(train)}, l2 {l2:g}{mix})",
+         "description": f"{output}; logistic regression over {head.reads}",
          **metrics(held_items, [to_gold[labels[k]] for k in head_pred], lat, 0.0)},
         {"system": f"label logits of role '{name}'", "description": "the role without a head, same prompt, same texts",
          **metrics(held_items, [to_gold[labels[k]] for k in logit_pred], lat, 0.0)},
     ]
-    validation = {s["system"]: {"accuracy": s["accuracy"], "by_lang": {k: v["accuracy"] for k, v in s["by_lang"].items()}} for s in systems}
+    validation = {s["system"]: {"accuracy": s["accuracy"],
+                                "by_lang": {k: v["accuracy"] for k, v in s["by_lang"].items()}} for s in systems}
     cv_by_layer = {str(block): round(max(results.values()), 4) for block, results in cv_layers.items()}
-    head.meta.update({"role": name, "task": options.task, "data": [str(p) for p in options.data], "extra": len(extra), "seed": seed,
-                      "train_fraction": train_fraction, "n_train": len(train), "n_held_out": len(held), "l2": l2,
+    head.meta.update({"role": name, "task": options.task, "data": [str(p) for p in options.data], "extra": len(extra),
+                      "seed": seed, "train_fraction": train_fraction, "n_train": len(train), "n_held_out": len(held),
+                      "l2": l2,
                       "cv_accuracy": {str(k): round(v, 4) for k, v in cv.items()}, "cv_accuracy_by_layer": cv_by_layer,
                       "cv_blend_accuracy": {str(k): round(v, 4) for k, v in cv_blend.items()}, "held_out": validation})
     output.parent.mkdir(parents=True, exist_ok=True)
     save_head(output, head)
     return {
         "data": [str(p) for p in options.data], "task": options.task, "role": name, "model": eq.model_info.path.name,
-        "model_path": str(eq.model_info.path), "n": len(held), "split": f"seed {seed}, {len(train) - len(extra)} texts for training (+{len(extra)} from --train-extra), {len(held)} held out (stratified by lang and gold)",
-        "head": str(output), "reads": head.reads, "n_train": len(train), "layer": layer, "l2": l2, "blend": blend, "cv_accuracy": head.meta["cv_accuracy"],
+        "model_path": str(eq.model_info.path), "n": len(held),
+        "split": f"seed {seed}, {len(train) - len(extra)} texts for training (+{len(extra)} from --train-extra), "
+                 f"{len(held)} held out (stratified by lang and gold)",
+        "head": str(output), "reads": head.reads, "n_train": len(train), "layer": layer, "l2": l2, "blend": blend,
+        "cv_accuracy": head.meta["cv_accuracy"],
         "cv_accuracy_by_layer": cv_by_layer, "cv_blend_accuracy": head.meta["cv_blend_accuracy"], "systems": systems,
     }
 
@@ -120,11 +132,13 @@ def _own_label_scores(eq: Any, role: Any, items: Sequence[Item]) -> np.ndarray:
     """The label scores of `items` through the role's own prompt."""
     own = eq.classifier(role, use_head=False)
     texts = [item.text for item in items]
-    return np.array([read.label_scores for first in range(0, len(texts), READ_TOGETHER) for read in own.read_many(texts[first:first + READ_TOGETHER])])
+    return np.array([read.label_scores for first in range(0, len(texts), READ_TOGETHER)
+                     for read in own.read_many(texts[first:first + READ_TOGETHER])])
 
 
-def _read_features(classifier: Classifier, items: Sequence[Item], layers: list[int | None], basis: HiddenFromLogits | None,
-                   progress: bool, name: str, to_message: bool = False) -> tuple[dict[int | None, np.ndarray], np.ndarray, list[float]]:
+def _read_features(classifier: Classifier, items: Sequence[Item], layers: list[int | None],
+                   basis: HiddenFromLogits | None, progress: bool, name: str,
+                   to_message: bool = False) -> tuple[dict[int | None, np.ndarray], np.ndarray, list[float]]:
     """Per candidate block (None: the final state, from the logits) a feature row per item; the
     items' label scores; the time per item."""
     blocks = [layer for layer in layers if layer is not None]
