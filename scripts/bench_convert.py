@@ -186,10 +186,12 @@ def main() -> int:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = [" | ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
     lines.insert(1, "-+-".join("-" * w for w in widths))
-    print("\n(time / peak RSS per stage; unq = unquantized GGUF; saved = duplicate lm_head not written, unquantized bytes)")
+    print("\n(time / peak RSS per stage; unq = unquantized GGUF; saved = duplicate lm_head not written, unquantized "
+          "bytes)")
     print("\n".join(lines))
     for qtype, size in report["duplicate_kept"].items():
-        print(f"qwen1.5-shape {qtype} with the duplicate output tensor kept (llama.cpp converter layout): {size / 1e6:.1f} MB")
+        print(f"qwen1.5-shape {qtype} with the duplicate output tensor kept (llama.cpp converter layout): "
+              f"{size / 1e6:.1f} MB")
     report["table"] = lines
     (work / "bench_convert.json").write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {work / 'bench_convert.json'}")

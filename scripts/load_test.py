@@ -36,7 +36,8 @@ TEXTS = [
     "物流很快，包装完好，质量超出预期。",
     "I wanted to like this film, but the plot drags.",
 ]
-QUESTIONS = ["Name one famous Chinese dish.", "用一句话介绍一下长城。", "What is 2 + 2?", "Give me one tip for sleeping well."]
+QUESTIONS = ["Name one famous Chinese dish.", "用一句话介绍一下长城。", "What is 2 + 2?", "Give me one tip for "
+                                                                               "sleeping well."]
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -143,7 +144,8 @@ def run(args: argparse.Namespace) -> dict:
         wall = time.perf_counter() - started
         health = server.health()["queue"]
         rss_after = server.rss_kib()
-        peak = next((int(line.split()[1]) for line in Path(f"/proc/{server.pid}/status").read_text().splitlines() if line.startswith("VmHWM:")), 0)
+        peak = next((int(line.split()[1]) for line in Path(f"/proc/{server.pid}/status").read_text().splitlines()
+                     if line.startswith("VmHWM:")), 0)
 
     served = [r for r in records if r["outcome"] == "served"]
     summary = {
@@ -160,7 +162,8 @@ def run(args: argparse.Namespace) -> dict:
         "lost": sum(r["outcome"] == "lost" for r in records),
         "wall_s": round(wall, 1),
         "throughput_rps": round(len(served) / wall, 2) if wall else None,
-        "latency_s": {"p50": percentile([r["latency_s"] for r in served], 50), "p90": percentile([r["latency_s"] for r in served], 90)},
+        "latency_s": {"p50": percentile([r["latency_s"] for r in served], 50),
+                      "p90": percentile([r["latency_s"] for r in served], 90)},
         "by_kind": {
             kind: {
                 "served": sum(1 for r in served if r["kind"] == kind),
@@ -171,7 +174,8 @@ def run(args: argparse.Namespace) -> dict:
             }
             for kind in KINDS
         },
-        "rss_mib": {"before": round(rss_before / 1024, 1), "after": round(rss_after / 1024, 1), "peak": round(peak / 1024, 1)},
+        "rss_mib": {"before": round(rss_before / 1024, 1), "after": round(rss_after / 1024, 1),
+                    "peak": round(peak / 1024, 1)},
         "server_queue_after": health,
         "errors": [r["error"] for r in records if r["outcome"] == "lost"][:20],
     }
@@ -183,9 +187,11 @@ def print_table(summary: dict) -> None:
           f"queue {summary['queue_size']}, chat max_tokens {summary['max_tokens']}, {summary['wall_s']} s")
     print(f"{'kind':<12} {'served':>7} {'503':>6} {'lost':>5} {'p50 s':>8} {'p90 s':>8}")
     for kind, row in summary["by_kind"].items():
-        print(f"{kind:<12} {row['served']:>7} {row['rejected_503']:>6} {row['lost']:>5} {row['p50_s'] or '-':>8} {row['p90_s'] or '-':>8}")
+        print(f"{kind:<12} {row['served']:>7} {row['rejected_503']:>6} {row['lost']:>5} {row['p50_s'] or '-':>8} "
+              f"{row['p90_s'] or '-':>8}")
     lat = summary["latency_s"]
-    print(f"{'all':<12} {summary['served']:>7} {summary['rejected_503']:>6} {summary['lost']:>5} {lat['p50'] or '-':>8} {lat['p90'] or '-':>8}")
+    print(f"{'all':<12} {summary['served']:>7} {summary['rejected_503']:>6} {summary['lost']:>5} "
+          f"{lat['p50'] or '-':>8} {lat['p90'] or '-':>8}")
     rss = summary["rss_mib"]
     print(f"requests sent {summary['sent']} (not sent before the deadline: {summary['not_sent_deadline']}), "
           f"throughput {summary['throughput_rps']} served/s")

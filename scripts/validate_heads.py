@@ -72,13 +72,15 @@ def read_features(eq, task: str, path: Path, layers: list[int], to_message: bool
     moments, label_scores = [], []
     started = time.perf_counter()
     for first in range(0, len(items), READ_TOGETHER):
-        for read in classifier.read_many([i.text for i in items[first:first + READ_TOGETHER]], layers, to_message=to_message):
+        for read in classifier.read_many([i.text for i in items[first:first + READ_TOGETHER]], layers,
+                                         to_message=to_message):
             for layer in layers:
                 rows[layer].append(read.layers[layer].astype(np.float32))
             moments.append(basis.moments(read.logits))
             label_scores.append(read.label_scores)
         done = min(first + READ_TOGETHER, len(items))
-        print(f"\r  read {done}/{len(items)} ({done / (time.perf_counter() - started):.1f} texts/s)", end="", file=sys.stderr)
+        print(f"\r  read {done}/{len(items)} ({done / (time.perf_counter() - started):.1f} texts/s)", end="",
+              file=sys.stderr)
     print(file=sys.stderr)
     features = {f"block{layer}": np.array(r) for layer, r in rows.items()}
     features["final"] = basis.hidden(np.array(moments)).astype(np.float32)
@@ -103,7 +105,8 @@ def configurations(features: dict, layers: list[int]) -> dict[str, np.ndarray]:
 SHRINKAGE_GRID = (0.01, 0.03, 0.1, 0.3, 0.6, 0.9)
 
 
-def fit_lda(x: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def fit_lda(x: np.ndarray, y: np.ndarray, n_classes: int,
+            shrinkage: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Linear discriminant analysis on standardised features, its within-class covariance shrunk
     toward a multiple of the identity (`shrinkage` 0: none, 1: the difference of the class means).
     Returns (weight, bias, mean, scale) like fit_logistic: linear, so it would fit the head file as is."""
@@ -114,7 +117,8 @@ def fit_lda(x: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float) -> t
     return weight, bias, mean, scale
 
 
-def choose_shrinkage(x: np.ndarray, y: np.ndarray, n_classes: int, grid=SHRINKAGE_GRID, folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
+def choose_shrinkage(x: np.ndarray, y: np.ndarray, n_classes: int, grid=SHRINKAGE_GRID, folds: int = 5,
+                     seed: int = 0) -> tuple[float, dict[float, float]]:
     """Pick LDA's shrinkage by k-fold cross-validation on the training split only (ties: more shrinkage)."""
     from edgeqwen.training.fit import fold_parts, standardise
 
@@ -155,7 +159,8 @@ def fit_and_score(x_train, y_train, x_test, n_classes: int, l2: float | None) ->
     return predict_logistic(x_test, w, b, mean, scale)
 
 
-def validate(x: np.ndarray, y: np.ndarray, written: np.ndarray, groups: np.ndarray, n_classes: int, l2: float | None) -> dict:
+def validate(x: np.ndarray, y: np.ndarray, written: np.ndarray, groups: np.ndarray, n_classes: int,
+             l2: float | None) -> dict:
     names = sorted(set(groups[~written]))
     pred = fit_and_score(x[written], y[written], x[~written], n_classes, l2)
     dev_groups = groups[~written]
@@ -190,11 +195,15 @@ def main() -> int:
     parser.add_argument("--method", choices=("logistic", "lda"), default="logistic",
                         help="lda: shrinkage LDA, its shrinkage chosen by CV on each fit's training rows (--l2 unused)")
     parser.add_argument("--pairs", type=int, default=3, help="also try every pair of the best N single blocks together")
-    parser.add_argument("--only", help="a regular expression: score only the configurations it matches (e.g. 'block (10|14) ')")
-    parser.add_argument("--train-limit", type=int, help="use only the first N written texts (e.g. the file before lines were added)")
+    parser.add_argument("--only",
+                        help="a regular expression: score only the configurations it matches (e.g. 'block (10|14) ')")
+    parser.add_argument("--train-limit", type=int,
+                        help="use only the first N written texts (e.g. the file before lines were added)")
     parser.add_argument("--threads", type=int)
-    parser.add_argument("--prompts", type=Path, help="read features with the roles of this folder (the prompt is a feature extractor too)")
-    parser.add_argument("--to-message", action="store_true", help="blocks read up to the end of the user's message (Head.to_message)")
+    parser.add_argument("--prompts", type=Path,
+                        help="read features with the roles of this folder (the prompt is a feature extractor too)")
+    parser.add_argument("--to-message", action="store_true",
+                        help="blocks read up to the end of the user's message (Head.to_message)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     layers = [int(v) for v in args.layers.split(",")]
@@ -214,7 +223,8 @@ def main() -> int:
 
     groups = np.array(["written" if w else source_group(i.source or "unknown") for i, w in zip(items, written)])
     print(f"{args.task}: {n_written} written texts, {len(items) - n_written} dev texts in "
-          f"{len(set(groups[~written]))} source groups: " + ", ".join(f"{g} {int((groups == g).sum())}" for g in sorted(set(groups[~written]))))
+          f"{len(set(groups[~written]))} source groups: " + ", ".join(f"{g} {int((groups == g).sum())}"
+                                                                      for g in sorted(set(groups[~written]))))
     configs = configurations(features, layers)
     results = []
     l2s = [None] if args.method == "lda" else [float(v) for v in args.l2.split(",")]
@@ -224,14 +234,17 @@ def main() -> int:
             r = validate(x, y, written, groups, len(golds), l2) | {"config": name}
             results.append(r)
             u, l_ = summary(r["unseen"]), summary(r["loso"])
-            print(f"{name:26} {'lda' if l2 is None else f'l2 {l2}':<8} written->source mean {u[0]:.1%} worst {u[1]:.1%} ({u[2]}), "
-                  f"{r['unseen_errors']} errors | LOSO mean {l_[0]:.1%} worst {l_[1]:.1%} ({l_[2]}), {r['loso_errors']} errors | "
+            print(f"{name:26} {'lda' if l2 is None else f'l2 {l2}':<8} written->source mean {u[0]:.1%} worst "
+                  f"{u[1]:.1%} ({u[2]}), "
+                  f"{r['unseen_errors']} errors | LOSO mean {l_[0]:.1%} worst {l_[1]:.1%} ({l_[2]}), "
+                  f"{r['loso_errors']} errors | "
                   f"pooled dev {r['pooled_dev']:.1%}", flush=True)
 
     for name, x in configs.items():
         if args.only is None or re.search(args.only, name):
             run(name, x)
-    singles = sorted({r["config"] for r in results if r["config"].endswith("mean+last") and r["config"].startswith("block")},
+    singles = sorted({r["config"] for r in results if r["config"].endswith("mean+last")
+                      and r["config"].startswith("block")},
                      key=lambda c: -max(summary(r["loso"])[0] for r in results if r["config"] == c))[: args.pairs]
     for i, a in enumerate(singles):
         for b in singles[i + 1:]:

@@ -91,7 +91,8 @@ def cli(model_path):
     return run
 
 
-def run_cli(*args: str, input: bytes | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: str, input: bytes | None = None, env: dict | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
     """The real `edgeqwen` command in a subprocess, with no model unless `env` names one (see `cli`)."""
     full_env = {**os.environ, **(env or {})}
     full_env.setdefault("EDGEQWEN_MODEL", str(NO_MODEL))
@@ -121,7 +122,8 @@ def _invoker(env: dict[str, str]):
 
     def invoke(*args: str, input: str | bytes | None = None, env_extra: dict | None = None) -> Invoked:
         # catch_exceptions=False: an exception the command let through (a traceback for a user) fails the test
-        result = CliRunner().invoke(app, list(args), input=input, env={**env, **(env_extra or {})}, catch_exceptions=False)
+        result = CliRunner().invoke(app, list(args), input=input, env={**env, **(env_extra or {})},
+                                    catch_exceptions=False)
         return Invoked(result)
 
     return invoke

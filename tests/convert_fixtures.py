@@ -78,7 +78,8 @@ def write_tokenizer_from_gguf(gguf_path: Path, dest: Path) -> dict:
     metadata = read_gguf_metadata(gguf_path)
     value = metadata.get
 
-    tokens, types, merges = value("tokenizer.ggml.tokens"), value("tokenizer.ggml.token_type"), value("tokenizer.ggml.merges")
+    tokens, types, merges = (value("tokenizer.ggml.tokens"), value("tokenizer.ggml.token_type"),
+                             value("tokenizer.ggml.merges"))
     template = value("tokenizer.chat_template")
     eos, pad, bos = (value(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "padding", "bos"))
     vocab = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty == NORMAL}

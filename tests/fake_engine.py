@@ -116,7 +116,8 @@ class FakeEngine:
         logits = self._logits(prefix)
         return float(logits[continuation[0]] - np.log(np.exp(logits).sum()))
 
-    def constrained_choice(self, tokens: Sequence[int], grammar: str, max_tokens: int = 32, keep_prefix: int = 0) -> str:
+    def constrained_choice(self, tokens: Sequence[int], grammar: str, max_tokens: int = 32,
+                           keep_prefix: int = 0) -> str:
         literals = grammar_literals(grammar)
         logits = self._logits(tokens)
         return max(literals, key=lambda literal: (logits[self.tokenize(literal)[0]], -literals.index(literal)))

@@ -36,4 +36,5 @@ def assert_same_or_near_tie(engine, prompt: Sequence[int], alone: str, other: st
     difference = first_difference(engine, prompt, alone, other)
     if difference is not None:
         shared, margin = difference
-        assert margin < NEAR_TIE, f"replies part after {shared!r} where the model was sure (margin {margin:.2f}): {alone!r} / {other!r}"
+        assert margin < NEAR_TIE, (f"replies part after {shared!r} where the model was sure (margin {margin:.2f}): "
+                                   f"{alone!r} / {other!r}")

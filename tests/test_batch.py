@@ -35,7 +35,8 @@ def test_resume_continues_after_the_last_complete_record(eq, tmp_path):
     inputs = tmp_path / "in.txt"
     inputs.write_text("\n".join(TEXTS) + "\n")
     output = tmp_path / "out.jsonl"
-    first = json.dumps({"line": 1, "text": TEXTS[0], "label": "positive", "display": "x", "confidence": 0.9, "error": None})
+    first = json.dumps({"line": 1, "text": TEXTS[0], "label": "positive", "display": "x", "confidence": 0.9,
+                        "error": None})
     output.write_text(first + "\n" + '{"line": 2, "text": "half writ')  # as an interrupted run leaves it
     assert last_done_line(output) == 1
     summary = classify_file(eq.classify_many, inputs, output, resume=True)

@@ -96,7 +96,8 @@ def test_sentiment_file_in_batches_equals_one_at_a_time(invoke_model, tmp_path):
     flip with the rounding of a different batch (see docs/benchmarks.md)."""
     texts = [text for text in TEXTS if text not in QUESTIONS]
     inputs = tmp_path / "in.jsonl"
-    inputs.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in [*texts[:7], "   ", *texts[7:]]), encoding="utf-8")
+    inputs.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
+                              for t in [*texts[:7], "   ", *texts[7:]]), encoding="utf-8")
     outputs = {}
     for size in ("1", "5"):
         out = tmp_path / f"out{size}.jsonl"
@@ -105,5 +106,6 @@ def test_sentiment_file_in_batches_equals_one_at_a_time(invoke_model, tmp_path):
         outputs[size] = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     one, five = outputs["1"], outputs["5"]
     assert [r["line"] for r in five] == list(range(1, len(texts) + 2))
-    assert [(r["line"], r["label"], r["error"] is None) for r in five] == [(r["line"], r["label"], r["error"] is None) for r in one]
+    assert [(r["line"], r["label"], r["error"] is None) for r in five] == [(r["line"], r["label"],
+                                                                            r["error"] is None) for r in one]
     assert five[7]["error"] and five[7]["label"] is None  # the blank line, reported in place

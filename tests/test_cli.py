@@ -16,7 +16,8 @@ def test_the_console_script_labels_a_review_and_llama_cpp_stays_silent(cli):
 
 
 def test_stdin_gives_one_json_object_per_line_and_survives_bad_bytes(invoke_model):
-    lines = "Great phone, I love it!\n\nWhat is the capital of France?\n".encode() + b"\xff\xfe awful, broken on arrival\n"
+    lines = ("Great phone, I love it!\n\nWhat is the capital of France?\n".encode()
+             + b"\xff\xfe awful, broken on arrival\n")
     done = invoke_model("run", "-", "--json", input=lines)
     assert done.returncode == 0, done.stderr
     results = [json.loads(line) for line in done.stdout.splitlines()]
@@ -75,7 +76,8 @@ def test_new_role_file_is_listed(invoke, tmp_path):
     done = invoke("roles", "--prompts", str(tmp_path))
     assert done.returncode == 0
     assert "topic" in done.stdout and "sports, politics" in done.stdout
-    assert "head route.head.npz (reads the text through the 'sentiment' role's prompt)" in done.stdout  # the shipped router
+    # the shipped router
+    assert "head route.head.npz (reads the text through the 'sentiment' role's prompt)" in done.stdout
 
 
 def test_info_prints_gguf_metadata(invoke, model_path):
@@ -106,7 +108,8 @@ def test_run_prints_the_label_line_and_streams_a_reply(invoke_fake):
     assert (done.returncode, done.stderr) == (0, "")
     assert re.fullmatch(r"sentiment: 负面 negative \(confidence 0\.\d\d\)\n", done.stdout), done.stdout
     chat = invoke_fake("run", "--task", "chat", "Tell me about tea please")
-    assert chat.returncode == 0 and chat.stdout.startswith("Reply ") and chat.stdout.endswith("Tell me about tea please\n")
+    assert chat.returncode == 0 and chat.stdout.startswith("Reply ") and chat.stdout.endswith("Tell me about tea "
+                                                                                              "please\n")
 
 
 def test_run_json_lines_from_stdin_keep_order_skip_blanks_and_survive_bad_bytes(invoke_fake):
@@ -118,7 +121,8 @@ def test_run_json_lines_from_stdin_keep_order_skip_blanks_and_survive_bad_bytes(
     assert results[2]["text"].startswith("\ufffd") and results[0]["label"] == "positive" and results[1]["reply"]
     assert "line 2: empty, skipped" in done.stderr and "line 3: empty, skipped" in done.stderr
     for result in results:
-        assert set(result) == {"text", "task", "route", "label", "display", "confidence", "reply", "truncated", "timings"}
+        assert set(result) == {"text", "task", "route", "label", "display", "confidence", "reply", "truncated",
+                               "timings"}
 
 
 def test_run_both_gives_the_label_then_the_reply(invoke_fake):
@@ -147,7 +151,8 @@ def test_sentiment_file_writes_csv_and_resumes_without_doing_a_line_twice(invoke
 
 def test_eval_report_and_json_on_the_fake_engine(invoke_fake, tmp_path):
     data = tmp_path / "d.jsonl"
-    rows = [("great", "positive", "en"), ("awful", "negative", "en"), ("很好", "positive", "zh"), ("太差了", "negative", "zh")]
+    rows = [("great", "positive", "en"), ("awful", "negative", "en"), ("很好", "positive", "zh"),
+            ("太差了", "negative", "zh")]
     data.write_text("".join(json.dumps({"text": t, "label": g, "lang": lang}, ensure_ascii=False) + "\n"
                             for t, g, lang in rows), encoding="utf-8")
     out = tmp_path / "report.json"

@@ -27,7 +27,8 @@ from edgeqwen.convert.quantize import quantize_gguf
 from edgeqwen.errors import ConvertError, ModelFetchError
 from edgeqwen.gguf_info import inspect_gguf
 
-from convert_fixtures import make_checkpoint, make_hub_cache, read_gguf_metadata, write_tokenizer_from_gguf  # noqa: E402
+# noqa: E402
+from convert_fixtures import make_checkpoint, make_hub_cache, read_gguf_metadata, write_tokenizer_from_gguf
 
 REPO = Path(__file__).resolve().parent.parent
 HUB_REPO = "Qwen/Qwen1.5-0.5B-Chat"
@@ -319,8 +320,10 @@ def test_quantize_pipeline_from_hub_cache(invoke, work, tied_f32):
     assert manifest["conversion"]["bytes_saved_unquantized"] == 151936 * 64 * 4
     verification = manifest["verification"]
     assert verification["passed"] and verification["top1_agreement"] >= 0.8 and verification["mean_kl"] < 0.02
-    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny-q8_0.gguf", "tiny-q8_0.gguf.manifest.json", "tiny-q8_0.gguf.sha256"]
-    assert json.loads((out.parent / "tiny-q8_0.gguf.sha256").read_text())["sha256"] == manifest["sha256"]  # heads record it
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny-q8_0.gguf", "tiny-q8_0.gguf.manifest.json",
+                                                            "tiny-q8_0.gguf.sha256"]
+    # heads record it
+    assert json.loads((out.parent / "tiny-q8_0.gguf.sha256").read_text())["sha256"] == manifest["sha256"]
 
     info = invoke("info", str(out))
     assert info.returncode == 0, info.stderr
@@ -390,7 +393,8 @@ def test_quantize_leaves_a_ready_model(work, qwen15_tiny):
         assert run.returncode == 0 and "warning" not in run.stderr.lower(), run.stderr[-2000:]
         result = json.loads(run.stdout)
         assert result["route"]["task"] in ("sentiment", "chat")
-        assert result["label"] in ("positive", "negative") if result["task"] == "sentiment" else result["reply"] is not None
+        assert result["label"] in ("positive",
+                                   "negative") if result["task"] == "sentiment" else result["reply"] is not None
 
     bad = subprocess.run([sys.executable, "-m", "edgeqwen", "quantize", "--local-dir", str(work / "nope")],
                          capture_output=True, text=True, timeout=120)
@@ -426,7 +430,8 @@ def test_chat_check_mechanics_on_a_random_model(invoke, work, tied_f32):
     """`edgeqwen chat-check` on any model file: a random one gives nonsense, but no crash, no empty
     reply and no reply past max_tokens."""
     out = work / "chat-models" / "tiny-q8_0.gguf"
-    run_quantize(QuantizeOptions(local_dir=tied_f32, qtype="Q8_0", output=out, threads=THREADS, progress=False, verify=False),
+    run_quantize(QuantizeOptions(local_dir=tied_f32, qtype="Q8_0", output=out, threads=THREADS, progress=False,
+                                 verify=False),
                  log=lambda m: None)
     report = work / "chat-report.json"
     done = invoke("chat-check", str(REPO / "scripts" / "data" / "chat.eval.jsonl"),

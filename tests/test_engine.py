@@ -39,7 +39,8 @@ def test_kept_prefix_gives_the_same_logits_as_a_fresh_evaluation(eq, model_path)
     assert np.argmax(cached) == np.argmax(fresh)
     assert np.max(np.abs(cached[top] - fresh[top])) < 0.5
     labels = [eq.engine.tokenize(name)[0] for name in ("positive", "negative")]
-    p_cached, p_fresh = (np.exp(x[labels] - x[labels].max()) / np.exp(x[labels] - x[labels].max()).sum() for x in (cached, fresh))
+    p_cached, p_fresh = (np.exp(x[labels] - x[labels].max()) / np.exp(x[labels] - x[labels].max()).sum()
+                         for x in (cached, fresh))
     assert np.max(np.abs(p_cached - p_fresh)) < 0.01
 
 
@@ -112,7 +113,8 @@ def test_a_damaged_prefix_file_is_ignored(eq, model_path, tmp_path, damage):
         saved.write_bytes(b"")
     else:
         other = _sentiment_prompt(engine, eq, "x")
-        engine.next_token_logits([*other.tokens[: other.fixed - 1], 11, *other.tokens[other.fixed - 1 :]], keep_prefix=other.fixed + 1)
+        engine.next_token_logits([*other.tokens[: other.fixed - 1], 11, *other.tokens[other.fixed - 1 :]],
+                                 keep_prefix=other.fixed + 1)
         (foreign,) = set(tmp_path.glob("*.kv")) - {saved}
         foreign.replace(saved)
 
@@ -170,15 +172,18 @@ def test_fixed_prefix_reaches_the_input_and_starts_every_prompt(eq, role_name):
         system_and_examples = eq.engine.chat_tokens(role.prefix_messages(text), add_generation_prompt=False)
         assert len(prefix) > len(system_and_examples)  # the user turn's opening is cached too
         assert fit_prompt(eq.engine, role, text, prefix=prefix).fixed == len(prefix), text
-    assert fixed_prefix(eq.engine, role, "The battery died.") == fixed_prefix(eq.engine, role, "😀 good")  # one prefix per language
+    # one prefix per language
+    assert fixed_prefix(eq.engine, role, "The battery died.") == fixed_prefix(eq.engine, role, "😀 good")
 
 
 def test_layer_states_cover_the_input_and_never_depend_on_the_previous_call(eq):
     engine = eq.engine
-    prefix = engine.chat_tokens([{"role": "system", "content": "Classify the text."}, {"role": "user", "content": "Text:"}])[:-3]
+    prefix = engine.chat_tokens([{"role": "system", "content": "Classify the text."},
+                                 {"role": "user", "content": "Text:"}])[:-3]
     first = prefix + engine.tokenize(" The room was clean and quiet.")
     other = prefix + engine.tokenize(" The room was dirty.")
-    engine.layer_states(other, 10, keep_prefix=len(prefix))  # keeps the prefix: from here on, batches hold the input only
+    # keeps the prefix: from here on, batches hold the input only
+    engine.layer_states(other, 10, keep_prefix=len(prefix))
     logits, states = engine.layer_states(first, 10, keep_prefix=len(prefix))
     assert states.shape == (len(first) - len(prefix), engine.n_embd) and np.isfinite(states).all()
     engine.next_token_logits(other, keep_prefix=len(prefix))  # shares "The room was" with `first`
@@ -200,14 +205,18 @@ GREEDY = {"temperature": 0, "max_tokens": 24}
 def _chats(eq):
     """Four conversations: two with a made-up word in their history, two plain questions."""
     asks = [(SECRETS[word], word) for word in SECRETS]
-    chats = [(eq.conversation(sampling=GREEDY, history=[{"role": "user", "content": said}, {"role": "assistant", "content": f"Understood, the secret word is {word}."}]),
+    chats = [(eq.conversation(sampling=GREEDY,
+                              history=[{"role": "user", "content": said},
+                                       {"role": "assistant", "content": f"Understood, the secret word is {word}."}]),
               "What is the secret word? Answer with the word only.") for said, word in asks]
-    chats += [(eq.conversation(sampling=GREEDY), q) for q in ("Name one famous Chinese dish.", "用一句话介绍一下长城。")]
+    chats += [(eq.conversation(sampling=GREEDY), q)
+              for q in ("Name one famous Chinese dish.", "用一句话介绍一下长城。")]
     return chats
 
 
 def _together(eq, streams, chats, between=None):
-    handles = {streams.start(conversation, conversation.prepare(text)): i for i, (conversation, text) in enumerate(chats)}
+    handles = {streams.start(conversation, conversation.prepare(text)): i
+               for i, (conversation, text) in enumerate(chats)}
     assert None not in handles and streams.active == len(chats)
     replies, reasons = [""] * len(chats), [None] * len(chats)
     while streams.active:
@@ -227,7 +236,8 @@ def test_replies_decoded_together_are_the_replies_alone_and_keep_to_their_own_hi
     chats = _chats(eq)
     sentiments = []
     # A classification between steps must neither disturb the slots nor be disturbed by them.
-    replies, reasons = _together(eq, streams, chats, between=lambda: sentiments.append(eq.sentiment("The battery died after two days.").label))
+    replies, reasons = _together(
+        eq, streams, chats, between=lambda: sentiments.append(eq.sentiment("The battery died after two days.").label))
     prompts = [conversation.prepare(text).prompt.tokens for conversation, text in _chats(eq)]
     for prompt, (reply, _), together in zip(prompts, alone, replies):  # greedy: equal but for a near-tie flip
         assert_same_or_near_tie(eq.engine, prompt, reply, together)
@@ -249,7 +259,8 @@ def test_a_closed_stream_frees_its_slot_and_the_others_finish(eq):
     alone = eq.conversation(sampling=GREEDY).reply("Name one famous Chinese dish.")
     long_handle = streams.start(long_chat, long_chat.prepare("Count from 1 to 100, separated by commas."))
     short_handle = streams.start(short_chat, short_chat.prepare("Name one famous Chinese dish."))
-    assert streams.free == 0 and streams.start(eq.conversation(), eq.conversation().prepare("hi")) is None  # waits for a slot
+    # waits for a slot
+    assert streams.free == 0 and streams.start(eq.conversation(), eq.conversation().prepare("hi")) is None
     reply = ""
     for _ in range(3):
         reply += streams.step()[short_handle].text
@@ -257,7 +268,9 @@ def test_a_closed_stream_frees_its_slot_and_the_others_finish(eq):
     assert streams.free == 1 and long_chat.finish_reason is None and long_chat.history[-1]["role"] == "assistant"
     while streams.active:
         reply += streams.step()[short_handle].text
-    assert_same_or_near_tie(eq.engine, eq.conversation(sampling=GREEDY).prepare("Name one famous Chinese dish.").prompt.tokens, alone, reply)
+    assert_same_or_near_tie(eq.engine,
+                            eq.conversation(sampling=GREEDY).prepare("Name one famous Chinese dish.").prompt.tokens,
+                            alone, reply)
     assert short_chat.finish_reason in ("stop", "length")
     assert streams.free == 2 and not eq.engine.runtime.cells.slots
 

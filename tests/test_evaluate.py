@@ -77,7 +77,8 @@ def test_missing_data_file(tmp_path):
 
 
 def test_metrics_precision_recall_confusion_and_languages():
-    items = [Item("a", "pos", "en", "f:1"), Item("b", "pos", "en", "f:2"), Item("c", "neg", "zh", "f:3"), Item("d", "neg", "zh", "f:4")]
+    items = [Item("a", "pos", "en", "f:1"), Item("b", "pos", "en", "f:2"), Item("c", "neg", "zh", "f:3"),
+             Item("d", "neg", "zh", "f:4")]
     m = metrics(items, ["pos", "neg", "neg", "neg"], [10, 20, 30, 40], wall_s=2.0)
     assert m["accuracy"] == 0.75 and m["n"] == 4
     assert m["per_class"]["pos"] == {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2}
@@ -89,9 +90,11 @@ def test_metrics_precision_recall_confusion_and_languages():
 
 def test_accuracy_per_source_with_its_mean_and_worst():
     items = [Item("a", "pos", "en", "f:1", "imdb"), Item("b", "neg", "en", "f:2", "imdb"),
-             Item("c", "neg", "zh", "f:3", "hotel"), Item("d", "pos", "en", "f:4", "tweets"), Item("e", "pos", "en", "f:5")]
+             Item("c", "neg", "zh", "f:3", "hotel"), Item("d", "pos", "en", "f:4", "tweets"),
+             Item("e", "pos", "en", "f:5")]
     m = metrics(items, ["pos", "neg", "pos", "neg", "pos"], [1] * 5, wall_s=1.0)
-    assert m["by_source"] == {"hotel": {"n": 1, "accuracy": 0.0}, "imdb": {"n": 2, "accuracy": 1.0}, "tweets": {"n": 1, "accuracy": 0.0}}
+    assert m["by_source"] == {"hotel": {"n": 1, "accuracy": 0.0}, "imdb": {"n": 2, "accuracy": 1.0},
+                              "tweets": {"n": 1, "accuracy": 0.0}}
     assert m["source_summary"] == {"sources": 3, "mean": 0.3333, "worst": "hotel", "worst_accuracy": 0.0}
     report = {"data": ["d.jsonl"], "n": 5, "task": "sentiment", "role": "sentiment", "model": "m.gguf",
               "systems": [{"system": "s", "description": "d", **m}]}
@@ -138,7 +141,8 @@ def test_shipped_training_texts_are_labelled_and_balanced():
         items = read_data([REPO / "prompts" / name], task)
         for lang in ("en", "zh"):
             counts = [sum(1 for i in items if i.lang == lang and i.gold == gold) for gold in golds]
-            assert min(counts) >= 100 and max(counts) <= 1.6 * min(counts), (name, lang, counts)  # route: its sentiment side was extended (docs/evaluation.md)
+            # route: its sentiment side was extended (docs/evaluation.md)
+            assert min(counts) >= 100 and max(counts) <= 1.6 * min(counts), (name, lang, counts)
 
 
 def test_logistic_regression_learns_a_separable_problem():
@@ -208,7 +212,8 @@ labels:
 
 @pytest.mark.parametrize(
     "extra, message",
-    [("head: missing.npz\n", "head file not found"), ("head: ../h.npz\n", "name of a .npz file"), ("head: h.txt\n", "name of a .npz file")],
+    [("head: missing.npz\n", "head file not found"), ("head: ../h.npz\n", "name of a .npz file"),
+     ("head: h.txt\n", "name of a .npz file")],
 )
 def test_role_head_field_is_validated(write_role, extra, message):
     path = write_role("topic", ROLE + extra)
@@ -233,7 +238,8 @@ def test_shipped_route_head_fits_the_standin_model(eq):
     classifier = Classifier(eq.engine, role)
     assert classifier.head is not None, "the shipped head was trained on the stand-in model and the shipped prompt"
     assert 0 < classifier.head.layer < eq.engine.n_layer - 1  # it reads a middle block
-    for text, target in [("这家酒店的早餐太难吃了，房间也很旧。", "sentiment"), ("How do I make a cup of green tea?", "chat")]:
+    for text, target in [("这家酒店的早餐太难吃了，房间也很旧。", "sentiment"),
+                         ("How do I make a cup of green tea?", "chat")]:
         result = classifier.classify(text)
         assert role.label(result.label).routes_to == target
         assert abs(sum(result.scores.values()) - 1) < 1e-6
@@ -254,7 +260,8 @@ def test_standin_logits_are_its_output_layer_times_a_hidden_state(eq):
     assert basis.output.shape == (eq.engine.n_vocab, eq.engine.n_embd)
     logits = eq.engine.next_token_logits(eq.engine.chat_tokens([{"role": "user", "content": "hello there"}]))
     rebuilt = basis.output @ basis.hidden(basis.moments(logits)[None])[0]
-    assert np.linalg.norm(rebuilt - logits) / np.linalg.norm(logits) < 0.05  # llama.cpp rounds the hidden state to 8 bits
+    # llama.cpp rounds the hidden state to 8 bits
+    assert np.linalg.norm(rebuilt - logits) / np.linalg.norm(logits) < 0.05
 
 def test_trained_head_is_used_and_a_mismatched_one_falls_back(eq, tmp_path, caplog):
     prompts = tmp_path / "prompts"
@@ -272,7 +279,8 @@ def test_trained_head_is_used_and_a_mismatched_one_falls_back(eq, tmp_path, capl
     eq_roles, eq.roles = eq.roles, roles
     try:
         options = EvalOptions(data=[data], task="route", role="kind", progress=False)
-        extra = [Item("Lovely staff and a spotless room.", "sentiment", "en", "x:1"), Item("你会下棋吗？", "chat", "zh", "x:2")]
+        extra = [Item("Lovely staff and a spotless room.", "sentiment", "en", "x:1"),
+                 Item("你会下棋吗？", "chat", "zh", "x:2")]
         report = train_head(eq, options, read_data([data], "route"), prompts / "kind.head.npz", extra=extra)
     finally:
         eq.roles = eq_roles
@@ -305,7 +313,8 @@ def test_trained_head_is_used_and_a_mismatched_one_falls_back(eq, tmp_path, capl
     # Prompt edited after training: also a fallback.
     shutil.copy(role_path, role_path.with_suffix(".bak"))
     save_head(prompts / "kind.head.npz", saved)
-    role_path.write_text(ROLE.replace("Review or question?", "Is it a review or a question?") + "head: kind.head.npz\n", encoding="utf-8")
+    role_path.write_text(ROLE.replace("Review or question?",
+                                      "Is it a review or a question?") + "head: kind.head.npz\n", encoding="utf-8")
     with caplog.at_level(logging.WARNING, logger="edgeqwen.head"):
         assert Classifier(eq.engine, load_role(role_path)).head is None
     assert any("prompt changed" in r.getMessage() for r in caplog.records)
@@ -339,7 +348,8 @@ def test_a_head_trained_for_a_model_file_is_found_beside_it(eq, model_path, tmp_
         assert Classifier(Engine(model, n_ctx=256), roles["kind"]).head is not None
         assert Classifier(eq.engine, roles["kind"]).head is None
     warnings = [r.getMessage() for r in caplog.records if "head not used" in r.getMessage()]
-    assert len(warnings) == 1 and "another model" in warnings[0] and f"edgeqwen heads --model {eq.engine.info.path} --role kind --data" in warnings[0]
+    assert (len(warnings) == 1 and "another model" in warnings[0]
+            and f"edgeqwen heads --model {eq.engine.info.path} --role kind --data" in warnings[0])
 
 # -- the command, in-process --------------------------------------------------------------------
 
@@ -364,7 +374,8 @@ def test_eval_sentiment_with_compare_writes_json(invoke_model, tmp_path):
 def test_eval_route_compares_the_rules_router(invoke_model, tmp_path):
     data = write_jsonl(tmp_path / "r.jsonl", ROUTE_ROWS)
     out = tmp_path / "route.json"
-    done = invoke_model("eval", str(data), "--task", "route", "--compare", "--limit", "3", "--json", str(out), "--include-trained")
+    done = invoke_model("eval", str(data), "--task", "route", "--compare", "--limit", "3", "--json", str(out),
+                        "--include-trained")
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text(encoding="utf-8"))
     names = [s["system"] for s in report["systems"]]
@@ -379,10 +390,12 @@ def test_eval_route_compares_the_rules_router(invoke_model, tmp_path):
     "args, content, message, code",
     [
         (["--task", "sentiment"], '{"text": "ok", "label": "positive"}\n{bad json}\n', "d.jsonl:2: invalid JSON", 2),
-        (["--task", "sentiment", "--role", "nosuchrole"], '{"text": "ok", "label": "positive"}\n', "no role named 'nosuchrole'", 1),
+        (["--task", "sentiment", "--role", "nosuchrole"], '{"text": "ok", "label": "positive"}\n',
+         "no role named 'nosuchrole'", 1),
         (["--task", "sentiment", "--role", "chat"], '{"text": "ok", "label": "positive"}\n', "generate role", 1),
         (["--task", "topic"], '{"text": "ok", "label": "positive"}\n', "unknown --task 'topic'", 2),
-        (["--task", "sentiment"], '{"text": "ok", "label": "neutral"}\n', "d.jsonl:1: label 'neutral' is not one of", 2),
+        (["--task", "sentiment"], '{"text": "ok", "label": "neutral"}\n',
+         "d.jsonl:1: label 'neutral' is not one of", 2),
     ],
 )
 def test_eval_bad_input_is_one_line(invoke, tmp_path, args, content, message, code):
@@ -414,11 +427,13 @@ def test_a_head_over_a_middle_block_is_trained_saved_and_used(eq, tmp_path, to_m
             train_head(eq, options, read_data([data], "route"), prompts / "kind.head.npz", layer=eq.engine.n_layer - 1)
         with pytest.raises(InputError, match="--to-message is for a head that reads a block"):
             train_head(eq, options, read_data([data], "route"), prompts / "kind.head.npz", to_message=True)
-        report = train_head(eq, options, read_data([data], "route"), prompts / "kind.head.npz", layer=6, to_message=to_message)
+        report = train_head(eq, options, read_data([data], "route"), prompts / "kind.head.npz", layer=6,
+                            to_message=to_message)
     finally:
         eq.roles = eq_roles
     saved = load_head(prompts / "kind.head.npz")
-    assert saved.layer == 6 == report["layer"] and saved.weight.shape == (2, 2 * eq.engine.n_embd) and saved.to_message == to_message
+    assert (saved.layer == 6 == report["layer"] and saved.weight.shape == (2, 2 * eq.engine.n_embd)
+            and saved.to_message == to_message)
     (prompts / "kind.yaml").write_text(ROLE + "head: kind.head.npz\n", encoding="utf-8")
     classifier = Classifier(eq.engine, load_role(prompts / "kind.yaml"))
     assert classifier.head is not None and classifier.head.layer == 6 and classifier.head.to_message == to_message
@@ -427,7 +442,8 @@ def test_a_head_over_a_middle_block_is_trained_saved_and_used(eq, tmp_path, to_m
     result = classifier.classify(ROUTE_ROWS[0]["text"])
     assert result.label == classifier.role.label_names[int(np.argmax(expected))]
     header = eq.engine.reply_header_length() if to_message else 0  # not evaluated when the head stops before it
-    assert eq.engine.tokens_evaluated == result.timings["prompt_tokens"] - len(fixed_prefix(eq.engine, classifier.role)) - header
+    assert (eq.engine.tokens_evaluated
+            == result.timings["prompt_tokens"] - len(fixed_prefix(eq.engine, classifier.role)) - header)
     probabilities = np.exp(expected - expected.max()) / np.exp(expected - expected.max()).sum()
     assert np.allclose([result.scores[name] for name in classifier.role.label_names], probabilities, atol=1e-5)
 

@@ -20,14 +20,16 @@ URGENT = [
     "The server is down and customers cannot pay.", "My flight leaves in two hours and the booking vanished.",
     "The kitchen is flooding, what do I turn off?", "Payroll failed and staff get paid tonight.",
     "Smoke is coming out of the charger.", "The client demo starts in ten minutes and the laptop won't boot.",
-    "服务器宕机了，客户无法付款。", "孩子发高烧到四十度，现在该怎么办？", "仓库着火了，请马上处理。", "银行卡被盗刷了，正在扣钱。",
+    "服务器宕机了，客户无法付款。", "孩子发高烧到四十度，现在该怎么办？", "仓库着火了，请马上处理。",
+    "银行卡被盗刷了，正在扣钱。",
     "The door lock is broken and I'm locked out in the snow.", "We are losing data right now on the main disk.",
 ]
 LATER = [
     "Some day I'd like to learn the cello.", "Could you suggest a novel for next summer?",
     "No rush, but the blog theme could use new colours.", "Maybe next year we repaint the fence.",
     "When you have time, tidy the old photos folder.", "A book club idea for the autumn.",
-    "以后有空的时候想学做面包。", "明年夏天想去海边度假，有什么建议？", "有空帮我整理一下旧照片。", "周末可以考虑换个窗帘颜色。",
+    "以后有空的时候想学做面包。", "明年夏天想去海边度假，有什么建议？", "有空帮我整理一下旧照片。",
+    "周末可以考虑换个窗帘颜色。",
     "Thinking about a new hobby for the winter months.", "Eventually the garage shelves need sorting.",
 ]
 
@@ -56,7 +58,8 @@ def head_warnings(caplog) -> list[str]:
 def test_a_users_own_role_gets_a_head_for_the_model_without_editing_yaml(invoke_model, setup, tmp_path, caplog):
     model, prompts, data = setup
     report = tmp_path / "heads.json"
-    done = invoke_model("heads", "--model", str(model), "--prompts", str(prompts), "--role", "urgency", "--data", str(data),
+    done = invoke_model("heads", "--model", str(model), "--prompts", str(prompts), "--role", "urgency", "--data",
+                        str(data),
                         "--json", str(report))
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "my-model.heads" / "urgency.head.npz").is_file()

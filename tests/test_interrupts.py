@@ -33,7 +33,8 @@ class Running:
     """`edgeqwen ARGS` in a subprocess whose stdout is collected as it arrives."""
 
     def __init__(self, *args: str, stdin: bool = False) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "edgeqwen", *args], stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgeqwen", *args], stdin=subprocess.PIPE if stdin
+                                     else subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.stdout = bytearray()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -46,7 +47,8 @@ class Running:
     def wait_for(self, condition, timeout: float = 240, what: str = "") -> None:
         deadline = time.monotonic() + timeout
         while not condition():
-            assert self.proc.poll() is None, f"exited early ({self.proc.returncode}) waiting for {what}: {self.proc.stderr.read().decode()}"
+            assert self.proc.poll() is None, (f"exited early ({self.proc.returncode}) waiting for {what}: "
+                                              f"{self.proc.stderr.read().decode()}")
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
             time.sleep(0.02)
 
@@ -80,7 +82,8 @@ def test_signal_during_model_load(signum):
     for _ in range(3):
         run = Running("run", "--task", "sentiment", "The hotel was lovely.")
         # The model file is mapped first by gguf-py's check, then by llama.cpp: the load is under way.
-        run.wait_for(lambda: str(Path(os.environ["EDGEQWEN_MODEL"]).resolve()) in run.maps(), what="the model file to be mapped")
+        run.wait_for(lambda: str(Path(os.environ["EDGEQWEN_MODEL"]).resolve()) in run.maps(),
+                     what="the model file to be mapped")
         code, stderr = run.stop(signum)
         if code == 0 and b"sentiment:" in run.stdout:
             continue  # finished before the signal came
@@ -92,7 +95,8 @@ def test_signal_during_model_load(signum):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_streamed_reply(signum):
-    run = Running("run", "--task", "chat", "--ctx", "512", "Write a very long story about a lighthouse keeper, at least 500 words.")
+    run = Running("run", "--task", "chat", "--ctx", "512",
+                  "Write a very long story about a lighthouse keeper, at least 500 words.")
     run.wait_for(lambda: len(run.stdout.decode("utf-8", "ignore").strip()) >= 20, what="the reply to stream")
     code, stderr = run.stop(signum)
     assert_clean(code, stderr, signum)
@@ -102,7 +106,8 @@ def test_signal_during_streamed_reply(signum):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_stdin_batch_keeps_answered_lines(signum):
     run = Running("run", "-", "--json", "--task", "sentiment", "--ctx", "512", stdin=True)
-    texts = [f"Review {i}: {'great value, works perfectly' if i % 2 else 'broke after a day, awful'}" for i in range(200)]
+    texts = [f"Review {i}: {'great value, works perfectly' if i % 2 else 'broke after a day, awful'}"
+             for i in range(200)]
     run.proc.stdin.write("".join(t + "\n" for t in texts).encode())
     run.proc.stdin.flush()  # stdin stays open: the batch is still running when the signal comes
     run.wait_for(lambda: run.stdout.count(b"\n") >= 3, what="three answered lines")
@@ -121,8 +126,10 @@ def test_signal_during_sentiment_file_then_resume(tmp_path, signum):
     inputs = tmp_path / "reviews.jsonl"
     inputs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
     output = tmp_path / "labels.jsonl"
-    run = Running("sentiment", str(inputs), "-o", str(output), "--ctx", "512", "--batch-size", "2")  # flushed every 2 results
-    run.wait_for(lambda: output.is_file() and output.read_bytes().count(b"\n") >= 3, what="three results in the output file")
+    # flushed every 2 results
+    run = Running("sentiment", str(inputs), "-o", str(output), "--ctx", "512", "--batch-size", "2")
+    run.wait_for(lambda: output.is_file() and output.read_bytes().count(b"\n") >= 3,
+                 what="three results in the output file")
     code, stderr = run.stop(signum)
     assert_clean(code, stderr, signum)
     kept = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]  # whole records only
@@ -166,7 +173,8 @@ def start_console_script(*args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while not catches_sigterm(proc.pid):
-        assert proc.poll() is None, f"exited ({proc.returncode}) before installing its handler: {proc.stderr.read().decode()}"
+        assert proc.poll() is None, (f"exited ({proc.returncode}) before installing its handler: "
+                                     f"{proc.stderr.read().decode()}")
         assert time.monotonic() < deadline, "no SIGTERM handler after 30 s"
         time.sleep(0.001)
     return proc
@@ -200,7 +208,8 @@ def test_signal_while_the_console_script_imports(signum):
         stderr = stderr.decode("utf-8", "replace")
         assert proc.returncode == EXIT[signum], (fraction, start_up, proc.returncode, stderr)
         assert "Traceback" not in stderr and "Exception ignored" not in stderr, (fraction, stderr)
-        assert len([line for line in stderr.splitlines() if line.strip()]) <= 1, (fraction, stderr)  # "interrupted", or nothing
+        # "interrupted", or nothing
+        assert len([line for line in stderr.splitlines() if line.strip()]) <= 1, (fraction, stderr)
         assert b"sentiment:" not in stdout
     assert sum(mid_import) >= 3, f"only {sum(mid_import)} signals arrived while the CLI was importing"
 
@@ -292,7 +301,8 @@ print(inside, lost)
 
 def test_ctrl_c_while_llama_cpp_loads_is_never_lost():
     """llama.cpp logs through a Python callback; an interrupt raised inside it used to vanish."""
-    done = subprocess.run([sys.executable, "-c", _LOAD_INTERRUPT_SCRIPT, os.environ["EDGEQWEN_MODEL"]], capture_output=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", _LOAD_INTERRUPT_SCRIPT, os.environ["EDGEQWEN_MODEL"]],
+                          capture_output=True, timeout=300)
     inside, lost = map(int, done.stdout.split())
     assert lost == 0 and "Exception ignored" not in done.stderr.decode(), done.stderr.decode()
     assert inside >= 6  # most signals land during the load itself
@@ -303,7 +313,8 @@ def test_ctrl_c_while_the_router_reads_a_layer_is_never_lost():
     there must still end the run (before the engine held signals over decodes, 11 of 20 did not)."""
     for answered in (2, 3, 4, 5, 6):
         run = Running("run", "-", "--json", "--ctx", "512", stdin=True)
-        run.proc.stdin.write("".join(f"The hotel room {i} was lovely and the staff were kind.\n" for i in range(200)).encode())
+        run.proc.stdin.write("".join(f"The hotel room {i} was lovely and the staff were kind.\n"
+                                     for i in range(200)).encode())
         run.proc.stdin.flush()
         run.wait_for(lambda: run.stdout.count(b"\n") >= answered, what=f"{answered} routed lines")
         code, stderr = run.stop(signal.SIGINT)

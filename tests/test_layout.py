@@ -9,13 +9,15 @@ from conftest import REPO, console_script
 
 
 def test_layers_circles_sizes_and_docstrings():
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "check_layers.py")], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "check_layers.py")], capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("ok:")
 
 
 def test_python_m_edgeqwen_is_the_console_script():
-    by_module = subprocess.run([sys.executable, "-m", "edgeqwen", "--help"], capture_output=True, text=True, timeout=120)
+    by_module = subprocess.run([sys.executable, "-m", "edgeqwen", "--help"], capture_output=True, text=True,
+                               timeout=120)
     by_script = subprocess.run([console_script(), "--help"], capture_output=True, text=True, timeout=120)
     assert by_module.returncode == by_script.returncode == 0
     assert by_module.stdout == by_script.stdout and "run" in by_module.stdout

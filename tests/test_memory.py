@@ -31,11 +31,13 @@ label = eq.sentiment("这家餐厅的服务太差了，我再也不会来了。"
 reply = eq.chat("Say hello in five words.")
 status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
 kib = lambda key: int(status[key].split()[0])
-print(json.dumps({"label": label, "reply": reply, "peak_rss_kib": kib("VmHWM"), "data_kib": kib("VmData"), "peak_vm_kib": kib("VmPeak")}))
+print(json.dumps({"label": label, "reply": reply, "peak_rss_kib": kib("VmHWM"), "data_kib": kib("VmData"),
+                  "peak_vm_kib": kib("VmPeak")}))
 """
 
 
-def run_capped(model: Path, limit: int, which: int = resource.RLIMIT_DATA, code: str = CHILD) -> subprocess.CompletedProcess:
+def run_capped(model: Path, limit: int, which: int = resource.RLIMIT_DATA,
+               code: str = CHILD) -> subprocess.CompletedProcess:
     def cap() -> None:
         resource.setrlimit(which, (limit, limit))
 
@@ -57,14 +59,18 @@ def test_engine_runs_under_a_1_gib_data_cap_and_reports_peak_rss(model_path):
 
     estimate = estimate_bytes(inspect_gguf(model_path), 2048)
     assert abs(estimate - peak) / peak < 0.3, (estimate, peak)  # doctor's estimate is close to what was measured
-    report = {"cap": "RLIMIT_DATA 1 GiB", "peak_rss_mib": round(peak / 2**20), "private_data_mib": round(figures["data_kib"] / 1024),
-              "peak_address_space_mib": round(figures["peak_vm_kib"] / 1024), "doctor_estimate_mib": round(estimate / 2**20)}
+    report = {"cap": "RLIMIT_DATA 1 GiB", "peak_rss_mib": round(peak / 2**20),
+              "private_data_mib": round(figures["data_kib"] / 1024),
+              "peak_address_space_mib": round(figures["peak_vm_kib"] / 1024),
+              "doctor_estimate_mib": round(estimate / 2**20)}
     print(f"\nmemory under cap: {json.dumps(report)}")
     (REPO / "tests" / "artifacts").mkdir(exist_ok=True)
     (REPO / "tests" / "artifacts" / "memory_cap.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def test_cli_too_little_memory_is_one_line(model_path):
-    code = "import sys; sys.argv = ['edgeqwen', 'run', '--task', 'sentiment', 'hello']; from edgeqwen.console import main; main()"
-    done = run_capped(model_path, 700 << 20, resource.RLIMIT_AS, code)  # 700 MiB of address space: the model maps, its context cannot
+    code = ("import sys; sys.argv = ['edgeqwen', 'run', '--task', 'sentiment', 'hello']; "
+            "from edgeqwen.console import main; main()")
+    # 700 MiB of address space: the model maps, its context cannot
+    done = run_capped(model_path, 700 << 20, resource.RLIMIT_AS, code)
     assert done.returncode == 1 and "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr[-500:]

@@ -1,4 +1,5 @@
-"""Tests for gguf_info, model_paths and standin on real files: GGUFs written with gguf.GGUFWriter, real wheels, real pip."""
+"""Tests for gguf_info, model_paths and standin on real files: GGUFs written with gguf.GGUFWriter, real wheels,
+real pip."""
 
 from __future__ import annotations
 

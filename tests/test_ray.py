@@ -1,4 +1,5 @@
-"""edgeqwen on a real local Ray cluster (2 CPUs, 2 model slots): batch files through actors, an actor killed mid-run, Ray Serve.
+"""edgeqwen on a real local Ray cluster (2 CPUs, 2 model slots): batch files through actors, an actor killed mid-run,
+Ray Serve.
 
 One cluster for the module, started in this process and joined by the CLI subprocesses through its
 address; it is shut down (every Ray process with it) when the module's tests are done, so it does not
@@ -33,10 +34,13 @@ from test_server import KEY, write_test_prompts  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
-EN = [f"The {item} {verdict}." for item in ("phone", "hotel room", "pizza", "laptop", "headphones", "coffee", "delivery", "battery")
-      for verdict in ("is excellent, I love it", "works perfectly", "was great value", "broke after two days", "is terrible", "was a waste of money")]
+EN = [f"The {item} {verdict}."
+      for item in ("phone", "hotel room", "pizza", "laptop", "headphones", "coffee", "delivery", "battery")
+      for verdict in ("is excellent, I love it", "works perfectly", "was great value", "broke after two days",
+                      "is terrible", "was a waste of money")]
 ZH = [f"{item}{verdict}。" for item in ("手机", "酒店", "外卖", "电脑", "耳机", "咖啡", "快递", "电池")
-      for verdict in ("非常好，很满意", "质量超出预期", "物美价廉，推荐", "太差了，很失望", "用了两天就坏了", "完全不值这个价")]
+      for verdict in ("非常好，很满意", "质量超出预期", "物美价廉，推荐", "太差了，很失望", "用了两天就坏了",
+                      "完全不值这个价")]
 TEXTS = list(itertools.islice(itertools.cycle(EN + ZH), 200))
 TEXTS[50] = "   "  # an input that cannot be classified: its record carries the error, in its place
 
@@ -54,7 +58,8 @@ def ray_cluster(model_path):
     Every test on it runs the real model."""
     temp = tempfile.mkdtemp(prefix="eq-ray-", dir="/tmp")  # short: Ray's socket paths live under it
     env_before = dict(os.environ)
-    ray.init(num_cpus=2, resources={settings.RAY_SLOT: 2}, include_dashboard=False, _temp_dir=temp, logging_level="WARNING")
+    ray.init(num_cpus=2, resources={settings.RAY_SLOT: 2}, include_dashboard=False, _temp_dir=temp,
+             logging_level="WARNING")
     try:
         yield {"address": ray.get_runtime_context().gcs_address, "temp": temp}
     finally:
@@ -78,7 +83,8 @@ def files(tmp_path_factory, cli):
 def test_a_file_through_two_actors_equals_the_single_process_output(ray_cluster, files, cli, tmp_path):
     inputs, reference = files
     output = tmp_path / "ray.jsonl"
-    done = cli("sentiment", str(inputs), "--ray-address", ray_cluster["address"], "--actors", "2", "--threads", "1", "-o", str(output))
+    done = cli("sentiment", str(inputs), "--ray-address", ray_cluster["address"], "--actors", "2", "--threads", "1",
+               "-o", str(output))
     assert done.returncode == 0, done.stderr
     assert output.read_text(encoding="utf-8") == reference  # line for line: same records, order and labels
     assert b"200 classified (0 already done)" in done.stderr and b"Traceback" not in done.stderr
@@ -116,7 +122,8 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(ray_cluster, files
 
     def run() -> None:
         try:
-            outcome["summary"] = classify_file_on_ray(short, output, RayOptions(actors=2, threads=1), on_progress=lambda n: written.__setitem__(0, n))
+            outcome["summary"] = classify_file_on_ray(short, output, RayOptions(actors=2, threads=1),
+                                                      on_progress=lambda n: written.__setitem__(0, n))
         except BaseException as error:  # noqa: BLE001 - reported by the test below
             outcome["error"] = error
 
@@ -142,7 +149,8 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(ray_cluster, files
 def test_a_users_ray_dataset_keeps_its_columns(ray_cluster):
     from edgeqwen.cluster import RayOptions, classify_dataset
 
-    dataset = ray.data.from_items([{"id": 7, "text": "Great phone, I love it!"}, {"id": 8, "text": "质量太差，非常失望。"}, {"id": 9, "text": ""}])
+    dataset = ray.data.from_items([{"id": 7, "text": "Great phone, I love it!"},
+                                   {"id": 8, "text": "质量太差，非常失望。"}, {"id": 9, "text": ""}])
     rows = sorted(classify_dataset(dataset, RayOptions(actors=1, threads=1)).take_all(), key=lambda row: row["id"])
     assert [row["label"] for row in rows] == ["positive", "negative", None]
     assert [row["text"] for row in rows][:2] == ["Great phone, I love it!", "质量太差，非常失望。"]
@@ -156,9 +164,11 @@ def test_cluster_errors_are_one_line(ray_cluster, files, cli, tmp_path):
 
     inputs, _ = files
     for options, role, expected in [
-        (RayOptions(actors=3, threads=1), "sentiment", "3 model copies asked for, but the cluster holds 2 with 1 threads each"),
+        (RayOptions(actors=3, threads=1), "sentiment",
+         "3 model copies asked for, but the cluster holds 2 with 1 threads each"),
         (RayOptions(threads=3), "sentiment", "no node of the Ray cluster offers a model slot with 3 free CPUs"),
-        (RayOptions(model="/nowhere/model.gguf", model_sha256="ab" * 32, threads=1), "sentiment", "no model file at /nowhere/model.gguf"),
+        (RayOptions(model="/nowhere/model.gguf", model_sha256="ab" * 32, threads=1), "sentiment",
+         "no model file at /nowhere/model.gguf"),
         (RayOptions(model_sha256="00" * 32, threads=1), "sentiment", "not the --model-sha256 given"),
         (RayOptions(threads=1), "chat", "chat"),
     ]:
@@ -166,7 +176,8 @@ def test_cluster_errors_are_one_line(ray_cluster, files, cli, tmp_path):
             classify_file_on_ray(inputs, tmp_path / "never.jsonl", options, role=role)
         assert "\n" not in str(raised.value)
     # The command: the same errors, as one line and a non-zero exit, never a traceback.
-    for args, expected in [(["--ray-address", ray_cluster["address"], "--actors", "3", "--threads", "1"], "but the cluster holds 2"),
+    for args, expected in [(["--ray-address", ray_cluster["address"], "--actors", "3", "--threads", "1"],
+                            "but the cluster holds 2"),
                            (["--actors", "2"], "--actors only apply with --ray")]:
         done = cli("sentiment", str(inputs), *args, "-o", str(tmp_path / "never.jsonl"))
         assert done.returncode != 0 and b"Traceback" not in done.stderr
@@ -181,7 +192,8 @@ def test_without_ray_installed_it_says_how_to_install_it(tmp_path):
     for command in (["sentiment", str(tmp_path / "in.txt"), "--ray"], ["serve", "--ray"]):
         done = run_cli(*command, env={"PYTHONPATH": str(fake.parent)})
         assert done.returncode == 1
-        assert done.stderr.decode().strip() == "error: --ray needs the ray extra (ray is missing): pip install 'edgeqwen[ray]'"
+        assert done.stderr.decode().strip() == ("error: --ray needs the ray extra (ray is missing): "
+                                                "pip install 'edgeqwen[ray]'")
 
 
 # -- Ray Serve -------------------------------------------------------------------------------------
@@ -189,10 +201,13 @@ def test_without_ray_installed_it_says_how_to_install_it(tmp_path):
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, tmp_path_factory, model_path):
-    """`edgeqwen serve --ray` over 2 replicas of 1 thread and 1 chat slot, on the module's cluster, with the server tests' key and roles."""
+    """`edgeqwen serve --ray` over 2 replicas of 1 thread and 1 chat slot, on the module's cluster, with the server
+    tests' key and roles."""
     prompts = write_test_prompts(tmp_path_factory.mktemp("ray-prompts"))
-    args = ["--ray", "--ray-address", ray_cluster["address"], "--replicas", "2", "--threads", "1", "--model", str(model_path),
-            "--prompts", str(prompts), "--api-key", KEY, "--queue-size", "0", "--slots", "1", "--max-text-chars", "2000", "--log-level", "warning"]
+    args = ["--ray", "--ray-address", ray_cluster["address"], "--replicas", "2", "--threads", "1", "--model",
+            str(model_path),
+            "--prompts", str(prompts), "--api-key", KEY, "--queue-size", "0", "--slots", "1", "--max-text-chars",
+            "2000", "--log-level", "warning"]
     server = ServerProcess(*args, startup_timeout=240).start()  # up once one replica answers /health
     deadline = time.monotonic() + 120
     while _replica_states().get("RUNNING") != 2:
@@ -223,19 +238,27 @@ def test_serve_answers_the_openai_client_on_two_replicas(served, model_path):
     assert _replica_states() == {"RUNNING": 2}
     client = openai.OpenAI(base_url=served.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
     assert {model_path.stem, "chat", "sentiment", "topic"} <= {model.id for model in client.models.list().data}
-    completion = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "What is the capital of France?"}])
+    completion = client.chat.completions.create(model="chat",
+                                                messages=[{"role": "user",
+                                                           "content": "What is the capital of France?"}])
     assert "Paris" in completion.choices[0].message.content
-    stream = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Count from 1 to 10."}], max_tokens=8, stream=True)
+    stream = client.chat.completions.create(model="chat",
+                                            messages=[{"role": "user", "content": "Count from 1 to 10."}],
+                                            max_tokens=8, stream=True)
     pieces = [chunk.choices[0].delta.content for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
     assert len(pieces) >= 3
-    label = client.chat.completions.create(model="sentiment", messages=[{"role": "user", "content": "这家餐厅的服务太差了，我再也不会来了。"}])
+    label = client.chat.completions.create(model="sentiment",
+                                           messages=[{"role": "user",
+                                                      "content": "这家餐厅的服务太差了，我再也不会来了。"}])
     assert label.choices[0].message.content == "negative"
 
 
 def test_serve_sentiment_auth_limits_and_errors_match_edgeqwen_serve(served):
-    status, _, one = _call(served, "POST", "/v1/sentiment", {"text": "The battery lasts all day and the screen is gorgeous."})
+    status, _, one = _call(served, "POST", "/v1/sentiment",
+                           {"text": "The battery lasts all day and the screen is gorgeous."})
     assert status == 200 and one["label"] == "positive" and one["display"] == "正面 positive"
-    status, _, many = _call(served, "POST", "/v1/sentiment", {"texts": ["房间很小，空调还坏了。", "Great phone, I love it!"]})
+    status, _, many = _call(served, "POST", "/v1/sentiment", {"texts": ["房间很小，空调还坏了。", "Great phone, I love "
+                                                                                       "it!"]})
     assert status == 200 and [r["label"] for r in many["results"]] == ["negative", "positive"]
     assert _call(served, "GET", "/health", key=None)[0] == 200
     status, headers, error = _call(served, "GET", "/v1/models", key="wrong")
@@ -247,14 +270,17 @@ def test_serve_sentiment_auth_limits_and_errors_match_edgeqwen_serve(served):
 
 
 def test_serve_busy_replicas_answer_503_with_retry_after(served):
-    # One chat slot and queue size 0: each replica runs one chat and queues no other; with both generating, a third is refused.
+    # One chat slot and queue size 0: each replica runs one chat and queues no other; with both generating, a third
+    # is refused.
     body = json.dumps({"model": "chat", "stream": True, "max_tokens": 1000,
-                       "messages": [{"role": "user", "content": "Count from 1 to 1000, separated by commas. Do not stop early."}]}).encode()
+                       "messages": [{"role": "user", "content": "Count from 1 to 1000, separated by commas. Do not "
+                                                                "stop early."}]}).encode()
     open_streams, refused = [], None
     try:
         for _ in range(3):
             conn = http.client.HTTPConnection(served.host, served.port, timeout=300)
-            conn.request("POST", "/v1/chat/completions", body=body, headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+            conn.request("POST", "/v1/chat/completions", body=body,
+                         headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
             response = conn.getresponse()
             open_streams.append(conn)
             if response.status == 503:

@@ -115,7 +115,8 @@ def test_routes_to_a_missing_role_names_the_field(write_role, tmp_path):
 @pytest.mark.parametrize("target", ["nowhere", "topic", "chat"])  # missing, itself, a generate role
 def test_a_head_reads_only_another_classify_roles_prompt(write_role, tmp_path, target):
     write_role("topic", VALID + f"head_reads_prompt_of: {target}\n")
-    with pytest.raises(RoleError, match=rf"topic\.yaml: field 'head_reads_prompt_of': '{target}' must be another classify role"):
+    with pytest.raises(RoleError,
+                       match=rf"topic\.yaml: field 'head_reads_prompt_of': '{target}' must be another classify role"):
         load_roles(tmp_path)
 
 
@@ -150,7 +151,8 @@ def test_label_that_is_a_control_token_is_refused_when_edgeqwen_loads(tmp_path, 
         EdgeQwen(model_path, n_ctx=256, prompts_dir=tmp_path, router="rules", prefix_cache=False)
     message = str(error.value)
     assert "\n" not in message, message
-    assert message == f"{path}: field 'labels.1.name': label {label!r} {verb} a control token of this model; pick plain words"
+    assert message == (f"{path}: field 'labels.1.name': label {label!r} {verb} a control token of this model; "
+                       "pick plain words")
 
 
 def test_control_token_labels_by_the_model_tokenizer(eq):
@@ -162,8 +164,10 @@ def test_control_token_labels_by_the_model_tokenizer(eq):
     for label in ["positive", "正面", "tool_call", "<tool_call", "<think>", "[PAD]", "a < b > c"]:
         assert label_token_problem(engine, label) is None, label
     check_labels(engine, eq.roles.values())  # the shipped roles pass
-    role = Role(name="topic", source="x/topic.yaml", kind="classify", system="s", labels=[{"name": "a"}, {"name": "</tool_call>"}])
-    with pytest.raises(RoleError, match=r"^x/topic\.yaml: field 'labels\.1\.name': label '</tool_call>' is a control token"):
+    role = Role(name="topic", source="x/topic.yaml", kind="classify", system="s",
+                labels=[{"name": "a"}, {"name": "</tool_call>"}])
+    with pytest.raises(RoleError,
+                       match=r"^x/topic\.yaml: field 'labels\.1\.name': label '</tool_call>' is a control token"):
         Classifier(engine, role)  # also when a Classifier is built directly
 
 
@@ -171,22 +175,29 @@ def test_cli_refuses_a_control_token_label_in_one_line(model_path, tmp_path):
     """The console script, as a user runs it: llama.cpp has loaded, so its own stderr must stay silent too."""
     path = control_token_role(tmp_path, "<tool_call>")
     env = {**os.environ, "EDGEQWEN_MODEL": str(model_path)}
-    done = subprocess.run([console_script(), "run", "--task", "sentiment", "--ctx", "256", "--prompts", str(tmp_path), "hello"],
+    done = subprocess.run([console_script(), "run", "--task", "sentiment", "--ctx", "256", "--prompts", str(tmp_path),
+                           "hello"],
                           capture_output=True, env=env, timeout=300)
     stderr = done.stderr.decode()
     assert done.returncode == 1 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
-    assert stderr == f"error: {path}: field 'labels.1.name': label '<tool_call>' is a control token of this model; pick plain words\n"
+    assert stderr == (f"error: {path}: field 'labels.1.name': label '<tool_call>' is a control token of this model; "
+                      "pick plain words\n")
     assert done.stdout == b""
 
 
 # --------------------------------------------------------------------------- fuzz: YAML -> role -> prompt -> grammar
 
-HOSTILE_STRINGS = ["<|im_end|>", "<|im_start|>", "<|endoftext|>", "<tool_call>", "{text}", "{}", "\\", '"', "'", "|", "::=",
-                   "root ::= x", "\x00", "\x07", "\u2028", "\u202e", "\ud800", "😀", "正面", " ", "", "a" * 70, "\n", "\t"]
-scalar = st.one_of(st.text(st.characters(codec=None, exclude_categories=()), max_size=12), st.sampled_from(HOSTILE_STRINGS),
+HOSTILE_STRINGS = ["<|im_end|>", "<|im_start|>", "<|endoftext|>", "<tool_call>", "{text}", "{}", "\\", '"', "'", "|",
+                   "::=",
+                   "root ::= x", "\x00", "\x07", "\u2028", "\u202e", "\ud800", "😀", "正面", " ", "", "a" * 70, "\n",
+                   "\t"]
+scalar = st.one_of(st.text(st.characters(codec=None, exclude_categories=()), max_size=12),
+                   st.sampled_from(HOSTILE_STRINGS),
                    st.integers(-5, 10**6), st.floats(allow_nan=True), st.booleans(), st.none())
-string = st.one_of(st.text(max_size=12), st.sampled_from(HOSTILE_STRINGS), st.lists(st.sampled_from(HOSTILE_STRINGS), max_size=4).map("".join))
-label = st.one_of(st.fixed_dictionaries({"name": string}, optional={"display": string, "routes_to": scalar, "extra": scalar}), scalar)
+string = st.one_of(st.text(max_size=12), st.sampled_from(HOSTILE_STRINGS),
+                   st.lists(st.sampled_from(HOSTILE_STRINGS), max_size=4).map("".join))
+label = st.one_of(st.fixed_dictionaries({"name": string},
+                                        optional={"display": string, "routes_to": scalar, "extra": scalar}), scalar)
 role_doc = st.fixed_dictionaries(
     {},
     optional={
@@ -194,9 +205,11 @@ role_doc = st.fixed_dictionaries(
         "system": st.one_of(string, scalar),
         "template": st.one_of(string.map(lambda s: f"{s}{{text}}{s}"), string),
         "labels": st.lists(label, max_size=5),
-        "examples": st.lists(st.fixed_dictionaries({"text": string}, optional={"label": string, "reply": string}), max_size=3),
+        "examples": st.lists(st.fixed_dictionaries({"text": string}, optional={"label": string, "reply": string}),
+                             max_size=3),
         "calibration": st.sampled_from(["none", "content_free", "other"]),
-        "sampling": st.dictionaries(st.sampled_from(["temperature", "top_p", "top_k", "max_tokens", "seed", "bogus"]), scalar, max_size=3),
+        "sampling": st.dictionaries(st.sampled_from(["temperature", "top_p", "top_k", "max_tokens", "seed", "bogus"]),
+                                    scalar, max_size=3),
         "description": string,
         "unknown_key": scalar,
     },
@@ -204,12 +217,15 @@ role_doc = st.fixed_dictionaries(
 raw_yaml = st.one_of(
     role_doc.map(lambda d: yaml.safe_dump(d, allow_unicode=True)),
     st.text(st.characters(codec=None, exclude_categories=()), max_size=200),
-    st.lists(st.sampled_from(["kind: classify\n", "system: x\n", "labels:\n", "  - name: a\n", "  - name: b\n", "- ", ": ", "&a ", "*a ",
-                              "!!binary ", "{", "[", '"', "\t", "? ", "%YAML 1.1\n", "---\n", "<|im_end|>"]), max_size=12).map("".join),
+    st.lists(st.sampled_from(["kind: classify\n", "system: x\n", "labels:\n", "  - name: a\n", "  - name: b\n", "- ",
+                              ": ", "&a ", "*a ",
+                              "!!binary ", "{", "[", '"', "\t", "? ", "%YAML 1.1\n", "---\n",
+                              "<|im_end|>"]), max_size=12).map("".join),
 )
 
 
-@settings(max_examples=int(400 * float(os.environ.get("EDGEQWEN_HOSTILE_SCALE", "1"))), deadline=None, derandomize=True, database=None,
+@settings(max_examples=int(400 * float(os.environ.get("EDGEQWEN_HOSTILE_SCALE", "1"))), deadline=None,
+          derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
 @given(source=raw_yaml, text=st.text(st.characters(codec=None, exclude_categories=()), max_size=30))
 def test_fuzz_yaml_loader_renderer_and_grammar(tmp_path, source, text):
@@ -235,8 +251,11 @@ def test_fuzz_yaml_loader_renderer_and_grammar(tmp_path, source, text):
         assert all(label_problem(name) is None for name in role.label_names)
 
 
-@settings(max_examples=int(300 * float(os.environ.get("EDGEQWEN_HOSTILE_SCALE", "1"))), deadline=None, derandomize=True, database=None)
-@given(grammar=st.one_of(st.text(max_size=60), st.lists(st.sampled_from(['root ::= ', '"a"', " | ", '"', "\\", "\\n", "<|im_end|>", "b", "::=", "\x00", "(", ")*"]), max_size=10).map("".join)))
+@settings(max_examples=int(300 * float(os.environ.get("EDGEQWEN_HOSTILE_SCALE", "1"))), deadline=None,
+          derandomize=True, database=None)
+@given(grammar=st.one_of(st.text(max_size=60),
+                         st.lists(st.sampled_from(['root ::= ', '"a"', " | ", '"', "\\", "\\n", "<|im_end|>", "b",
+                                                   "::=", "\x00", "(", ")*"]), max_size=10).map("".join)))
 def test_fuzz_check_grammar_accepts_only_label_grammars(grammar):
     try:
         check_grammar(grammar)

@@ -66,7 +66,8 @@ def test_a_route_head_that_does_not_fit_falls_back_to_the_route_prompts_label_lo
     prompts = tmp_path / "prompts"
     prompts.mkdir()
     sentiment = (REPO / "prompts" / "sentiment.yaml").read_text(encoding="utf-8")
-    (prompts / "sentiment.yaml").write_text(sentiment.replace("Answer with exactly one word", "Answer with one word"), encoding="utf-8")
+    (prompts / "sentiment.yaml").write_text(sentiment.replace("Answer with exactly one word", "Answer with one word"),
+                                            encoding="utf-8")
     (prompts / "sentiment.train.jsonl").write_bytes((REPO / "prompts" / "sentiment.train.jsonl").read_bytes())
     (prompts / "sentiment.head.npz").write_bytes((REPO / "prompts" / "sentiment.head.npz").read_bytes())
     roles = load_roles(prompts)  # the route role now reads an edited sentiment prompt: its head no longer fits
@@ -97,9 +98,11 @@ def test_an_unsure_router_answers_with_both_when_its_role_says_so(invoke_model, 
     result = json.loads(done.stdout)
     assert result["task"] == "both" and result["route"]["abstained"] is True
     assert result["label"] in ("positive", "negative") and result["reply"]
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # the head still fits: abstaining is not part of the prompt
+    # the head still fits: abstaining is not part of the prompt
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
-    (prompts / "route.yaml").write_text(route + "abstain_below: 0.5\n", encoding="utf-8")  # a confidence is never below 0.5
+    # a confidence is never below 0.5
+    (prompts / "route.yaml").write_text(route + "abstain_below: 0.5\n", encoding="utf-8")
     plain = json.loads(invoke_model("run", "--json", "--prompts", str(prompts), "How do I make green tea?").stdout)
     assert plain["task"] == "chat" and plain["route"]["abstained"] is False
 
@@ -109,6 +112,7 @@ def test_only_a_router_role_can_abstain(tmp_path):
     from edgeqwen.roles import load_role
 
     path = tmp_path / "mood.yaml"
-    path.write_text("kind: classify\nsystem: Mood?\nlabels: [{name: happy}, {name: sad}]\nabstain_below: 0.7\n", encoding="utf-8")
+    path.write_text("kind: classify\nsystem: Mood?\nlabels: [{name: happy}, {name: sad}]\nabstain_below: 0.7\n",
+                    encoding="utf-8")
     with pytest.raises(RoleError, match="abstain_below: only a router role"):
         load_role(path)

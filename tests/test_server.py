@@ -1,7 +1,8 @@
 """`edgeqwen serve` as a real subprocess on a free port, driven over HTTP and by the official openai client.
 
 One server for the whole module (one model load): API key set, one chat slot and a wait queue of 1
-(so a test can fill both), small limits, and a test prompts dir whose chat role answers in at most 32 tokens at temperature 0.
+(so a test can fill both), small limits, and a test prompts dir whose chat role answers in at most 32 tokens at
+temperature 0.
 One llama.cpp thread: on a shared 2-core machine that is faster than two, and leaves a core to the rest.
 """
 
@@ -60,7 +61,8 @@ def write_test_prompts(directory: Path) -> Path:
 def server(tmp_path_factory, model_path):
     prompts = write_test_prompts(tmp_path_factory.mktemp("prompts"))
     args = [
-        "--model", str(model_path), "--prompts", str(prompts), "--api-key", KEY, "--queue-size", "1", "--slots", "1", "--threads", "1",
+        "--model", str(model_path), "--prompts", str(prompts), "--api-key", KEY, "--queue-size", "1", "--slots", "1",
+        "--threads", "1",
         "--max-body-bytes", str(MAX_BODY), "--max-text-chars", str(MAX_TEXT), "--log-level", "warning",
     ]
     with ServerProcess(*args) as running:
@@ -72,7 +74,8 @@ def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
 
 
-def call(server, method: str, path: str, body=None, *, key: str | None = KEY, raw: bytes | None = None, timeout: float = 300):
+def call(server, method: str, path: str, body=None, *, key: str | None = KEY, raw: bytes | None = None,
+         timeout: float = 300):
     """One HTTP request; returns (status, headers, parsed JSON body)."""
     conn = http.client.HTTPConnection(server.host, server.port, timeout=timeout)
     headers = {"Content-Type": "application/json"}
@@ -91,7 +94,8 @@ def call(server, method: str, path: str, body=None, *, key: str | None = KEY, ra
 def sse_events(server, path: str, body: dict) -> list:
     """POST with stream: true and return the parsed `data:` events."""
     conn = http.client.HTTPConnection(server.host, server.port, timeout=300)
-    conn.request("POST", path, body=json.dumps(body).encode(), headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    conn.request("POST", path, body=json.dumps(body).encode(),
+                 headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     response = conn.getresponse()
     assert response.status == 200, response.read()
     assert response.getheader("content-type").startswith("text/event-stream")
@@ -186,7 +190,9 @@ def test_openai_client_sees_clear_errors(client):
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.UnprocessableEntityError, match="last message must be a user message"):
-        client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+        client.chat.completions.create(model="chat",
+                                       messages=[{"role": "user", "content": "hi"},
+                                                 {"role": "assistant", "content": "hello"}])
     with pytest.raises(openai.BadRequestError, match="n: only one choice"):  # a field that would change the answer: 400
         client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}], n=2)
 
@@ -195,7 +201,8 @@ def test_openai_client_sees_clear_errors(client):
 
 
 def test_sentiment_of_one_text_and_of_a_list(server):
-    status, _, one = call(server, "POST", "/v1/sentiment", {"text": "The battery lasts all day and the screen is gorgeous."})
+    status, _, one = call(server, "POST", "/v1/sentiment",
+                          {"text": "The battery lasts all day and the screen is gorgeous."})
     assert status == 200
     assert one["label"] == "positive" and one["display"] == "正面 positive"
     assert 0.5 < one["confidence"] <= 1 and set(one["scores"]) == {"positive", "negative"}
@@ -208,7 +215,8 @@ def test_sentiment_of_one_text_and_of_a_list(server):
 
 
 def test_any_classify_role_by_name(server):
-    status, _, result = call(server, "POST", "/v1/classify/topic", {"text": "The goalkeeper saved a penalty in extra time."})
+    status, _, result = call(server, "POST", "/v1/classify/topic",
+                             {"text": "The goalkeeper saved a penalty in extra time."})
     assert status == 200 and result["role"] == "topic" and result["label"] == "sports" and result["display"] == "体育"
     status, _, error = call(server, "POST", "/v1/classify/nope", {"text": "x"})
     assert status == 404 and "available: route, sentiment, topic" in error["error"]["message"]
@@ -234,14 +242,17 @@ def test_run_routes_like_the_cli(server, invoke_model):
 
 
 def test_run_streams_the_label_then_the_reply_and_keeps_a_conversation(server):
-    events = sse_events(server, "/v1/run", {"text": "房间干净，早餐丰富，下次还会再来。", "task": "both", "stream": True})
+    events = sse_events(server, "/v1/run",
+                        {"text": "房间干净，早餐丰富，下次还会再来。", "task": "both", "stream": True})
     kinds = [e["type"] for e in events]
     assert kinds[0] == "sentiment" and kinds[-1] == "done" and kinds.count("delta") >= 2
     assert events[0]["label"] == "positive"
     done = events[-1]["result"]
     assert done["reply"] == "".join(e["text"] for e in events if e["type"] == "delta")
-    history = [{"role": "user", "content": "My name is Mei."}, {"role": "assistant", "content": "Nice to meet you, Mei!"}]
-    status, _, result = call(server, "POST", "/v1/run", {"text": "What is my name?", "task": "chat", "history": history})
+    history = [{"role": "user", "content": "My name is Mei."},
+               {"role": "assistant", "content": "Nice to meet you, Mei!"}]
+    status, _, result = call(server, "POST", "/v1/run",
+                             {"text": "What is my name?", "task": "chat", "history": history})
     assert status == 200 and "Mei" in result["reply"]
 
 
@@ -267,7 +278,8 @@ def test_limits_and_bad_requests_get_clear_json_errors(server):
         assert "\n" not in error["error"]["message"]
     status, _, error = call(server, "POST", "/v1/run", {"text": "hi", "task": "poem"})
     assert status == 422 and error["error"]["param"] == "task"
-    status, _, error = call(server, "POST", "/v1/chat/completions", {"model": "chat", "messages": [{"role": "user", "content": "q" * (MAX_TEXT + 1)}]})
+    status, _, error = call(server, "POST", "/v1/chat/completions",
+                            {"model": "chat", "messages": [{"role": "user", "content": "q" * (MAX_TEXT + 1)}]})
     assert status == 422 and error["error"]["param"] == "messages.0.content"
     status, _, error = call(server, "GET", "/v1/nothing-here")
     assert status == 404 and error["error"]["message"] == "no such endpoint: GET /v1/nothing-here"
@@ -285,7 +297,8 @@ def _open_stream(server, body: dict):
                  headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     response = conn.getresponse()
     assert response.status == 200
-    read_line_until(response, lambda line: line.startswith(b"data: ") and b'"content":"' in line and b'"content":""' not in line)
+    read_line_until(response, lambda line: line.startswith(b"data: ") and b'"content":"' in line
+                    and b'"content":""' not in line)
     return conn, response
 
 
@@ -307,7 +320,8 @@ def test_full_queue_gets_503_and_a_disconnect_frees_the_slot(server, client):
     assert call(server, "GET", "/health")[2]["queue"]["busy"] is True
     # W: a chat waits for the slot, then its client gives up: its place is free again at once.
     quitter = http.client.HTTPConnection(server.host, server.port, timeout=30)
-    quitter.request("POST", "/v1/chat/completions", body=json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+    quitter.request("POST", "/v1/chat/completions",
+                    body=json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}).encode(),
                     headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     wait_for_queue(server, lambda q: q["waiting"] == 1, "request W never queued")
     quitter.sock.shutdown(socket.SHUT_RDWR)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="the test extra installs playwright: pip install -e '.[test]'")
+playwright_api = pytest.importorskip("playwright.sync_api",
+                                     reason="the test extra installs playwright: pip install -e '.[test]'")
 pytest.importorskip("starlette", reason="the serve extra: pip install -e '.[serve]'")
 
 from edgeqwen.server.launch import ServerProcess  # noqa: E402
@@ -30,14 +31,16 @@ CHROMIUM_FLAGS = [
 def chromium_path() -> str:
     path = os.environ.get("EDGEQWEN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).is_file():
-        pytest.fail("the page test needs Debian's chromium: run `make browser` (apt-get install -y chromium) or set $EDGEQWEN_CHROMIUM")
+        pytest.fail("the page test needs Debian's chromium: run `make browser` (apt-get install -y chromium) or set "
+                    "$EDGEQWEN_CHROMIUM")
     return path
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model_path):
     prompts = write_test_prompts(tmp_path_factory.mktemp("prompts"))
-    with ServerProcess("--model", str(model_path), "--prompts", str(prompts), "--threads", "1", "--log-level", "warning") as running:
+    with ServerProcess("--model", str(model_path), "--prompts", str(prompts), "--threads", "1", "--log-level",
+                       "warning") as running:
         yield running
 
 
@@ -45,7 +48,8 @@ def server(tmp_path_factory, model_path):
 def page(server, tmp_path_factory):
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
-        context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+        context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+                                      has_touch=True)
         page = context.new_page()
         page.set_default_timeout(240_000)
         page.requests = []
@@ -73,7 +77,9 @@ def test_page_shows_a_label_and_a_streamed_reply_and_keeps_the_conversation(serv
         """() => {
         window.replyUpdates = 0;
         new MutationObserver((changes) => {
-          for (const c of changes) if (c.target.closest && c.target.closest('.reply') || c.target.parentElement?.closest('.reply')) window.replyUpdates++;
+          for (const c of changes)
+            if (c.target.closest && c.target.closest('.reply') || c.target.parentElement?.closest('.reply'))
+              window.replyUpdates++;
         }).observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true});
     }"""
     )

@@ -247,8 +247,10 @@ def test_a_classification_over_its_deadline_stops_between_batches():
 # -- over the real model and a real HTTP server ------------------------------------------------------
 
 SENTIMENT_TEXTS = ["这家餐厅的服务太差了，我再也不会来了。", "The battery lasts all day and the screen is gorgeous.",
-                   "物流很快，包装完好，质量超出预期。", "I wanted to like this film, but the plot drags.", "Works exactly as described."]
-QUESTIONS = ["Name one famous Chinese dish.", "用一句话介绍一下长城。", "What is 2 + 2?", "Give me one tip for sleeping well."]
+                   "物流很快，包装完好，质量超出预期。", "I wanted to like this film, but the plot drags.",
+                   "Works exactly as described."]
+QUESTIONS = ["Name one famous Chinese dish.", "用一句话介绍一下长城。", "What is 2 + 2?", "Give me one tip for "
+                                                                               "sleeping well."]
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +263,8 @@ def live(eq):
     from edgeqwen.server.launch import free_port
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(eq, ServerConfig(queue_size=8, slots=4)), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(eq, ServerConfig(queue_size=8, slots=4)), host="127.0.0.1",
+                                           port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(500):
@@ -308,17 +311,20 @@ def in_threads(calls) -> list[threading.Thread]:
 
 
 def chat_body(question: str, stream: bool = False, max_tokens: int = 24) -> dict:
-    return {"model": "chat", "temperature": 0, "max_tokens": max_tokens, "stream": stream, "messages": [{"role": "user", "content": question}]}
+    return {"model": "chat", "temperature": 0, "max_tokens": max_tokens, "stream": stream,
+            "messages": [{"role": "user", "content": question}]}
 
 
 def test_sentiment_requests_that_arrive_together_are_evaluated_in_one_call(eq, live):
     alone = [eq.sentiment(text).label for text in SENTIMENT_TEXTS]
     before = queue_state(live)
     blocker: list = []
-    threads = in_threads([lambda: post(live, "/v1/sentiment", {"texts": SENTIMENT_TEXTS * 4}, blocker)])  # 20 texts: 2 calls
+    # 20 texts: 2 calls
+    threads = in_threads([lambda: post(live, "/v1/sentiment", {"texts": SENTIMENT_TEXTS * 4}, blocker)])
     wait_until(live, lambda q: q["busy"])
     answers: dict[int, tuple] = {}
-    threads += in_threads([lambda i=i: answers.update({i: post(live, "/v1/sentiment", {"text": SENTIMENT_TEXTS[i]})}) for i in range(5)])
+    threads += in_threads([lambda i=i: answers.update({i: post(live, "/v1/sentiment",
+                                                               {"text": SENTIMENT_TEXTS[i]})}) for i in range(5)])
     for thread in threads:
         thread.join(timeout=300)
     after = queue_state(live)
@@ -346,7 +352,8 @@ def test_a_cancelled_job_in_a_batch_does_not_fail_the_others(eq):
         first, third = await jobs[0].result(), await jobs[2].result()
         with pytest.raises(Cancelled):
             await jobs[1].result()
-        assert [first[0].label, third[0].label] == [eq.sentiment(SENTIMENT_TEXTS[0]).label, eq.sentiment(SENTIMENT_TEXTS[2]).label]
+        assert [first[0].label, third[0].label] == [eq.sentiment(SENTIMENT_TEXTS[0]).label,
+                                                    eq.sentiment(SENTIMENT_TEXTS[2]).label]
         assert worker.status()["classify_calls"] == 1 and worker.status()["cancelled"] == 1
         worker.close()
 
@@ -356,7 +363,8 @@ def test_a_cancelled_job_in_a_batch_does_not_fail_the_others(eq):
 def test_chats_share_decode_steps_and_each_gets_its_reply_alone(eq, live):
     alone = [post(live, "/v1/chat/completions", chat_body(q))[1]["choices"][0]["message"]["content"] for q in QUESTIONS]
     answers: dict[int, tuple] = {}
-    threads = in_threads([lambda i=i, q=q: answers.update({i: post(live, "/v1/chat/completions", chat_body(q))}) for i, q in enumerate(QUESTIONS)])
+    threads = in_threads([lambda i=i, q=q: answers.update({i: post(live, "/v1/chat/completions", chat_body(q))})
+                          for i, q in enumerate(QUESTIONS)])
     peak = 0
     while any(thread.is_alive() for thread in threads):
         peak = max(peak, queue_state(live)["streams"])
@@ -414,7 +422,8 @@ def test_a_classification_too_big_beside_a_running_chat_waits_for_it_and_is_answ
             order.append("chat")
             return chat.history[-1]["content"]
 
-        chat_job = worker.submit(lambda job: SlotRequest(start=lambda streams: streams.start(chat, turn), done=chat_done), chat=True)
+        chat_job = worker.submit(lambda job: SlotRequest(start=lambda streams: streams.start(chat, turn),
+                                                         done=chat_done), chat=True)
         await until(lambda: worker.status()["streams"] == 1)  # its prompt and 330 tokens: most of the 512 cells
 
         def classify(texts):
