@@ -1,6 +1,7 @@
 """`edgeqwen doctor`: what this board has, what the llama.cpp build can use, and settings that fit.
 
-It reads the board (board.py: RAM, cores, CPU flags), asks llama.cpp what it was compiled with, and
+It reads the board (board.py: RAM, cores, CPU flags), asks llama.cpp what it was compiled with (and
+says, with the flags to rebuild with, when this CPU cannot run that build), and
 shows the memory plan every command uses by default (memory_plan.py: the KV-cache type and context
 that fit the model on this board, estimated from its GGUF metadata alone; no weights are loaded).
 """
@@ -11,7 +12,7 @@ import os
 import platform
 from dataclasses import asdict, dataclass
 
-from .board import Cores, Memory, cpu_features, read_cores
+from .board import Cores, Memory, build_mismatch, cpu_features, read_cores
 from .engine.plain import llama_cpp_build
 from .errors import EdgeQwenError
 from .gguf_info import inspect_gguf
@@ -37,6 +38,7 @@ class Report:
     cores: Cores
     cpu_features: dict[str, bool]
     llama_cpp_features: str
+    build_error: str | None  # this CPU cannot run the llama.cpp build: why, and the flags to rebuild with
     model: ModelEstimate | None
     model_error: str | None
     plan: MemoryPlan | None  # what every command uses unless --ctx / --kv-cache say otherwise
@@ -61,6 +63,7 @@ def diagnose(model: str | os.PathLike | None = None, *, ram_bytes: int | None = 
     """Everything `edgeqwen doctor` prints. ram_bytes: plan for a board with this much RAM instead of this one."""
     memory = Memory(total=ram_bytes, available=ram_bytes, cgroup_limit=None) if ram_bytes is not None else board_memory()
     cores = read_cores()
+    build = llama_cpp_build()
     warnings: list[str] = []
     estimate = plan = None
     model_error = None
@@ -97,7 +100,8 @@ def diagnose(model: str | os.PathLike | None = None, *, ram_bytes: int | None = 
         memory=memory,
         cores=cores,
         cpu_features=features,
-        llama_cpp_features=llama_cpp_build(),
+        llama_cpp_features=build,
+        build_error=build_mismatch(build),
         model=estimate,
         model_error=model_error,
         plan=plan,
@@ -140,4 +144,5 @@ def format_report(report: Report) -> list[str]:
     else:
         lines.append(f"recommended    --threads {report.recommended_threads} (no --ctx fits the available RAM)")
     lines += [f"warning: {w}" for w in report.warnings]
+    lines += [f"error: {report.build_error}"] if report.build_error else []
     return lines

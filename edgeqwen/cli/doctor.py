@@ -32,6 +32,6 @@ def doctor(
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2, default=str))
     else:
         for line in format_report(report):
-            typer.echo(line, err=line.startswith("warning:"))
-    if report.model_error:
+            typer.echo(line, err=line.startswith(("warning:", "error:")))
+    if report.model_error or report.build_error:
         raise typer.Exit(1)

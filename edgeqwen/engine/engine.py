@@ -29,6 +29,7 @@ from ..grammar import check_grammar, grammar_literals
 from ..memory_plan import plan_memory
 from ..numeric import logsumexp
 from .cells import MAX_PARALLEL, PREFIX_SHARE, WORKING_SEQ
+from .llama_build import check_cpu
 from .picker import TokenPicker, start_reply
 from .prefix_store import PrefixStore
 from .reply import Generation, Reply
@@ -83,6 +84,7 @@ class Engine:
             raise ValueError(f"n_ctx must be at least {settings.MIN_N_CTX}")
         if kv_type is not None and kv_type not in KV_TYPES:
             raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}")
+        check_cpu()  # a build for CPU features this one lacks would die with SIGILL at the first evaluation
         self.memory_plan = plan_memory(self.info, n_ctx=n_ctx, kv_type=kv_type)  # fills in what was not given
         if not self.memory_plan.fits:
             log.warning(f"warning: {self.info.path.name} may not fit this board's memory: {self.memory_plan.describe()}")

@@ -1,5 +1,6 @@
 """Plain llama-cpp-python, as a user of it would call it: the reference `edgeqwen bench` measures
-edgeqwen against in the same run, and the summary of what the installed llama.cpp was built with."""
+edgeqwen against in the same run, and the summary of what the installed llama.cpp was built with
+(llama_build.py; tools such as doctor reach it here)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from pathlib import Path
 
 import llama_cpp
 
+from .llama_build import llama_cpp_build
 
-def llama_cpp_build() -> str:
-    """What the installed llama.cpp was compiled with (its own summary line)."""
-    return llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
+__all__ = ["PlainLlama", "llama_cpp_build"]
 
 
 class PlainLlama:
