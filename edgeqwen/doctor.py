@@ -1,9 +1,9 @@
 """`edgeqwen doctor`: what this board has, what the llama.cpp build can use, and settings that fit.
 
 It reads the board (board.py: RAM, cores, CPU flags), asks llama.cpp what it was compiled with (and
-says, with the flags to rebuild with, when this CPU cannot run that build), and
-shows the memory plan every command uses by default (memory_plan.py: the KV-cache type and context
-that fit the model on this board, estimated from its GGUF metadata alone; no weights are loaded).
+says, with the flags to rebuild with, when this CPU cannot run that build), and shows the memory plan
+every command uses by default (memory_plan.py: the KV-cache type, context and weight loading that fit
+the model on this board, estimated from its GGUF metadata and the build alone; no weights are loaded).
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import os
 import platform
 from dataclasses import asdict, dataclass
 
-from .board import Cores, Memory, build_mismatch, cpu_features, read_cores
+from .board import Cores, Memory, build_features, build_mismatch, cpu_features, read_cores
 from .engine.plain import llama_cpp_build
 from .errors import EdgeQwenError
 from .gguf_info import inspect_gguf
 from .memory_plan import CTX_CHOICES, MiB, MemoryPlan, board_memory, estimate_bytes, kv_bytes_per_token, plan_memory
 from .model_paths import resolve_model
+from .weight_memory import weight_memory
 
 
 @dataclass
@@ -74,12 +75,13 @@ def diagnose(model: str | os.PathLike | None = None, *, ram_bytes: int | None = 
         warnings.append(f"no usable model: {error}")
     else:
         contexts = sorted({*CTX_CHOICES, *([n_ctx] if n_ctx else [])})
+        plan = plan_memory(info, memory, n_ctx=n_ctx, kv_type=kv_cache, build=build_features(build))
+        weights = weight_memory(info, build_features(build), repack=plan.loading.repack, mmap=plan.loading.mmap)
         estimate = ModelEstimate(
             path=str(info.path), architecture=info.architecture, file_type=info.file_type, file_bytes=info.file_size,
             kv_bytes_per_token=kv_bytes_per_token(info), context_length=info.context_length,
-            estimate_bytes={kv: {c: estimate_bytes(info, c, kv) for c in contexts} for kv in ("f16", "q8_0")},
+            estimate_bytes={kv: {c: estimate_bytes(info, c, kv, weights) for c in contexts} for kv in ("f16", "q8_0")},
         )
-        plan = plan_memory(info, memory, n_ctx=n_ctx, kv_type=kv_cache)
         if not plan.fits:
             usable = memory.usable
             warnings.append(

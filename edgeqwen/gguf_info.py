@@ -27,6 +27,16 @@ REBUILD_HINT = "delete it, then run `make model` for the stand-in or `make quant
 
 
 @dataclass(frozen=True)
+class Weight:
+    """One tensor of the file: what the memory plan needs to know which llama.cpp repacks."""
+
+    name: str
+    type: str  # the ggml type's name: Q4_K, Q6_K, F32, ...
+    shape: tuple[int, ...]  # ggml order: shape[0] is a row's length, shape[1] the number of rows
+    n_bytes: int
+
+
+@dataclass(frozen=True)
 class GGUFInfo:
     """What edgeqwen needs to know about a model file, read without loading weights."""
 
@@ -50,12 +60,13 @@ class GGUFInfo:
     # tokens such as <|im_end|>, and added ones such as Qwen2.5's <tool_call>, which llama.cpp
     # matches even in text tokenized without special tokens.
     special_tokens: frozenset[int] = frozenset()
+    weights: tuple[Weight, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly summary; the template text and the special token ids are left out because they are long."""
+        """JSON-friendly summary; the template text, the special token ids and the tensors are left out because they are long."""
         d = asdict(self)
-        del d["chat_template"]
-        del d["special_tokens"]
+        for long_field in ("chat_template", "special_tokens", "weights"):
+            del d[long_field]
         d["path"] = str(self.path)
         return d
 
@@ -256,6 +267,8 @@ def _info(reader: GGUFReader, path: Path, size: int, expect_arch: tuple[str, ...
         chat_template=template,
         tied_embeddings=all(t.name != "output.weight" for t in reader.tensors),
         special_tokens=_special_tokens(reader),
+        weights=tuple(Weight(t.name, t.tensor_type.name, tuple(int(n) for n in t.shape), int(t.n_bytes))
+                      for t in reader.tensors),
     )
 
 

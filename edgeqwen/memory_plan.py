@@ -1,14 +1,18 @@
-"""The memory plan: which KV-cache type and context size a model gets on this board by default.
+"""The memory plan: the KV-cache type, context size and weight loading a model gets on this board by default.
 
-Peak memory is estimated from the GGUF's metadata alone:
+Peak memory is estimated from the GGUF's metadata and the llama.cpp build's features alone:
 
-    model file + KV bytes per token × n_ctx + a fixed overhead
+    weights + KV bytes per token × n_ctx + a fixed overhead
 
-and the plan is the first of PLANS (best first) whose estimate fits the budget: HEADROOM of the
-memory available now, and at most SHARE_OF_TOTAL of the board's RAM, because the model file is
-memory-mapped and the OS, the page cache and the user's own program need the rest. A setting the
-user gives (--ctx, --kv-cache) is kept; the plan only fills in the others. How the estimate
-compares with measured peaks: docs/benchmarks.md.
+where the weights are the mapped file and whatever llama.cpp copies into its own memory: matrices it
+repacks for faster kernels, or every tensor when the file is not mapped (weight_memory.py). The plan
+is the first of PLANS (best first) whose estimate fits the budget: HEADROOM of the memory available
+now, and at most SHARE_OF_TOTAL of the board's RAM, because the OS, the page cache and the user's own
+program need the rest. At each context it tries weight repacking (where settings.REPACK wants it and
+the build repacks something) before going without, and loads unmapped when repacking copies the
+weights anyway and that costs less. A setting the user gives (--ctx, --kv-cache, $EDGEQWEN_REPACK,
+$EDGEQWEN_MMAP) is kept; the plan only fills in the others. How the estimate compares with measured
+peaks: docs/benchmarks.md, docs/raspberry-pi.md.
 """
 
 from __future__ import annotations
@@ -19,11 +23,15 @@ from . import settings
 from .board import Memory, read_memory
 from .errors import InputError
 from .gguf_info import GGUFInfo
+from .weight_memory import WeightMemory, weight_memory
 
 MiB = 1 << 20
 # Python, numpy, llama.cpp's vocabulary, compute buffers and logits, beyond the model file and the
 # KV cache: measured peak RSS less those two, with room to spare (docs/hardening.md).
 OVERHEAD_BYTES = 110 * MiB
+# Python, numpy and llama.cpp's vocabulary while the weights load (before the KV cache and compute
+# buffers exist): what sits beside the read buffer of a repacked matrix at the loading peak.
+LOADING_OVERHEAD_BYTES = 60 * MiB
 HEADROOM = 0.8
 SHARE_OF_TOTAL = 0.5
 # Best first: a shorter context before a smaller cache type would cut chat history for little memory.
@@ -34,12 +42,25 @@ BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32}  # q8_0: 32 int8 values and one 
 
 
 @dataclass(frozen=True)
+class Loading:
+    """How the weights are loaded: repacked by llama.cpp or not, the file memory-mapped or read."""
+
+    repack: bool
+    mmap: bool
+
+    def describe(self) -> str:
+        return f"repacking {'on' if self.repack else 'off'}, file {'mapped' if self.mmap else 'read, not mapped'}"
+
+
+@dataclass(frozen=True)
 class MemoryPlan:
     kv_type: str
     n_ctx: int
     estimate_bytes: int
     budget_bytes: int | None  # None: the board's memory is unknown
     chosen_by: str  # "you" (both given), or this board's memory (and whether anything fit)
+    loading: Loading = Loading(repack=False, mmap=True)
+    gave_up: str | None = None  # what the plan left out to fit, said plainly
 
     @property
     def fits(self) -> bool:
@@ -47,8 +68,9 @@ class MemoryPlan:
 
     def describe(self) -> str:
         budget = "unknown memory" if self.budget_bytes is None else f"budget {self.budget_bytes / MiB:,.0f} MiB"
-        return (f"--ctx {self.n_ctx} --kv-cache {self.kv_type}: about {self.estimate_bytes / MiB:,.0f} MiB "
-                f"({budget}; chosen by {self.chosen_by})")
+        gave_up = f"; left out {self.gave_up}" if self.gave_up else ""
+        return (f"--ctx {self.n_ctx} --kv-cache {self.kv_type}, {self.loading.describe()}: about "
+                f"{self.estimate_bytes / MiB:,.0f} MiB ({budget}; chosen by {self.chosen_by}{gave_up})")
 
 
 def kv_bytes_per_token(info: GGUFInfo, kv_type: str = "f16") -> int | None:
@@ -60,9 +82,13 @@ def kv_bytes_per_token(info: GGUFInfo, kv_type: str = "f16") -> int | None:
     return int(values * BYTES_PER_VALUE[kv_type])
 
 
-def estimate_bytes(info: GGUFInfo, n_ctx: int, kv_type: str = "f16") -> int:
-    """Peak memory of the engine with this model, context and KV-cache type (see the module docstring)."""
-    return info.file_size + (kv_bytes_per_token(info, kv_type) or 0) * n_ctx + OVERHEAD_BYTES
+def estimate_bytes(info: GGUFInfo, n_ctx: int, kv_type: str = "f16", weights: WeightMemory | None = None) -> int:
+    """Peak memory of the engine with this model, context, KV-cache type and weight placement (default:
+    the file mapped, nothing repacked; see the module docstring). A read buffer while loading counts
+    when it is larger than what the KV cache and the compute buffers take later."""
+    weights = weights or weight_memory(info, set(), repack=False, mmap=True)
+    running = (kv_bytes_per_token(info, kv_type) or 0) * n_ctx + OVERHEAD_BYTES
+    return weights.resident + max(running, weights.loading_peak + LOADING_OVERHEAD_BYTES)
 
 
 def budget_bytes(memory: Memory) -> int | None:
@@ -81,27 +107,73 @@ def board_memory() -> Memory:
     return Memory(total=override, available=override, cgroup_limit=None) if override else read_memory()
 
 
-def plan_memory(info: GGUFInfo, memory: Memory | None = None, *, n_ctx: int | None = None, kv_type: str | None = None) -> MemoryPlan:
-    """The KV-cache type and context for `info`'s model on a board with `memory` (default: this one).
-    A given n_ctx or kv_type is kept; the others are chosen from PLANS."""
+def plan_memory(info: GGUFInfo, memory: Memory | None = None, *, n_ctx: int | None = None, kv_type: str | None = None,
+                build: set[str] | frozenset[str] = frozenset(), repack: bool | None = None,
+                mmap: bool | None = None) -> MemoryPlan:
+    """The KV-cache type, context and weight loading for `info`'s model on a board with `memory` (default:
+    this one) and a llama.cpp build with these features (llama_print_system_info names; what it repacks).
+    A given n_ctx, kv_type, repack or mmap is kept, as are $EDGEQWEN_REPACK and $EDGEQWEN_MMAP; the others
+    are chosen."""
     if kv_type is not None and kv_type not in BYTES_PER_VALUE:
         raise InputError(f"unknown KV cache type {kv_type!r}; choose one of {', '.join(BYTES_PER_VALUE)}")
     budget = budget_bytes(memory or board_memory())
+    loadings = _loadings(info, set(build), repack, mmap)
     if n_ctx is not None and kv_type is not None:
-        return MemoryPlan(kv_type, n_ctx, estimate_bytes(info, n_ctx, kv_type), budget, "you")
-    candidates = [
-        (kv, ctx) for kv, ctx in _candidates(n_ctx, kv_type)
-        if not (info.context_length and ctx > info.context_length and n_ctx is None)
-    ] or [(kv_type or settings.KV_CACHE, info.context_length or CTX_CHOICES[-1])]
-    estimates = [(kv, ctx, estimate_bytes(info, ctx, kv)) for kv, ctx in candidates]
-    for kv, ctx, estimate in estimates:
+        candidates, chosen_by = [(kv_type, n_ctx)], "you"
+    else:
+        candidates = [
+            (kv, ctx) for kv, ctx in _candidates(n_ctx, kv_type)
+            if not (info.context_length and ctx > info.context_length and n_ctx is None)
+        ] or [(kv_type or settings.KV_CACHE, info.context_length or CTX_CHOICES[-1])]
+        chosen_by = "this board's memory"
+    estimates = [(kv, ctx, loading, estimate_bytes(info, ctx, kv, weights))
+                 for kv, ctx in candidates for loading, weights in loadings]
+    for kv, ctx, loading, estimate in estimates:
         if budget is None or estimate <= budget:
-            return MemoryPlan(kv, ctx, estimate, budget, "this board's memory")
+            return MemoryPlan(kv, ctx, estimate, budget, chosen_by, loading, _gave_up(loading, loadings))
     # Nothing fits: the best plan that costs little more than the smallest (when the model file is
     # most of the estimate, a short context would lose chat history and save almost nothing).
-    smallest = min(estimate for _, _, estimate in estimates)
-    kv, ctx, estimate = next(e for e in estimates if e[2] <= smallest * (1 + NEGLIGIBLE))
-    return MemoryPlan(kv, ctx, estimate, budget, "this board's memory, though nothing fits")
+    smallest = min(e[3] for e in estimates)
+    kv, ctx, loading, estimate = next(e for e in estimates if e[3] <= smallest * (1 + NEGLIGIBLE))
+    return MemoryPlan(kv, ctx, estimate, budget, chosen_by + ("" if chosen_by == "you" else ", though nothing fits"),
+                      loading, _gave_up(loading, loadings))
+
+
+def _loadings(info: GGUFInfo, build: set[str], repack: bool | None,
+              mmap: bool | None) -> list[tuple[Loading, WeightMemory]]:
+    """The weight loadings to try, best first, each with the cheaper of mapping or not unless one is given:
+    repacking (when wanted and this build repacks some of the model's weights), then without."""
+    try:
+        repack = settings.repack_override() if repack is None else repack
+        mmap = settings.mmap_override() if mmap is None else mmap
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    wanted = [repack] if repack is not None else [settings.REPACK, False] if settings.REPACK else [False]
+    options = []
+    for repacking in dict.fromkeys(wanted):
+        by_mapping = {m: weight_memory(info, build, repack=repacking, mmap=m)
+                      for m in ([mmap] if mmap is not None else [settings.MMAP, not settings.MMAP])}
+        if repacking and repack is None and not any(w.repacked for w in by_mapping.values()):
+            continue  # nothing of this model is repacked by this build: repacking changes nothing
+        preferred, other = list(by_mapping) + [None] * (2 - len(by_mapping))
+        saves = other is not None and _resident_peak(by_mapping[other]) < (1 - NEGLIGIBLE) * _resident_peak(by_mapping[preferred])
+        chosen = other if saves else preferred  # settings.MMAP, unless the other way saves more than a little
+        options.append((Loading(repacking, chosen), by_mapping[chosen]))
+    return options or [(Loading(False, settings.MMAP if mmap is None else mmap),
+                        weight_memory(info, build, repack=False, mmap=settings.MMAP if mmap is None else mmap))]
+
+
+def _resident_peak(weights: WeightMemory) -> int:
+    return weights.resident + max(0, weights.loading_peak + LOADING_OVERHEAD_BYTES - OVERHEAD_BYTES)
+
+
+def _gave_up(chosen: Loading, loadings: list[tuple[Loading, WeightMemory]]) -> str | None:
+    """What the chosen loading leaves out of the best one tried: repacking, said with its cost."""
+    (best, best_weights), chosen_weights = loadings[0], dict(loadings)[chosen]
+    if best.repack and not chosen.repack:
+        extra = _resident_peak(best_weights) - _resident_peak(chosen_weights)
+        return f"weight repacking (llama.cpp's faster matmul kernels; needs about {extra / MiB:,.0f} MiB more)"
+    return None
 
 
 def _candidates(n_ctx: int | None, kv_type: str | None) -> list[tuple[str, int]]:

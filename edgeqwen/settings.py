@@ -19,6 +19,8 @@ ENV_API_KEY = "EDGEQWEN_API_KEY"  # `edgeqwen serve --api-key`
 ENV_METRICS_KEY = "EDGEQWEN_METRICS_KEY"  # `edgeqwen serve --metrics-key`
 ENV_RAY_ADDRESS = "RAY_ADDRESS"  # Ray's own variable: the cluster `--ray` joins when --ray-address is not given
 ENV_MEMORY = "EDGEQWEN_MEMORY"  # plan --ctx and --kv-cache for this much memory (e.g. 1G) instead of the board's
+ENV_REPACK = "EDGEQWEN_REPACK"  # on/off: llama.cpp's CPU weight repacking, instead of the memory plan's choice
+ENV_MMAP = "EDGEQWEN_MMAP"  # on/off: memory-map the model file, instead of the memory plan's choice
 
 
 def model_file() -> Path | None:
@@ -45,6 +47,27 @@ def memory_override() -> int | None:
     except ValueError:
         raise ValueError(f"${ENV_MEMORY}={os.environ[ENV_MEMORY]!r} is not a size like 1G or 900M") from None
     return int(amount * unit) if amount > 0 else None
+
+
+def repack_override() -> bool | None:
+    """$EDGEQWEN_REPACK as on/off, if set."""
+    return _switch(ENV_REPACK)
+
+
+def mmap_override() -> bool | None:
+    """$EDGEQWEN_MMAP as on/off, if set."""
+    return _switch(ENV_MMAP)
+
+
+def _switch(name: str) -> bool | None:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return None
+    if value in ("1", "on", "yes", "true"):
+        return True
+    if value in ("0", "off", "no", "false"):
+        return False
+    raise ValueError(f"${name}={os.environ[name]!r} is not on or off")
 
 
 def cache_dir() -> Path:
@@ -75,9 +98,11 @@ N_BATCH = 128  # tokens per llama_decode call: less memory than 512 at the same 
 KV_CACHE_TYPES = ("f16", "q8_0")
 KV_CACHE = "f16"
 FLASH_ATTN = True  # faster decode and long prompts on x86 (docs/benchmarks.md)
-# llama.cpp's CPU weight repacking keeps a second copy of the weights: no faster on x86, so off there;
-# on ARM it is llama.cpp's NEON/dotprod fast path, so left on.
+# llama.cpp's CPU weight repacking copies the weights into its own layout: no faster on x86, so off
+# there; on ARM it is llama.cpp's dotprod fast path, so preferred wherever the memory plan finds room
+# for it (memory_plan.py counts the copy; docs/raspberry-pi.md has the figures).
 REPACK = platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686")
+MMAP = True  # memory-map the model file, unless repacking copies the weights anyway (the plan decides)
 BATCH_SIZE = 16  # texts classified together by `edgeqwen sentiment FILE` and `edgeqwen eval` (docs/benchmarks.md)
 ROUTER = "llm"  # how --task auto decides: the route role (llm) or the keyword rule (rules)
 

@@ -29,7 +29,7 @@ MAX_LINES = 450
 # Lowest first. A module's layer is found from its first name below the package.
 LAYERS = {
     "base": {"errors", "signals", "settings", "numeric", "hashing", "board", "text", "lazy"},
-    "files": {"gguf_info", "model_paths", "standin", "grammar", "json_schema", "roles", "memory_plan"},
+    "files": {"gguf_info", "model_paths", "standin", "grammar", "json_schema", "roles", "weight_memory", "memory_plan"},
     "engine": {"engine"},
     "convert": {"convert"},
     "tasks": {"prompt_fit", "classifier", "conversation", "head", "router"},

@@ -29,7 +29,7 @@ from ..grammar import check_grammar, grammar_literals
 from ..memory_plan import plan_memory
 from ..numeric import logsumexp
 from .cells import MAX_PARALLEL, PREFIX_SHARE, WORKING_SEQ
-from .llama_build import check_cpu
+from .llama_build import check_cpu, features as build_features
 from .picker import TokenPicker, start_reply
 from .prefix_store import PrefixStore
 from .reply import Generation, Reply
@@ -55,7 +55,8 @@ class Evaluated:
 class Engine:
     """One loaded GGUF model and one llama.cpp context.
 
-    `n_ctx` and `kv_type` default to the memory plan for this model and board (memory_plan.py).
+    `n_ctx`, `kv_type`, `use_mmap` and `repack` default to the memory plan for this model, board and
+    llama.cpp build (memory_plan.py).
     `n_ctx` is the longest prompt + reply the engine accepts, and the number of KV cells: kept
     prefixes use at most `prefix_budget` of them (default half) and are evicted, oldest first,
     when a prompt needs their room. With `prefix_cache_dir`, kept prefixes are also saved there
@@ -71,8 +72,8 @@ class Engine:
         n_batch: int = settings.N_BATCH,
         prefix_budget: int | None = None,
         prefix_cache_dir: str | os.PathLike | None = None,
-        use_mmap: bool = True,
-        repack: bool = settings.REPACK,
+        use_mmap: bool | None = None,
+        repack: bool | None = None,
         kv_type: str | None = None,
         flash_attn: bool = settings.FLASH_ATTN,
         verbose: bool = False,
@@ -85,7 +86,8 @@ class Engine:
         if kv_type is not None and kv_type not in KV_TYPES:
             raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}")
         check_cpu()  # a build for CPU features this one lacks would die with SIGILL at the first evaluation
-        self.memory_plan = plan_memory(self.info, n_ctx=n_ctx, kv_type=kv_type)  # fills in what was not given
+        self.memory_plan = plan_memory(self.info, n_ctx=n_ctx, kv_type=kv_type, build=build_features(), repack=repack,
+                                       mmap=use_mmap)  # fills in what was not given
         if not self.memory_plan.fits:
             log.warning(f"warning: {self.info.path.name} may not fit this board's memory: {self.memory_plan.describe()}")
         self.n_ctx = n_ctx = self.memory_plan.n_ctx
@@ -96,9 +98,10 @@ class Engine:
         self.kv_type = kv_type
         self.verbose = verbose
         flash = flash_attn or kv_type != "f16"  # a quantized V cache needs flash attention in llama.cpp
+        loading = self.memory_plan.loading
         self.runtime = Runtime(
             str(model_path), n_ctx=n_ctx, n_batch=self.n_batch, n_threads=self.n_threads, kv_type=kv_type,
-            flash_attn=flash, use_mmap=use_mmap, repack=repack, prefix_budget=self.prefix_budget,
+            flash_attn=flash, use_mmap=loading.mmap, repack=loading.repack, prefix_budget=self.prefix_budget,
             store=self._prefix_store(prefix_cache_dir, flash), verbose=verbose,
         )
         runtime = self.runtime
