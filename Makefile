@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 MODELS_DIR ?= models
 STANDIN := $(MODELS_DIR)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 
-.PHONY: help setup setup-test model demo test test-fast quantize heads clean browser serve loadtest
+.PHONY: help setup setup-test model demo test test-fast quantize heads clean browser serve loadtest arm64-check
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 # What running needs (setup), what the server adds (serve), what the tests add (setup-test): a board that
 # only runs the model never gets torch, transformers or playwright.
@@ -78,6 +78,15 @@ quantize: setup  ## build Qwen1.5-0.5B-Chat from the Hugging Face Hub as a verif
 heads: setup  ## train the sentiment and route heads for MODEL= (after editing a prompt, or a model built elsewhere)
 	@test -n "$(MODEL)" || { echo "usage: make heads MODEL=models/your-model.gguf" >&2; exit 2; }
 	$(BIN)/edgeqwen heads --model $(MODEL) $(if $(THREADS),--threads $(THREADS))
+
+# make arm64-check [BOARD=pi5|pi4] [STEPS="doc tests"] [ARM64_CACHE=DIR] [ARM64_BUILD=cross|emulated] [WHEEL_BOARD=pi5]
+# Not part of `make test`: a maintainer's check before a release (root, a Debian x86-64 host, PyPI and
+# Debian's mirror; the first run builds an arm64 root and llama.cpp, ~30 min; later runs reuse both).
+BOARD ?= pi5
+STEPS ?= doc
+arm64-check:  ## run docs/raspberry-pi.md's steps on an emulated Raspberry Pi CPU (qemu; BOARD=pi5 or pi4)
+	BOARD=$(BOARD) $(if $(ARM64_CACHE),ARM64_CACHE=$(ARM64_CACHE)) $(if $(ARM64_BUILD),ARM64_BUILD=$(ARM64_BUILD)) \
+	  $(if $(WHEEL_BOARD),WHEEL_BOARD=$(WHEEL_BOARD)) scripts/arm64_check.sh $(STEPS)
 
 clean:  ## remove the virtual environment and caches (keeps models/)
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

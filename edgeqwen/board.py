@@ -137,7 +137,7 @@ def cpu_flags(cpuinfo: str | None = None, auxv: bytes | None = None, machine: st
     /proc/cpuinfo shows the host's. Otherwise, and on x86, from /proc/cpuinfo.
     """
     if _is_arm(machine or platform.machine()):
-        if auxv is None:
+        if auxv is None and cpuinfo is None and _is_arm(platform.machine()):  # this process's own, on ARM only
             auxv = _read_bytes("/proc/self/auxv")
         from_auxv = hwcap_flags(auxv) if auxv else set()
         if from_auxv:

@@ -96,7 +96,7 @@ def diagnose(model: str | os.PathLike | None = None, *, ram_bytes: int | None = 
     if features.get("avx2") is False and "avx2" in features:
         warnings.append("this x86 CPU lacks AVX2: expect slow inference")
     if "NEON (asimd)" in features and not features.get("dotprod (asimddp)"):
-        warnings.append("no ARM dotprod: build llama.cpp for armv8-a (README, Raspberry Pi section), expect slower inference")
+        warnings.append("no ARM dotprod: use the armv8-a build (docs/raspberry-pi.md, step 3); nothing is repacked, expect slower inference")
     return Report(
         machine=platform.machine(),
         memory=memory,

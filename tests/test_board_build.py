@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import struct
 
 from edgeqwen import board
 from edgeqwen.board import build_features, build_mismatch, cpu_features, cpu_flags, hwcap_flags, rebuild_flags
 
+from conftest import REPO
 
 # AT_HWCAP as qemu-user 7.2 reports it for the emulated cores (read from /proc/self/auxv inside the arm64 root).
 CORTEX_A76_HWCAP = 0x119FFB  # Pi 5: fp asimd ... atomics fphp asimdhp asimdrdm ... asimddp
@@ -56,3 +58,11 @@ def test_an_x86_build_for_newer_vector_units_is_refused_too():
     assert "AVX512" in message and board.NATIVE_FLAGS in message
     assert build_mismatch(line.replace("AVX512 = 1 | ", ""), flags, "x86_64") is None
 
+
+def test_the_guide_the_check_script_and_the_board_name_the_same_build_flags():
+    guide = (REPO / "docs" / "raspberry-pi.md").read_text(encoding="utf-8")
+    script = (REPO / "scripts" / "arm64_check.sh").read_text(encoding="utf-8")
+    for flags in (board.ARM_DOTPROD_FLAGS, board.ARM_BASE_FLAGS):
+        assert f"`{flags}`" in guide and f'"{flags}"' in script
+    assert re.search(r'PI5_CMAKE_ARGS="%s"' % re.escape(board.ARM_DOTPROD_FLAGS), script)
+    assert re.search(r'PI4_CMAKE_ARGS="%s"' % re.escape(board.ARM_BASE_FLAGS), script)

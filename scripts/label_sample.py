@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Labels of both shipped roles on a fixed sample of the dev sets, to compare two machines (aarch64 against x86).
+
+The sample is every k-th line of each dev file (SAMPLE below: 280 texts, 140 English and 140 Chinese),
+never chosen by hand. Each text gets one `--task auto` evaluation (EdgeQwen.run without the chat
+reply: the route, and the sentiment label when it routes to sentiment); the sentiment dev texts
+are also labelled together in batches (EdgeQwen.classify_many), the engine's other path.
+
+    python scripts/label_sample.py label --data DIR --out labels.jsonl [--model M]
+    python scripts/label_sample.py compare x86.jsonl aarch64.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# dev file -> (every k-th line, the gold field): 100 + 100 sentiment texts, 40 + 40 route texts
+SAMPLE = {"sentiment_en_dev.jsonl": (16, "label"), "sentiment_zh_dev.jsonl": (2, "label"),
+          "router_en_dev.jsonl": (2, "route"), "router_zh_dev.jsonl": (4, "route")}
+BATCH = 16
+
+
+def sample(data: Path) -> list[dict]:
+    items = []
+    for name, (every, field) in SAMPLE.items():
+        lines = (data / name).read_text(encoding="utf-8").splitlines()
+        for number in range(0, len(lines), every):
+            row = json.loads(lines[number])
+            items.append({"id": f"{name}:{number + 1}", "text": row["text"], "lang": row["lang"],
+                          "gold_field": field, "gold": row[field]})
+    return items
+
+
+def label(data: Path, out: Path, model: str | None) -> None:
+    from edgeqwen import EdgeQwen
+
+    items = sample(data)
+    started = time.perf_counter()
+    eq = EdgeQwen(model)
+    print(f"model loaded in {time.perf_counter() - started:.0f} s; {len(items)} texts", flush=True)
+    with out.open("w", encoding="utf-8") as sink:
+        for done, item in enumerate(items, start=1):
+            result = eq.run(item["text"], "auto", chat=False)
+            item.update(route=result.route.task, auto_label=result.sentiment.label if result.sentiment else None)
+            if done % 20 == 0:
+                print(f"  auto {done}/{len(items)} ({time.perf_counter() - started:.0f} s)", flush=True)
+        sentiment = [item for item in items if item["gold_field"] == "label"]
+        for start in range(0, len(sentiment), BATCH):
+            chunk = sentiment[start:start + BATCH]
+            for item, result in zip(chunk, eq.classify_many([i["text"] for i in chunk], "sentiment")):
+                item["batch_label"] = result.label
+            print(f"  together {start + len(chunk)}/{len(sentiment)} ({time.perf_counter() - started:.0f} s)", flush=True)
+        for item in items:
+            sink.write(json.dumps(item, ensure_ascii=False) + "\n")
+    print(f"wrote {out} in {time.perf_counter() - started:.0f} s")
+
+
+def compare(first: Path, second: Path) -> int:
+    """Agreement per role, path and language (on every text both label) and each file's accuracy (on the
+    texts whose gold answer is that role's: routes for the router's dev texts, labels for sentiment's)."""
+    a = {row["id"]: row for row in map(json.loads, first.read_text(encoding="utf-8").splitlines())}
+    b = {row["id"]: row for row in map(json.loads, second.read_text(encoding="utf-8").splitlines())}
+    if a.keys() != b.keys():
+        print("the two files label different samples", file=sys.stderr)
+        return 2
+    paths = {"route (auto)": ("route", "route"), "sentiment (auto)": ("auto_label", "label"),
+             "sentiment (together)": ("batch_label", "label")}
+    print(f"| role (path) | lang | texts | agree | gold texts | accuracy {first.stem} | accuracy {second.stem} |")
+    print("|---|---|---|---|---|---|---|")
+    worst = 1.0
+    for role, (key, gold_field) in paths.items():
+        for lang in ("en", "zh", "all"):
+            pairs = [(row, b[i]) for i, row in a.items() if lang in ("all", row["lang"]) and row.get(key) and b[i].get(key)]
+            if not pairs:
+                continue
+            agree = sum(x[key] == y[key] for x, y in pairs) / len(pairs)
+            gold = [(x, y) for x, y in pairs if x["gold_field"] == gold_field]
+            accuracy = [f"{sum(p[i][key] == p[i]['gold'] for p in gold) / len(gold):.1%}" if gold else "-" for i in (0, 1)]
+            worst = min(worst, agree)
+            print(f"| {role} | {lang} | {len(pairs)} | {agree:.1%} | {len(gold)} | {accuracy[0]} | {accuracy[1]} |")
+    return 0 if worst >= 0.99 else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("label")
+    run.add_argument("--data", type=Path, required=True)
+    run.add_argument("--out", type=Path, required=True)
+    run.add_argument("--model")
+    both = sub.add_parser("compare")
+    both.add_argument("first", type=Path)
+    both.add_argument("second", type=Path)
+    args = parser.parse_args()
+    if args.command == "label":
+        label(args.data, args.out, args.model)
+        return 0
+    return compare(args.first, args.second)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
