@@ -34,6 +34,7 @@ class Weight:
     type: str  # the ggml type's name: Q4_K, Q6_K, F32, ...
     shape: tuple[int, ...]  # ggml order: shape[0] is a row's length, shape[1] the number of rows
     n_bytes: int
+    offset: int = 0  # where its data starts in the file
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,7 @@ def _info(reader: GGUFReader, path: Path, size: int, expect_arch: tuple[str, ...
         chat_template=template,
         tied_embeddings=all(t.name != "output.weight" for t in reader.tensors),
         special_tokens=_special_tokens(reader),
-        weights=tuple(Weight(t.name, t.tensor_type.name, tuple(int(n) for n in t.shape), int(t.n_bytes))
+        weights=tuple(Weight(t.name, t.tensor_type.name, tuple(int(n) for n in t.shape), int(t.n_bytes), int(t.data_offset))
                       for t in reader.tensors),
     )
 

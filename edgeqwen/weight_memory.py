@@ -2,12 +2,14 @@
 
 llama.cpp's CPU backend can repack weight matrices into interleaved layouts that its ARM (dotprod,
 i8mm) and x86 (AVX2) kernels read faster (ggml-cpu/repack.cpp). A repacked matrix lives in
-anonymous memory. With the file memory-mapped, the pages it was read from stay resident as well,
-so repacking every matrix of a mapped file holds the weights twice. Without mapping, each weight is
-read into anonymous memory once, and each repacked one passes through a read buffer of its own size
-on the way: the largest of them is a peak while loading. A model whose output layer is the token
-embedding (tied) gets that tensor twice, as the embedding and as the output matrix, unless both
-come from the mapped file. Measurements: docs/raspberry-pi.md.
+anonymous memory. With the file memory-mapped, llama.cpp reads all of it in and then unmaps only
+what lies outside the span of the tensors it computes from in place, so a repacked matrix inside
+that span is held twice (repacking every matrix of a mapped Qwen1.5 file holds nearly all of it
+twice). Without mapping, each weight is read into anonymous memory once, and each repacked one
+passes through a read buffer of its own size on the way: the largest of them is a peak while
+loading. A model whose output layer is the token embedding (tied) gets that tensor twice, as the
+embedding and as the output matrix, unless both come from the mapped file. Measurements:
+docs/raspberry-pi.md.
 """
 
 from __future__ import annotations
@@ -67,10 +69,24 @@ def matrices(info: GGUFInfo) -> list[Weight]:
 
 def weight_memory(info: GGUFInfo, build: set[str], *, repack: bool, mmap: bool) -> WeightMemory:
     """Where the weights of `info`'s model go on a build with these features, and what each place holds."""
-    repacked = [w.n_bytes for w in matrices(info) if repack and repacks(w, build)]
-    if mmap:  # llama.cpp maps the whole file and reads it all in
-        return WeightMemory(mapped=info.file_size, anonymous=sum(repacked), repacked=sum(repacked), loading_peak=0)
+    repacked = [w for w in matrices(info) if repack and repacks(w, build)]
+    repacked_bytes = [w.n_bytes for w in repacked]
+    if mmap:
+        return WeightMemory(mapped=_mapped_span(info, {w.name for w in repacked}), anonymous=sum(repacked_bytes),
+                            repacked=sum(repacked_bytes), loading_peak=0)
     tensors = sum(w.n_bytes for w in info.weights) or info.file_size  # the metadata before them is not kept
     embedding = next((w.n_bytes for w in info.weights if w.name == EMBEDDING), 0)
     anonymous = tensors + (embedding if info.tied_embeddings else 0)
-    return WeightMemory(mapped=0, anonymous=anonymous, repacked=sum(repacked), loading_peak=max(repacked, default=0))
+    return WeightMemory(mapped=0, anonymous=anonymous, repacked=sum(repacked_bytes),
+                        loading_peak=max(repacked_bytes, default=0))
+
+
+def _mapped_span(info: GGUFInfo, repacked: set[str]) -> int:
+    """The part of the file that stays mapped: llama.cpp reads it all in, then unmaps what lies before the
+    first and after the last tensor it computes from in place (the tied embedding's rows stay, repacked or not)."""
+    if not info.weights:
+        return info.file_size
+    in_place = [w for w in info.weights if w.name not in repacked or (w.name == EMBEDDING and info.tied_embeddings)]
+    if not in_place:
+        return 0
+    return max(w.offset + w.n_bytes for w in in_place) - min(w.offset for w in in_place)

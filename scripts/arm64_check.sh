@@ -10,12 +10,14 @@
 #   doc    (default) the guide's steps: check the OS, a venv, llama-cpp-python built with the board's
 #          CMAKE_ARGS, `pip install .`, the model, `edgeqwen doctor`, the demo's inputs (labels and chat replies)
 #   tests  the fast tests (no model), then model tests that cover the engine's paths
-#   shell  `-- COMMAND ...` runs COMMAND in the checkout with the venv active (e.g. scripts/memory_peaks.py)
+#   shell  `-- COMMAND ...` runs COMMAND in the checkout with the venv active (e.g. scripts/memory_peaks.py);
+#          ARM64_CACHE/results is /home/pi/edgeqwen-cache/results there, for what it writes
 #
 # Settings (environment or make variables):
 #   BOARD=pi5|pi4        the emulated CPU: Cortex-A76 (Pi 5, dotprod build) or Cortex-A72 (Pi 4, armv8-a build)
 #   WHEEL_BOARD=pi5|pi4  install the llama.cpp built for that board instead (pi5 on pi4: doctor must refuse it)
 #   ARM64_CACHE=DIR      where the root, the built wheels, the model and the logs live (default /var/cache/edgeqwen-arm64)
+#   ARM64_SLOT=NAME      a checkout and venv of its own in the root, for a run beside another on the same board
 #   ARM64_BUILD=cross|emulated  who compiles llama.cpp inside the root's `pip`: Debian's x86-64 aarch64 cross
 #                        GCC 12 (the same compiler release as the root's own, run natively; about 12 min), or the
 #                        root's own GCC under emulation (what a Pi does; about 40 min or more here)
@@ -33,8 +35,8 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 ROOT=$CACHE/bookworm-arm64
 HOME_IN=/home/pi                      # the user's home inside the root
-# One checkout (and venv) per board and build, so that runs for each can go on at once.
-CHECKOUT_IN=$HOME_IN/$BOARD$([ "$WHEEL_BOARD" = "$BOARD" ] || echo "-$WHEEL_BOARD-build")/edgeqwen
+# One checkout (and venv) per board, build and ARM64_SLOT (a name), so that runs of each can go on at once.
+CHECKOUT_IN=$HOME_IN/$BOARD$([ "$WHEEL_BOARD" = "$BOARD" ] || echo "-$WHEEL_BOARD-build")${ARM64_SLOT:+-$ARM64_SLOT}/edgeqwen
 STARTED=$(date +%s)
 
 # The CMAKE_ARGS of docs/raspberry-pi.md, step 3 (tests/test_arm64_check.py keeps the three in step).
@@ -71,7 +73,7 @@ host_setup() {
         say "registering qemu-aarch64 with binfmt_misc"
         cat /usr/lib/binfmt.d/qemu-aarch64.conf > /proc/sys/fs/binfmt_misc/register
     fi
-    mkdir -p "$CACHE/wheels" "$CACHE/models" "$CACHE/logs"
+    mkdir -p "$CACHE/logs"
 }
 
 # -- the arm64 root ---------------------------------------------------------------------------
@@ -102,15 +104,18 @@ make_root() {
 }
 
 # Mounts are shared by runs that overlap; the last one out takes them down.
-MOUNTS=(proc dev "${HOME_IN#/}/edgeqwen-cache/models" "${HOME_IN#/}/edgeqwen-cache/wheels")
+CACHE_DIRS=(models wheels results)  # ARM64_CACHE/<dir> is /home/pi/edgeqwen-cache/<dir> inside the root
+MOUNTS=(proc dev "${CACHE_DIRS[@]/#/${HOME_IN#/}/edgeqwen-cache/}")
 mount_root() {
     exec 9>"$CACHE/.in-use"
     flock -s 9
-    mkdir -p "$ROOT$HOME_IN/edgeqwen-cache/models" "$ROOT$HOME_IN/edgeqwen-cache/wheels"
     mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
     mountpoint -q "$ROOT/dev" || mount --bind /dev "$ROOT/dev"
-    mountpoint -q "$ROOT$HOME_IN/edgeqwen-cache/models" || mount --bind "$CACHE/models" "$ROOT$HOME_IN/edgeqwen-cache/models"
-    mountpoint -q "$ROOT$HOME_IN/edgeqwen-cache/wheels" || mount --bind "$CACHE/wheels" "$ROOT$HOME_IN/edgeqwen-cache/wheels"
+    local dir
+    for dir in "${CACHE_DIRS[@]}"; do
+        mkdir -p "$CACHE/$dir" "$ROOT$HOME_IN/edgeqwen-cache/$dir"
+        mountpoint -q "$ROOT$HOME_IN/edgeqwen-cache/$dir" || mount --bind "$CACHE/$dir" "$ROOT$HOME_IN/edgeqwen-cache/$dir"
+    done
     cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
     # The host's CA bundle: pip and the model fetch reach PyPI through whatever this host trusts.
     cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/ca-certificates.crt"

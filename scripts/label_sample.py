@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Labels of both shipped roles on a fixed sample of the dev sets, to compare two machines (aarch64 against x86).
 
-The sample is every k-th line of each dev file (SAMPLE below: 280 texts, 140 English and 140 Chinese),
+The sample is every k-th line of each dev file (SAMPLE below: 214 texts, 107 English and 107 Chinese),
 never chosen by hand. Each text gets one `--task auto` evaluation (EdgeQwen.run without the chat
-reply: the route, and the sentiment label when it routes to sentiment); the sentiment dev texts
-are also labelled together in batches (EdgeQwen.classify_many), the engine's other path.
+reply: the route, and the sentiment label when it routes to sentiment), written as it is done (an
+emulated run takes hours; a cut one keeps what it did); the first TOGETHER sentiment texts of each
+language are also labelled together in batches (EdgeQwen.classify_many, the engine's other path),
+written to OUT.together.jsonl.
 
-    python scripts/label_sample.py label --data DIR --out labels.jsonl [--model M]
+    python scripts/label_sample.py label --data DIR --out labels.jsonl [--model M] [--threads N]
     python scripts/label_sample.py compare x86.jsonl aarch64.jsonl
 """
 
@@ -21,9 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # dev file -> (every k-th line, the gold field): 100 + 100 sentiment texts, 40 + 40 route texts
-SAMPLE = {"sentiment_en_dev.jsonl": (16, "label"), "sentiment_zh_dev.jsonl": (2, "label"),
+SAMPLE = {"sentiment_en_dev.jsonl": (24, "label"), "sentiment_zh_dev.jsonl": (3, "label"),
           "router_en_dev.jsonl": (2, "route"), "router_zh_dev.jsonl": (4, "route")}
 BATCH = 16
+TOGETHER = 32  # per language: 64 texts in 4 batches
 
 
 def sample(data: Path) -> list[dict]:
@@ -37,38 +40,55 @@ def sample(data: Path) -> list[dict]:
     return items
 
 
-def label(data: Path, out: Path, model: str | None) -> None:
+def label(data: Path, out: Path, model: str | None, threads: int | None) -> None:
     from edgeqwen import EdgeQwen
 
     items = sample(data)
     started = time.perf_counter()
-    eq = EdgeQwen(model)
+    eq = EdgeQwen(model, threads=threads)
     print(f"model loaded in {time.perf_counter() - started:.0f} s; {len(items)} texts", flush=True)
     with out.open("w", encoding="utf-8") as sink:
         for done, item in enumerate(items, start=1):
             result = eq.run(item["text"], "auto", chat=False)
             item.update(route=result.route.task, auto_label=result.sentiment.label if result.sentiment else None)
-            if done % 20 == 0:
-                print(f"  auto {done}/{len(items)} ({time.perf_counter() - started:.0f} s)", flush=True)
-        sentiment = [item for item in items if item["gold_field"] == "label"]
-        for start in range(0, len(sentiment), BATCH):
-            chunk = sentiment[start:start + BATCH]
-            for item, result in zip(chunk, eq.classify_many([i["text"] for i in chunk], "sentiment")):
-                item["batch_label"] = result.label
-            print(f"  together {start + len(chunk)}/{len(sentiment)} ({time.perf_counter() - started:.0f} s)", flush=True)
-        for item in items:
             sink.write(json.dumps(item, ensure_ascii=False) + "\n")
+            sink.flush()
+            if done % 10 == 0:
+                print(f"  auto {done}/{len(items)} ({time.perf_counter() - started:.0f} s)", flush=True)
+    sentiment = [item for item in items if item["gold_field"] == "label"]
+    chosen = [item for lang in ("en", "zh") for item in [i for i in sentiment if i["lang"] == lang][:TOGETHER]]
+    with together_file(out).open("w", encoding="utf-8") as sink:
+        for start in range(0, len(chosen), BATCH):
+            chunk = chosen[start:start + BATCH]
+            for item, result in zip(chunk, eq.classify_many([i["text"] for i in chunk], "sentiment")):
+                sink.write(json.dumps({"id": item["id"], "batch_label": result.label}) + "\n")
+            sink.flush()
+            print(f"  together {start + len(chunk)}/{len(chosen)} ({time.perf_counter() - started:.0f} s)", flush=True)
     print(f"wrote {out} in {time.perf_counter() - started:.0f} s")
+
+
+def together_file(out: Path) -> Path:
+    return out.with_suffix(".together.jsonl")
+
+
+def read_labels(path: Path) -> dict[str, dict]:
+    rows = {row["id"]: row for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+    if together_file(path).exists():
+        for row in map(json.loads, together_file(path).read_text(encoding="utf-8").splitlines()):
+            rows[row["id"]]["batch_label"] = row["batch_label"]
+    return rows
 
 
 def compare(first: Path, second: Path) -> int:
     """Agreement per role, path and language (on every text both label) and each file's accuracy (on the
     texts whose gold answer is that role's: routes for the router's dev texts, labels for sentiment's)."""
-    a = {row["id"]: row for row in map(json.loads, first.read_text(encoding="utf-8").splitlines())}
-    b = {row["id"]: row for row in map(json.loads, second.read_text(encoding="utf-8").splitlines())}
-    if a.keys() != b.keys():
+    a, b = read_labels(first), read_labels(second)
+    if not b.keys() <= a.keys():
         print("the two files label different samples", file=sys.stderr)
         return 2
+    if len(b) < len(a):
+        print(f"{second} labels {len(b)} of {len(a)} texts (a cut run): comparing those", file=sys.stderr)
+        a = {i: a[i] for i in b}
     paths = {"route (auto)": ("route", "route"), "sentiment (auto)": ("auto_label", "label"),
              "sentiment (together)": ("batch_label", "label")}
     print(f"| role (path) | lang | texts | agree | gold texts | accuracy {first.stem} | accuracy {second.stem} |")
@@ -94,12 +114,13 @@ def main() -> int:
     run.add_argument("--data", type=Path, required=True)
     run.add_argument("--out", type=Path, required=True)
     run.add_argument("--model")
+    run.add_argument("--threads", type=int, help="llama.cpp threads (1 under emulation on a busy machine: no spinning)")
     both = sub.add_parser("compare")
     both.add_argument("first", type=Path)
     both.add_argument("second", type=Path)
     args = parser.parse_args()
     if args.command == "label":
-        label(args.data, args.out, args.model)
+        label(args.data, args.out, args.model, args.threads)
         return 0
     return compare(args.first, args.second)
 

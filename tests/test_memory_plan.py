@@ -36,7 +36,16 @@ def qwen15(matrix_type: str = "Q4_K", embedding_type: str = "Q6_K", tied: bool =
         for name in ("attn_norm", "ffn_norm", "attn_q_bias", "attn_k_bias", "attn_v_bias"):
             weights.append(Weight(f"blk.{block}.{name}", "F32", (1024,), 4096))
     weights.append(Weight("output_norm.weight", "F32", (1024,), 4096))
-    size = sum(w.n_bytes for w in weights) + 6 * MiB  # the metadata and vocabulary before the tensors: 320 MB in all
+    return with_offsets(weights, tied)
+
+
+def with_offsets(weights: list[Weight], tied: bool = True) -> GGUFInfo:
+    """The tensors laid out in this order after 6 MiB of metadata and vocabulary (320 MB in all for Qwen1.5)."""
+    offset, placed = 6 * MiB, []
+    for w in weights:
+        placed.append(Weight(w.name, w.type, w.shape, w.n_bytes, offset))
+        offset += w.n_bytes
+    weights, size = placed, offset
     return GGUFInfo(path=Path("qwen15.gguf"), file_size=size, architecture="qwen2", name=None, file_type="Q4_K_M",
                     context_length=32768, embedding_length=1024, block_count=24, head_count=16, head_count_kv=16,
                     vocab_size=151936, n_tensors=len(weights), n_params=0, has_chat_template=True, chat_template="x",
@@ -73,19 +82,31 @@ def test_mapped_and_repacked_weights_are_held_twice_and_unmapped_ones_once_with_
     embedding = info.weights[0].n_bytes
     matrices = sum(w.n_bytes for w in info.weights if len(w.shape) == 2 and w.name != "token_embd.weight")
     both = weight_memory(info, PI5_BUILD, repack=True, mmap=True)
-    assert (both.mapped, both.anonymous, both.loading_peak) == (info.file_size, matrices + embedding, 0)
+    assert (both.mapped, both.anonymous, both.loading_peak) == (tensors, matrices + embedding, 0)
     read = weight_memory(info, PI5_BUILD, repack=True, mmap=False)
     assert (read.mapped, read.anonymous, read.repacked) == (0, tensors + embedding, matrices + embedding)
     assert read.loading_peak == embedding  # the largest matrix passes through a read buffer of its size
-    assert weight_memory(info, PI5_BUILD, repack=False, mmap=True).resident == info.file_size
+    assert weight_memory(info, PI5_BUILD, repack=False, mmap=True).resident == tensors
     assert weight_memory(info, PI4_BUILD, repack=True, mmap=True).anonymous == 0
     untied = weight_memory(qwen15(tied=False), PI5_BUILD, repack=False, mmap=False)
     assert untied.anonymous == tensors
 
 
+def test_a_repacked_matrix_outside_the_span_computed_in_place_is_unmapped():
+    """The stand-in's layout: its own output matrix first in the file, then the embedding and the blocks."""
+    output = Weight("output.weight", "Q8_0", (896, 151936), 144_643_072)
+    embedding = Weight("token_embd.weight", "Q5_0", (896, 151936), 93_592_576)
+    block = Weight("blk.0.ffn_up.weight", "Q5_0", (896, 4864), 2_996_224)
+    info = with_offsets([output, embedding, block], tied=False)
+    repacked = weight_memory(info, PI5_BUILD, repack=True, mmap=True)
+    assert (repacked.mapped, repacked.anonymous) == (embedding.n_bytes + block.n_bytes, output.n_bytes)
+    assert weight_memory(info, PI5_BUILD, repack=False, mmap=True).mapped == sum(w.n_bytes for w in info.weights)
+
+
 def test_the_estimate_is_the_weights_the_kv_cache_and_the_overhead():
     info = qwen15()
-    assert estimate_bytes(info, 1024, "q8_0") == info.file_size + 1024 * kv_bytes_per_token(info, "q8_0") + OVERHEAD_BYTES
+    tensors = sum(w.n_bytes for w in info.weights)
+    assert estimate_bytes(info, 1024, "q8_0") == tensors + 1024 * kv_bytes_per_token(info, "q8_0") + OVERHEAD_BYTES
     weights = weight_memory(info, PI5_BUILD, repack=True, mmap=False)
     small_kv = estimate_bytes(info, 256, "q8_0", weights)
     assert small_kv == weights.resident + weights.loading_peak + memory_plan.LOADING_OVERHEAD_BYTES  # loading is the peak
