@@ -190,8 +190,14 @@ def build_mismatch(system_info: str, flags: set[str] | None = None, machine: str
     if not missing:
         return None
     return (f"this llama.cpp build uses {', '.join(missing)}, which this CPU lacks (it would die with an illegal "
-            f"instruction); rebuild it: CMAKE_ARGS=\"{rebuild_flags(flags, machine)}\" pip install --force-reinstall "
-            f"--no-deps --no-cache-dir llama-cpp-python{_installed_version()}")
+            f"instruction); {rebuild_advice(flags, machine)}")
+
+
+def rebuild_advice(flags: set[str] | None = None, machine: str | None = None) -> str:
+    """How to rebuild llama-cpp-python for a CPU with these flags (this one's by default)."""
+    flags = cpu_flags(machine=machine) if flags is None else flags
+    return (f'rebuild it: CMAKE_ARGS="{rebuild_flags(flags, machine)}" pip install --force-reinstall --no-deps '
+            f"--no-cache-dir llama-cpp-python{_installed_version()}")
 
 
 def _installed_version() -> str:

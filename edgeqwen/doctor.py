@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
 
-from .board import Cores, Memory, build_features, build_mismatch, cpu_features, read_cores
-from .engine.plain import llama_cpp_build
+from .board import Cores, Memory, build_features, build_mismatch, cpu_features, read_cores, rebuild_advice
 from .errors import EdgeQwenError
 from .gguf_info import inspect_gguf
 from .memory_plan import CTX_CHOICES, MiB, MemoryPlan, board_memory, estimate_bytes, kv_bytes_per_token, plan_memory
@@ -59,12 +60,30 @@ class Report:
 # --------------------------------------------------------------------------- the model
 
 
+def probe_build(timeout: float = 120.0) -> tuple[str, str | None]:
+    """The installed llama.cpp's feature line, read by a child process, and why it could not be read (None: it was).
+
+    doctor itself never imports llama.cpp: a library built for features this CPU lacks dies with SIGILL,
+    and it should be the child that dies, with doctor left to say which flags to rebuild with."""
+    command = [sys.executable, "-m", "edgeqwen.engine.llama_build"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "", f"loading llama.cpp took over {timeout:.0f} s"
+    if done.returncode == 0:
+        return done.stdout.strip(), None
+    if done.returncode == -4:  # SIGILL
+        return "", f"the installed llama.cpp dies with an illegal instruction on this CPU; {rebuild_advice()}"
+    last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    return "", f"llama.cpp cannot be loaded: {last}"
+
+
 def diagnose(model: str | os.PathLike | None = None, *, ram_bytes: int | None = None, n_ctx: int | None = None,
              kv_cache: str | None = None) -> Report:
     """Everything `edgeqwen doctor` prints. ram_bytes: plan for a board with this much RAM instead of this one."""
     memory = Memory(total=ram_bytes, available=ram_bytes, cgroup_limit=None) if ram_bytes is not None else board_memory()
     cores = read_cores()
-    build = llama_cpp_build()
+    build, crash = probe_build()
     warnings: list[str] = []
     estimate = plan = None
     model_error = None
@@ -103,7 +122,7 @@ def diagnose(model: str | os.PathLike | None = None, *, ram_bytes: int | None = 
         cores=cores,
         cpu_features=features,
         llama_cpp_features=build,
-        build_error=build_mismatch(build),
+        build_error=crash or build_mismatch(build),
         model=estimate,
         model_error=model_error,
         plan=plan,

@@ -4,7 +4,8 @@ A library compiled for CPU features this CPU lacks (Raspberry Pi 5 flags, dotpro
 arithmetic, on a Pi 4) imports, loads a model and creates a context, then dies with SIGILL at the
 first evaluation (seen on an emulated Cortex-A72, docs/raspberry-pi.md). Its feature line is a
 compile-time summary that runs no such code, so it is compared with the CPU's capabilities before
-any model is loaded.
+any model is loaded. `python -m edgeqwen.engine.llama_build` prints it: doctor reads it from that
+child process, so doctor never loads llama.cpp itself and a build that crashes kills only the child.
 """
 
 from __future__ import annotations
@@ -30,3 +31,7 @@ def check_cpu() -> None:
     mismatch = build_mismatch(llama_cpp_build())
     if mismatch:
         raise EngineError(mismatch)
+
+
+if __name__ == "__main__":
+    print(llama_cpp_build())

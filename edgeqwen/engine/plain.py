@@ -1,6 +1,5 @@
 """Plain llama-cpp-python, as a user of it would call it: the reference `edgeqwen bench` measures
-edgeqwen against in the same run, and the summary of what the installed llama.cpp was built with
-(llama_build.py; tools such as doctor reach it here)."""
+edgeqwen against in the same run."""
 
 from __future__ import annotations
 
@@ -11,9 +10,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from .llama_build import llama_cpp_build
-
-__all__ = ["PlainLlama", "llama_cpp_build"]
+__all__ = ["PlainLlama"]
 
 
 class PlainLlama:
