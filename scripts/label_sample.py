@@ -8,7 +8,7 @@ emulated run takes hours; a cut one keeps what it did); the first TOGETHER senti
 language are also labelled together in batches (EdgeQwen.classify_many, the engine's other path),
 written to OUT.together.jsonl.
 
-    python scripts/label_sample.py label --data DIR --out labels.jsonl [--model M] [--threads N]
+    python scripts/label_sample.py label --data DIR --out labels.jsonl [--model M] [--threads N] [--shard K/N]
     python scripts/label_sample.py compare x86.jsonl aarch64.jsonl
 """
 
@@ -40,10 +40,16 @@ def sample(data: Path) -> list[dict]:
     return items
 
 
-def label(data: Path, out: Path, model: str | None, threads: int | None) -> None:
+def label(data: Path, out: Path, model: str | None, threads: int | None, shard: str = "0/1") -> None:
+    """shard K/N: every N-th text from the K-th (N one-thread processes use N cores with no threads waiting
+    for each other; concatenate their files before comparing)."""
     from edgeqwen import EdgeQwen
 
+    index, count = map(int, shard.split("/"))
     items = sample(data)
+    chosen_ids = {item["id"] for lang in ("en", "zh")
+                  for item in [i for i in items if i["gold_field"] == "label" and i["lang"] == lang][:TOGETHER]}
+    items = items[index::count]
     started = time.perf_counter()
     eq = EdgeQwen(model, threads=threads)
     print(f"model loaded in {time.perf_counter() - started:.0f} s; {len(items)} texts", flush=True)
@@ -55,8 +61,7 @@ def label(data: Path, out: Path, model: str | None, threads: int | None) -> None
             sink.flush()
             if done % 10 == 0:
                 print(f"  auto {done}/{len(items)} ({time.perf_counter() - started:.0f} s)", flush=True)
-    sentiment = [item for item in items if item["gold_field"] == "label"]
-    chosen = [item for lang in ("en", "zh") for item in [i for i in sentiment if i["lang"] == lang][:TOGETHER]]
+    chosen = [item for item in items if item["id"] in chosen_ids]
     with together_file(out).open("w", encoding="utf-8") as sink:
         for start in range(0, len(chosen), BATCH):
             chunk = chosen[start:start + BATCH]
@@ -115,12 +120,13 @@ def main() -> int:
     run.add_argument("--out", type=Path, required=True)
     run.add_argument("--model")
     run.add_argument("--threads", type=int, help="llama.cpp threads (1 under emulation on a busy machine: no spinning)")
+    run.add_argument("--shard", default="0/1", help="K/N: label every N-th text from the K-th")
     both = sub.add_parser("compare")
     both.add_argument("first", type=Path)
     both.add_argument("second", type=Path)
     args = parser.parse_args()
     if args.command == "label":
-        label(args.data, args.out, args.model, args.threads)
+        label(args.data, args.out, args.model, args.threads, args.shard)
         return 0
     return compare(args.first, args.second)
 
