@@ -31,31 +31,39 @@ CHAT = "Say hello in five words."
 REPACK_LINE = re.compile(r"repack tensor (\S+) with (\S+)")
 
 
-def measure_one(model: str, chat_tokens: int) -> dict:
+def rss_kib() -> dict[str, int]:
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {key: int(status[key].split()[0]) for key in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
+
+
+def measure_one(model: str, chat_tokens: int, texts: int) -> dict:
     """In this process: load, label, chat, and report the plan and the peak."""
+    import llama_cpp  # noqa: F401  (the base: Python, numpy, llama.cpp's library and edgeqwen, no model)
+
     from edgeqwen import EdgeQwen
 
+    base = rss_kib()["VmRSS"]
     started = time.perf_counter()
     eq = EdgeQwen(model, verbose=True)  # verbose: llama.cpp logs each tensor it repacks
     loaded = time.perf_counter()
-    results = [eq.run(text, "auto", chat=False) for text in TEXTS]
+    results = [eq.run(text, "auto", chat=False) for text in TEXTS[:texts]]
     reply = eq.conversation(sampling={"temperature": 0, "max_tokens": chat_tokens}).reply(CHAT)
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    kib = {key: int(status[key].split()[0]) for key in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
+    kib = rss_kib()
     plan = eq.memory_plan
     return {
         "plan": plan.describe(), "estimate_mib": round(plan.estimate_bytes / 2**20, 1),
         "repack": plan.loading.repack, "mmap": plan.loading.mmap, "n_ctx": plan.n_ctx, "kv_cache": plan.kv_type,
         "peak_rss_mib": round(kib["VmHWM"] / 1024, 1), "rss_anon_mib": round(kib["RssAnon"] / 1024, 1),
-        "rss_file_mib": round(kib["RssFile"] / 1024, 1),
+        "rss_file_mib": round(kib["RssFile"] / 1024, 1), "base_rss_mib": round(base / 1024, 1),
         "routes": [r.route.task if r.route else None for r in results],
         "labels": [r.sentiment.label if r.sentiment else None for r in results], "reply": reply,
         "load_s": round(loaded - started, 1), "run_s": round(time.perf_counter() - loaded, 1),
     }
 
 
-def run_child(model: str, env: dict[str, str], chat_tokens: int) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", model, "--chat-tokens", str(chat_tokens)],
+def run_child(model: str, env: dict[str, str], chat_tokens: int, texts: int) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", model, "--chat-tokens", str(chat_tokens),
+                           "--texts", str(texts)],
                           capture_output=True, text=True, env={**os.environ, **env})
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
@@ -74,11 +82,12 @@ def main() -> int:
     parser.add_argument("--repack", nargs="+", default=["plan"], choices=("plan", "on", "off"))
     parser.add_argument("--mmap", nargs="+", default=["plan"], choices=("plan", "on", "off"))
     parser.add_argument("--chat-tokens", type=int, default=8)
+    parser.add_argument("--texts", type=int, default=len(TEXTS), help="how many of the texts to label (1: the first)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure_one(args.child, args.chat_tokens), ensure_ascii=False))
+        print(json.dumps(measure_one(args.child, args.chat_tokens, args.texts), ensure_ascii=False))
         return 0
     rows = []
     for model, memory, repack, mmap in itertools.product(args.model, args.memory, args.repack, args.mmap):
@@ -86,7 +95,7 @@ def main() -> int:
         env.update({"EDGEQWEN_REPACK": repack} if repack != "plan" else {})
         env.update({"EDGEQWEN_MMAP": mmap} if mmap != "plan" else {})
         started = time.perf_counter()
-        figures = run_child(model, env, args.chat_tokens)
+        figures = run_child(model, env, args.chat_tokens, args.texts)
         row = {"model": Path(model).name, "memory": memory, "repack_setting": repack, "mmap_setting": mmap,
                "wall_s": round(time.perf_counter() - started, 1), **figures}
         if "peak_rss_mib" in row:
