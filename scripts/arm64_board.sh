@@ -101,6 +101,7 @@ mismatch() {
 
 tests() {
     . .venv/bin/activate
+    command -v curl >/dev/null || { say "curl (Raspberry Pi OS has it; the server tests call it)"; apt-get install -y -qq curl >/dev/null; }
     say "test tools: pip install '.[test]' (make test-fast's)"
     timed pip install -q --progress-bar off '.[test]'
     say "make test-fast: the tests that need no model file (in a copy of the checkout without models/)"

@@ -94,7 +94,7 @@ make_root() {
         say "docs/raspberry-pi.md step 1: apt install build-essential cmake git python3-venv python3-dev (emulated, a few minutes)"
         mount -t proc proc "$partial/proc"
         nice -n 19 chroot "$partial" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
-            sh -c 'apt-get update -qq && apt-get install -y -qq build-essential cmake git python3-venv python3-dev ca-certificates' \
+            sh -c 'apt-get update -qq && apt-get install -y -qq build-essential cmake git python3-venv python3-dev ca-certificates curl' \
             > "$CACHE/logs/apt.log" 2>&1 || { umount "$partial/proc"; die "apt-get in the root failed: $CACHE/logs/apt.log"; }
         umount "$partial/proc"
         touch "$partial/.edgeqwen-root-ready"
