@@ -7,9 +7,8 @@ what lies outside the span of the tensors it computes from in place, so a repack
 that span is held twice (repacking every matrix of a mapped Qwen1.5 file holds nearly all of it
 twice). Without mapping, each weight is read into anonymous memory once, and each repacked one
 passes through a read buffer of its own size on the way: the largest of them is a peak while
-loading. A model whose output layer is the token embedding (tied) gets that tensor twice, as the
-embedding and as the output matrix, unless both come from the mapped file. Measurements:
-docs/raspberry-pi.md.
+loading. A model whose output layer is the token embedding (tied) holds that tensor twice when the
+output copy is repacked (the plain one is kept for row lookups). Measurements: docs/raspberry-pi.md.
 """
 
 from __future__ import annotations
@@ -76,7 +75,9 @@ def weight_memory(info: GGUFInfo, build: set[str], *, repack: bool, mmap: bool) 
                             repacked=sum(repacked_bytes), loading_peak=0)
     tensors = sum(w.n_bytes for w in info.weights) or info.file_size  # the metadata before them is not kept
     embedding = next((w.n_bytes for w in info.weights if w.name == EMBEDDING), 0)
-    anonymous = tensors + (embedding if info.tied_embeddings else 0)
+    # A tied embedding is held twice only when its output copy is repacked: rows are looked up in the plain one.
+    tied_twice = info.tied_embeddings and any(w.name == EMBEDDING for w in repacked)
+    anonymous = tensors + (embedding if tied_twice else 0)
     return WeightMemory(mapped=0, anonymous=anonymous, repacked=sum(repacked_bytes),
                         loading_peak=max(repacked_bytes, default=0))
 

@@ -15,6 +15,7 @@ written to OUT.together.jsonl.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -26,21 +27,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 SAMPLE = {"sentiment_en_dev.jsonl": (24, "label"), "sentiment_zh_dev.jsonl": (3, "label"),
           "router_en_dev.jsonl": (2, "route"), "router_zh_dev.jsonl": (4, "route")}
 BATCH = 16
-TOGETHER = 32  # per language: 64 texts in 4 batches
+TOGETHER = 16  # per language: 32 texts in 2 batches
 
 
 def sample(data: Path) -> list[dict]:
-    items = []
+    """The texts in turn from each file (a run cut short still covers both roles and languages)."""
+    files = []
     for name, (every, field) in SAMPLE.items():
         lines = (data / name).read_text(encoding="utf-8").splitlines()
-        for number in range(0, len(lines), every):
-            row = json.loads(lines[number])
-            items.append({"id": f"{name}:{number + 1}", "text": row["text"], "lang": row["lang"],
-                          "gold_field": field, "gold": row[field]})
-    return items
+        rows = [(number, json.loads(lines[number])) for number in range(0, len(lines), every)]
+        files.append([{"id": f"{name}:{number + 1}", "text": row["text"], "lang": row["lang"], "gold_field": field,
+                       "gold": row[field]} for number, row in rows])
+    return [item for group in itertools.zip_longest(*files) for item in group if item]
 
 
-def label(data: Path, out: Path, model: str | None, threads: int | None, shard: str = "0/1") -> None:
+def label(data: Path, out: Path, model: str | None, threads: int | None, shard: str = "0/1",
+          done: tuple[Path, ...] = ()) -> None:
     """shard K/N: every N-th text from the K-th (N one-thread processes use N cores with no threads waiting
     for each other; concatenate their files before comparing)."""
     from edgeqwen import EdgeQwen
@@ -50,17 +52,20 @@ def label(data: Path, out: Path, model: str | None, threads: int | None, shard: 
     chosen_ids = {item["id"] for lang in ("en", "zh")
                   for item in [i for i in items if i["gold_field"] == "label" and i["lang"] == lang][:TOGETHER]}
     items = items[index::count]
+    done_ids = {json.loads(line)["id"] for path in (out, *done) if path.exists()
+                for line in path.read_text(encoding="utf-8").splitlines()}
+    todo = [item for item in items if item["id"] not in done_ids]  # a second run goes on where the first stopped
     started = time.perf_counter()
     eq = EdgeQwen(model, threads=threads)
-    print(f"model loaded in {time.perf_counter() - started:.0f} s; {len(items)} texts", flush=True)
-    with out.open("w", encoding="utf-8") as sink:
-        for done, item in enumerate(items, start=1):
+    print(f"model loaded in {time.perf_counter() - started:.0f} s; {len(todo)} of {len(items)} texts to do", flush=True)
+    with out.open("a", encoding="utf-8") as sink:
+        for done, item in enumerate(todo, start=1):
             result = eq.run(item["text"], "auto", chat=False)
             item.update(route=result.route.task, auto_label=result.sentiment.label if result.sentiment else None)
             sink.write(json.dumps(item, ensure_ascii=False) + "\n")
             sink.flush()
             if done % 10 == 0:
-                print(f"  auto {done}/{len(items)} ({time.perf_counter() - started:.0f} s)", flush=True)
+                print(f"  auto {done}/{len(todo)} ({time.perf_counter() - started:.0f} s)", flush=True)
     chosen = [item for item in items if item["id"] in chosen_ids]
     with together_file(out).open("w", encoding="utf-8") as sink:
         for start in range(0, len(chosen), BATCH):
@@ -121,12 +126,13 @@ def main() -> int:
     run.add_argument("--model")
     run.add_argument("--threads", type=int, help="llama.cpp threads (1 under emulation on a busy machine: no spinning)")
     run.add_argument("--shard", default="0/1", help="K/N: label every N-th text from the K-th")
+    run.add_argument("--done", type=Path, nargs="*", default=[], help="label files of earlier runs: their texts are skipped")
     both = sub.add_parser("compare")
     both.add_argument("first", type=Path)
     both.add_argument("second", type=Path)
     args = parser.parse_args()
     if args.command == "label":
-        label(args.data, args.out, args.model, args.threads, args.shard)
+        label(args.data, args.out, args.model, args.threads, args.shard, tuple(args.done))
         return 0
     return compare(args.first, args.second)
 

@@ -90,6 +90,8 @@ def test_mapped_and_repacked_weights_are_held_twice_and_unmapped_ones_once_with_
     assert weight_memory(info, PI4_BUILD, repack=True, mmap=True).anonymous == 0
     untied = weight_memory(qwen15(tied=False), PI5_BUILD, repack=False, mmap=False)
     assert untied.anonymous == tensors
+    # Tied but not repacked: one copy serves both the lookups and the output layer.
+    assert weight_memory(info, PI5_BUILD, repack=False, mmap=False).anonymous == tensors
 
 
 def test_a_repacked_matrix_outside_the_span_computed_in_place_is_unmapped():
