@@ -83,11 +83,14 @@ def weight_memory(info: GGUFInfo, build: set[str], *, repack: bool, mmap: bool) 
 
 
 def _mapped_span(info: GGUFInfo, repacked: set[str]) -> int:
-    """The part of the file that stays mapped: llama.cpp reads it all in, then unmaps what lies before the
-    first and after the last tensor it computes from in place (the tied embedding's rows stay, repacked or not)."""
+    """The part of the file that stays resident through the mapping: llama.cpp unmaps what lies before the first
+    and after the last tensor it computes from in place (the tied embedding's rows stay, repacked or not). An
+    untied embedding is only looked up, a few rows per token, so its pages are not counted."""
     if not info.weights:
         return info.file_size
     in_place = [w for w in info.weights if w.name not in repacked or (w.name == EMBEDDING and info.tied_embeddings)]
     if not in_place:
         return 0
-    return max(w.offset + w.n_bytes for w in in_place) - min(w.offset for w in in_place)
+    span = max(w.offset + w.n_bytes for w in in_place) - min(w.offset for w in in_place)
+    looked_up = sum(w.n_bytes for w in in_place if w.name == EMBEDDING and not info.tied_embeddings)
+    return span - looked_up
