@@ -4,7 +4,10 @@ against the real model, or with no model where the command must refuse before lo
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 
 def test_the_console_script_labels_a_review_and_llama_cpp_stays_silent(cli):
@@ -162,3 +165,24 @@ def test_eval_report_and_json_on_the_fake_engine(invoke_fake, tmp_path):
     assert report["n"] == 4 and [s["system"] for s in report["systems"]][:1] == ["edgeqwen role 'sentiment'"]
     assert report["systems"][0]["accuracy"] == 1.0 and set(report["systems"][0]["by_lang"]) == {"en", "zh"}
     assert "confusion" in done.stdout and "seed prompt (reconstruction)" in done.stdout
+
+
+def test_commands_that_need_no_model_never_import_llama_cpp(tmp_path):
+    """--help, roles, info and doctor run in a fresh interpreter: none loads llama.cpp (doctor reads the
+    build's feature line from a child process, so a build this CPU cannot run kills the child, not doctor)."""
+    missing = str(tmp_path / "none.gguf")
+    code = f"""
+import sys
+from typer.testing import CliRunner
+from edgeqwen.cli import app
+runner = CliRunner()
+for args in (["--help"], ["roles"], ["info", {missing!r}], ["doctor", "--json", "--model", {missing!r}]):
+    done = runner.invoke(app, args)
+    print(args[0], "llama_cpp" in sys.modules, done.exit_code, "CPU :" in done.stdout)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ)
+    rows = [line.split() for line in out.stdout.splitlines()]
+    assert [row[:2] for row in rows] == [["--help", "False"], ["roles", "False"], ["info", "False"],
+                                         ["doctor", "False"]], out.stderr
+    assert rows[0][2] == rows[1][2] == "0" and rows[2][2] != "0"  # info refuses the missing file in one line
+    assert rows[3][3] == "True"  # doctor still reports the build
