@@ -16,8 +16,10 @@ from importlib import metadata
 from pathlib import Path
 
 # CPU flags worth knowing for llama.cpp: x86 from /proc/cpuinfo "flags", ARM from "Features".
-X86_FEATURES = ("pni", "ssse3", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni")
-ARM_FEATURES = {"asimd": "NEON (asimd)", "asimddp": "dotprod (asimddp)", "asimdhp": "fp16 arithmetic (asimdhp)", "i8mm": "i8mm", "sve": "SVE"}
+X86_FEATURES = ("pni", "ssse3", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                "avx_vnni")
+ARM_FEATURES = {"asimd": "NEON (asimd)", "asimddp": "dotprod (asimddp)", "asimdhp": "fp16 arithmetic (asimdhp)",
+                "i8mm": "i8mm", "sve": "SVE"}
 # aarch64 hardware capabilities by their /proc/cpuinfo names: (auxv entry, bit) from the kernel's
 # uapi/asm/hwcap.h. AT_HWCAP is entry 16, AT_HWCAP2 entry 26.
 ARM_HWCAP_BITS = {
@@ -81,7 +83,8 @@ def read_memory(meminfo: str | None = None) -> Memory:
         except OSError:
             meminfo = ""
     values = {m[1]: int(m[2]) * 1024 for m in re.finditer(r"^(\w+):\s+(\d+) kB", meminfo, re.M)}
-    return Memory(total=values.get("MemTotal"), available=values.get("MemAvailable", values.get("MemFree")), cgroup_limit=_cgroup_limit(values.get("MemTotal")))
+    return Memory(total=values.get("MemTotal"), available=values.get("MemAvailable", values.get("MemFree")),
+                  cgroup_limit=_cgroup_limit(values.get("MemTotal")))
 
 
 def _cgroup_limit(total: int | None) -> int | None:

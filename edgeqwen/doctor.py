@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from .board import Cores, Memory, build_features, build_mismatch, cpu_features, read_cores, rebuild_advice
 from .errors import EdgeQwenError
 from .gguf_info import inspect_gguf
-from .memory_plan import CTX_CHOICES, MiB, MemoryPlan, board_memory, estimate_bytes, kv_bytes_per_token, plan_memory
+from .memory_plan import CTX_CHOICES, MemoryPlan, MiB, board_memory, estimate_bytes, kv_bytes_per_token, plan_memory
 from .model_paths import resolve_model
 from .weight_memory import weight_memory
 
@@ -81,7 +81,8 @@ def probe_build(timeout: float = 120.0) -> tuple[str, str | None]:
 def diagnose(model: str | os.PathLike | None = None, *, ram_bytes: int | None = None, n_ctx: int | None = None,
              kv_cache: str | None = None) -> Report:
     """Everything `edgeqwen doctor` prints. ram_bytes: plan for a board with this much RAM instead of this one."""
-    memory = Memory(total=ram_bytes, available=ram_bytes, cgroup_limit=None) if ram_bytes is not None else board_memory()
+    memory = Memory(total=ram_bytes, available=ram_bytes,
+                    cgroup_limit=None) if ram_bytes is not None else board_memory()
     cores = read_cores()
     build, crash = probe_build()
     warnings: list[str] = []
@@ -115,7 +116,8 @@ def diagnose(model: str | os.PathLike | None = None, *, ram_bytes: int | None = 
     if features.get("avx2") is False and "avx2" in features:
         warnings.append("this x86 CPU lacks AVX2: expect slow inference")
     if "NEON (asimd)" in features and not features.get("dotprod (asimddp)"):
-        warnings.append("no ARM dotprod: use the armv8-a build (docs/raspberry-pi.md, step 3); nothing is repacked, expect slower inference")
+        warnings.append("no ARM dotprod: use the armv8-a build (docs/raspberry-pi.md, step 3); nothing is repacked, "
+                        "expect slower inference")
     return Report(
         machine=platform.machine(),
         memory=memory,
@@ -155,12 +157,14 @@ def format_report(report: Report) -> list[str]:
         lines += [
             f"model          {e.path} ({e.architecture}, {e.file_type}, {mib(e.file_bytes)})",
             f"KV cache       {per_token} (f16; about half with --kv-cache q8_0), n_ctx cells allocated",
-            *(f"estimate {kv:5} " + ", ".join(f"--ctx {n}: {mib(b)}" for n, b in by_ctx.items()) for kv, by_ctx in e.estimate_bytes.items()),
+            *(f"estimate {kv:5} " + ", ".join(f"--ctx {n}: {mib(b)}" for n, b in by_ctx.items())
+              for kv, by_ctx in e.estimate_bytes.items()),
         ]
     if report.plan is not None:
         lines.append(f"default plan   {report.plan.describe()}")
     if report.recommended_ctx or report.model is None:
-        ctx = f"--ctx {report.recommended_ctx} --kv-cache {report.recommended_kv_cache} " if report.recommended_ctx else ""
+        ctx = (f"--ctx {report.recommended_ctx} --kv-cache {report.recommended_kv_cache} " if report.recommended_ctx
+               else "")
         lines.append(f"recommended    {ctx}--threads {report.recommended_threads}")
     else:
         lines.append(f"recommended    --threads {report.recommended_threads} (no --ctx fits the available RAM)")

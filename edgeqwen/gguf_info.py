@@ -14,7 +14,16 @@ from typing import Any
 
 import numpy as np
 from gguf import GGUFReader
-from gguf.constants import TENSOR_NAMES, GGMLQuantizationType, GGUFEndian, GGUFValueType, Keys, LlamaFileType, MODEL_TENSOR, TokenType
+from gguf.constants import (
+    MODEL_TENSOR,
+    TENSOR_NAMES,
+    GGMLQuantizationType,
+    GGUFEndian,
+    GGUFValueType,
+    Keys,
+    LlamaFileType,
+    TokenType,
+)
 from gguf.quants import dequantize
 
 from .errors import ModelFileError, ModelNotFoundError
@@ -64,7 +73,7 @@ class GGUFInfo:
     weights: tuple[Weight, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly summary; the template text, the special token ids and the tensors are left out because they are long."""
+        """JSON-friendly summary; the template text, the special token ids and the tensors are left out (long)."""
         d = asdict(self)
         for long_field in ("chat_template", "special_tokens", "weights"):
             del d[long_field]
@@ -268,7 +277,8 @@ def _info(reader: GGUFReader, path: Path, size: int, expect_arch: tuple[str, ...
         chat_template=template,
         tied_embeddings=all(t.name != "output.weight" for t in reader.tensors),
         special_tokens=_special_tokens(reader),
-        weights=tuple(Weight(t.name, t.tensor_type.name, tuple(int(n) for n in t.shape), int(t.n_bytes), int(t.data_offset))
+        weights=tuple(Weight(t.name, t.tensor_type.name, tuple(int(n) for n in t.shape), int(t.n_bytes),
+                             int(t.data_offset))
                       for t in reader.tensors),
     )
 

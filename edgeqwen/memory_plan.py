@@ -156,7 +156,8 @@ def _loadings(info: GGUFInfo, build: set[str], repack: bool | None,
         if repacking and repack is None and not any(w.repacked for w in by_mapping.values()):
             continue  # nothing of this model is repacked by this build: repacking changes nothing
         preferred, other = list(by_mapping) + [None] * (2 - len(by_mapping))
-        saves = other is not None and _resident_peak(by_mapping[other]) < (1 - NEGLIGIBLE) * _resident_peak(by_mapping[preferred])
+        saves = (other is not None
+                 and _resident_peak(by_mapping[other]) < (1 - NEGLIGIBLE) * _resident_peak(by_mapping[preferred]))
         chosen = other if saves else preferred  # settings.MMAP, unless the other way saves more than a little
         options.append((Loading(repacking, chosen), by_mapping[chosen]))
     return options or [(Loading(False, settings.MMAP if mmap is None else mmap),

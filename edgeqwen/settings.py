@@ -140,4 +140,5 @@ RAY_SLOT = "edgeqwen"
 RAY_THREADS = 2  # llama.cpp threads per model copy, and the CPUs Ray reserves for it
 RAY_BATCHES_PER_BLOCK = 2  # a Ray Data block holds this many BATCH_SIZE batches: the work one actor call does
 RAY_NODE_CHECK_TIMEOUT = 900  # seconds for every node to find and hash its model file (a first sha256 on a board)
-RAY_SERVE_EXTRA_REQUESTS = 8  # requests a replica takes beyond its queue: /health, /v1/models and the page need no model
+# requests a replica takes beyond its queue: /health, /v1/models and the page need no model
+RAY_SERVE_EXTRA_REQUESTS = 8

@@ -69,11 +69,13 @@ def imports_of(path: Path, module: str, modules: set[str]) -> tuple[set[str], se
         elif isinstance(node, ast.ImportFrom):
             base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
             target = ".".join([*base, *([node.module] if node.module else [])])
-            names = [f"{target}.{alias.name}" if f"{target}.{alias.name}" in modules else target for alias in node.names]
+            names = [f"{target}.{alias.name}" if f"{target}.{alias.name}" in modules else target
+                     for alias in node.names]
         else:
             continue
         for name in names:
-            (inner if name.split(".")[0] == "edgeqwen" else outer).add(name if name.split(".")[0] == "edgeqwen" else name.split(".")[0])
+            (inner if name.split(".")[0] == "edgeqwen" else outer).add(name if name.split(".")[0] == "edgeqwen"
+                                                                       else name.split(".")[0])
     return {name for name in inner if name in modules and name != module}, outer
 
 

@@ -106,12 +106,14 @@ def compare(first: Path, second: Path) -> int:
     worst = 1.0
     for role, (key, gold_field) in paths.items():
         for lang in ("en", "zh", "all"):
-            pairs = [(row, b[i]) for i, row in a.items() if lang in ("all", row["lang"]) and row.get(key) and b[i].get(key)]
+            pairs = [(row, b[i]) for i, row in a.items()
+                     if lang in ("all", row["lang"]) and row.get(key) and b[i].get(key)]
             if not pairs:
                 continue
             agree = sum(x[key] == y[key] for x, y in pairs) / len(pairs)
             gold = [(x, y) for x, y in pairs if x["gold_field"] == gold_field]
-            accuracy = [f"{sum(p[i][key] == p[i]['gold'] for p in gold) / len(gold):.1%}" if gold else "-" for i in (0, 1)]
+            accuracy = [f"{sum(p[i][key] == p[i]['gold'] for p in gold) / len(gold):.1%}" if gold else "-"
+                        for i in (0, 1)]
             worst = min(worst, agree)
             print(f"| {role} | {lang} | {len(pairs)} | {agree:.1%} | {len(gold)} | {accuracy[0]} | {accuracy[1]} |")
     return 0 if worst >= 0.99 else 1
@@ -126,7 +128,8 @@ def main() -> int:
     run.add_argument("--model")
     run.add_argument("--threads", type=int, help="llama.cpp threads (1 under emulation on a busy machine: no spinning)")
     run.add_argument("--shard", default="0/1", help="K/N: label every N-th text from the K-th")
-    run.add_argument("--done", type=Path, nargs="*", default=[], help="label files of earlier runs: their texts are skipped")
+    run.add_argument("--done", type=Path, nargs="*", default=[],
+                     help="label files of earlier runs: their texts are skipped")
     both = sub.add_parser("compare")
     both.add_argument("first", type=Path)
     both.add_argument("second", type=Path)

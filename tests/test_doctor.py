@@ -9,9 +9,8 @@ import subprocess
 import sys
 
 from edgeqwen.board import Memory, cpu_features, physical_cores, read_memory
-from edgeqwen.memory_plan import estimate_bytes, kv_bytes_per_token, plan_memory
 from edgeqwen.gguf_info import inspect_gguf
-
+from edgeqwen.memory_plan import estimate_bytes, kv_bytes_per_token, plan_memory
 
 
 def test_doctor_reports_this_board_and_the_model(invoke, model_path):
@@ -44,7 +43,8 @@ def test_doctor_warns_when_the_model_will_not_fit(invoke, model_path):
     done = invoke("doctor", "--model", str(model_path), "--ram-mb", "400")
     assert done.returncode == 0
     warning = done.stderr
-    assert "warning: the model will not fit" in warning and "--ctx 2048" in warning  # the best plan: shorter saves little here
+    # the best plan: shorter saves little here
+    assert "warning: the model will not fit" in warning and "--ctx 2048" in warning
     assert "no --ctx fits" in done.stdout
 
 
@@ -52,7 +52,8 @@ def test_doctor_plans_for_a_given_board(invoke, model_path):
     done = invoke("doctor", "--json", "--model", str(model_path), "--ram-mb", "1400")
     report = json.loads(done.stdout)
     plan = report["plan"]
-    assert plan["fits"] and (report["recommended_ctx"], report["recommended_kv_cache"]) == (plan["n_ctx"], plan["kv_type"])
+    assert plan["fits"] and (report["recommended_ctx"], report["recommended_kv_cache"]) == (plan["n_ctx"],
+                                                                                            plan["kv_type"])
     assert estimate_bytes(inspect_gguf(model_path), plan["n_ctx"], plan["kv_type"]) <= 1400 * 2**20 * 0.5
 
 

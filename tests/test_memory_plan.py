@@ -10,7 +10,7 @@ from edgeqwen import memory_plan, settings
 from edgeqwen.board import Memory
 from edgeqwen.errors import InputError
 from edgeqwen.gguf_info import GGUFInfo, Weight
-from edgeqwen.memory_plan import MiB, OVERHEAD_BYTES, estimate_bytes, kv_bytes_per_token, plan_memory
+from edgeqwen.memory_plan import OVERHEAD_BYTES, MiB, estimate_bytes, kv_bytes_per_token, plan_memory
 from edgeqwen.weight_memory import repacks, weight_memory
 
 PI5_BUILD = {"NEON", "ARM_FMA", "FP16_VA", "DOTPROD", "LLAMAFILE", "OPENMP", "REPACK"}
@@ -31,7 +31,8 @@ def qwen15(matrix_type: str = "Q4_K", embedding_type: str = "Q6_K", tied: bool =
         for name, shape in (("attn_q", (1024, 1024)), ("attn_k", (1024, 1024)), ("attn_v", (1024, 1024)),
                             ("attn_output", (1024, 1024)), ("ffn_gate", (1024, 2816)), ("ffn_up", (1024, 2816)),
                             ("ffn_down", (2816, 1024))):
-            kind = "Q6_K" if matrix_type == "Q4_K" and name in ("attn_v", "ffn_down") and block % 2 == 0 else matrix_type
+            kind = "Q6_K" if matrix_type == "Q4_K" and name in ("attn_v",
+                                                                "ffn_down") and block % 2 == 0 else matrix_type
             weights.append(Weight(f"blk.{block}.{name}.weight", kind, shape, q_bytes(kind, *shape)))
         for name in ("attn_norm", "ffn_norm", "attn_q_bias", "attn_k_bias", "attn_v_bias"):
             weights.append(Weight(f"blk.{block}.{name}", "F32", (1024,), 4096))
@@ -112,7 +113,8 @@ def test_the_estimate_is_the_weights_the_kv_cache_and_the_overhead():
     assert estimate_bytes(info, 1024, "q8_0") == tensors + 1024 * kv_bytes_per_token(info, "q8_0") + OVERHEAD_BYTES
     weights = weight_memory(info, PI5_BUILD, repack=True, mmap=False)
     small_kv = estimate_bytes(info, 256, "q8_0", weights)
-    assert small_kv == weights.resident + weights.loading_peak + memory_plan.LOADING_OVERHEAD_BYTES  # loading is the peak
+    # loading is the peak
+    assert small_kv == weights.resident + weights.loading_peak + memory_plan.LOADING_OVERHEAD_BYTES
 
 
 def test_a_1_gb_arm_board_gives_up_repacking_and_says_so(arm):

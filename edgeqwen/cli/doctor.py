@@ -13,12 +13,18 @@ from .options import KvCacheOption, ModelOption
 
 def doctor(
     model: ModelOption = None,
-    ctx: Annotated[Optional[int], typer.Option("--ctx", min=settings.MIN_N_CTX, help="Plan with this context size (default: the largest that fits, up to 2048).")] = None,
+    ctx: Annotated[Optional[int], typer.Option(
+        "--ctx", min=settings.MIN_N_CTX,
+        help="Plan with this context size (default: the largest that fits, up to 2048).",
+    )] = None,
     kv_cache: KvCacheOption = None,
-    ram_mb: Annotated[Optional[int], typer.Option("--ram-mb", min=1, help=f"Plan for a board with this much RAM (MiB) instead of this one (as ${settings.ENV_MEMORY} does for every command).")] = None,
+    ram_mb: Annotated[Optional[int], typer.Option("--ram-mb", min=1, help=(
+        f"Plan for a board with this much RAM (MiB) instead of this one (as ${settings.ENV_MEMORY} does for every "
+        "command)."))] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Check this board: RAM, cores, CPU features, the llama.cpp build, and the --ctx/--kv-cache/--threads every command picks for the model here.
+    """Check this board: RAM, cores, CPU features, the llama.cpp build, and the --ctx/--kv-cache/--threads \
+every command picks for the model here.
 
     \b
     Examples:

@@ -29,7 +29,8 @@ from ..grammar import check_grammar, grammar_literals
 from ..memory_plan import plan_memory
 from ..numeric import logsumexp
 from .cells import MAX_PARALLEL, PREFIX_SHARE, WORKING_SEQ
-from .llama_build import check_cpu, features as build_features
+from .llama_build import check_cpu
+from .llama_build import features as build_features
 from .picker import TokenPicker, start_reply
 from .prefix_store import PrefixStore
 from .reply import Generation, Reply
@@ -80,7 +81,8 @@ class Engine:
     ) -> None:
         self.info: GGUFInfo = inspect_gguf(Path(model_path))  # raises before llama.cpp sees a bad file
         if not self.info.has_chat_template:
-            raise ModelFileError(f"{model_path}: the GGUF has no chat template (tokenizer.chat_template); use an instruct/chat model")
+            raise ModelFileError(f"{model_path}: the GGUF has no chat template (tokenizer.chat_template); "
+                                 "use an instruct/chat model")
         if n_ctx is not None and n_ctx < settings.MIN_N_CTX:
             raise ValueError(f"n_ctx must be at least {settings.MIN_N_CTX}")
         if kv_type is not None and kv_type not in KV_TYPES:
@@ -89,7 +91,8 @@ class Engine:
         self.memory_plan = plan_memory(self.info, n_ctx=n_ctx, kv_type=kv_type, build=build_features(), repack=repack,
                                        mmap=use_mmap)  # fills in what was not given
         if not self.memory_plan.fits:
-            log.warning(f"warning: {self.info.path.name} may not fit this board's memory: {self.memory_plan.describe()}")
+            log.warning(f"warning: {self.info.path.name} may not fit this board's memory: "
+                        f"{self.memory_plan.describe()}")
         self.n_ctx = n_ctx = self.memory_plan.n_ctx
         kv_type = self.memory_plan.kv_type
         self.n_threads = n_threads or physical_cores()
@@ -164,7 +167,8 @@ class Engine:
         )
         pieces = _SENTINEL_PATTERN.split(rendered)
         if len(pieces) != 2 * len(messages) + 1:
-            raise ModelFileError("the model's chat template rewrites message contents; edgeqwen cannot render it safely")
+            raise ModelFileError(
+                "the model's chat template rewrites message contents; edgeqwen cannot render it safely")
         return pieces
 
     # -- evaluation -----------------------------------------------------------------------------
@@ -210,12 +214,15 @@ class Engine:
         lengths = [len(p) - keep_prefix for p in prompts]
         groups = list(self._groups(lengths))
         prefix = prompts[0][:keep_prefix]
-        evaluated, source = 0, self.runtime.cells.kept_beside_working(prefix, max(sum(lengths[i] for i in group) for group in groups))
+        evaluated, source = 0, self.runtime.cells.kept_beside_working(prefix,
+                                                                      max(sum(lengths[i] for i in group)
+                                                                          for group in groups))
         if source is None:  # not kept yet, or no room beside the working sequence: it gives way and holds the prefix
             evaluated, source = self.runtime.hold(prefix), WORKING_SEQ
         results: list[Evaluated] = []
         for group in groups:
-            results += self._evaluate_group([prompts[i][keep_prefix:] for i in group], keep_prefix, layers, logits, source)
+            results += self._evaluate_group([prompts[i][keep_prefix:] for i in group], keep_prefix, layers, logits,
+                                            source)
         self.tokens_evaluated = evaluated + sum(lengths)
         return results
 
@@ -223,7 +230,8 @@ class Engine:
         if not layers and not logits:
             raise ValueError("nothing to read: ask for the logits, a layer, or both")
         if any(layer not in self.readable_layers for layer in layers):
-            raise ValueError(f"layer must be between 0 and {self.n_layer - 2} (the model has {self.n_layer} blocks; the last one is the final state)")
+            raise ValueError(f"layer must be between 0 and {self.n_layer - 2} (the model has {self.n_layer} blocks; "
+                             "the last one is the final state)")
         for prompt in prompts:
             if not 0 <= keep_prefix < len(prompt):
                 raise ValueError("keep_prefix must leave at least one token of each prompt to evaluate")
@@ -250,7 +258,8 @@ class Engine:
         """Each suffix as its own sequence after the first `start` tokens of sequence `source` (a kept
         prefix's, or the working one's; a suffix longer than n_batch is alone in its group and goes in
         several calls)."""
-        entries: list[Entry] = [(token, start + j, k, j == len(suffix) - 1) for k, suffix in enumerate(suffixes) for j, token in enumerate(suffix)]
+        entries: list[Entry] = [(token, start + j, k, j == len(suffix) - 1) for k, suffix in enumerate(suffixes)
+                                for j, token in enumerate(suffix)]
         if source == WORKING_SEQ:  # beside a kept prefix the room was checked, and nothing may be evicted
             self.runtime.cells.make_room(start + len(entries))
         seqs = self.runtime.cells.lend(len(suffixes), start, source)
@@ -286,7 +295,8 @@ class Engine:
             raise ValueError("nothing to evaluate")
         if len(tokens) > self.n_ctx:
             raise ContextOverflowError(f"prompt of {len(tokens)} tokens does not fit n_ctx {self.n_ctx}")
-        reuse = min(self.runtime.cells.reuse(tokens, keep_prefix), len(tokens) - 1)  # the last token again, for its logits
+        # the last token again, for its logits
+        reuse = min(self.runtime.cells.reuse(tokens, keep_prefix), len(tokens) - 1)
         self.runtime.cells.truncate(reuse)
         self.runtime.cells.make_room(len(tokens))
         self.runtime.decode(tokens[reuse:], keep_prefix)
@@ -360,7 +370,8 @@ class Engine:
             self.runtime.cells.truncate(0)  # the bookkeeping did not see these tokens
         return streams * n_tokens / elapsed
 
-    def constrained_choice(self, tokens: Sequence[int], grammar: str, max_tokens: int = 32, keep_prefix: int = 0) -> str:
+    def constrained_choice(self, tokens: Sequence[int], grammar: str, max_tokens: int = 32,
+                           keep_prefix: int = 0) -> str:
         """Greedy decoding under a label grammar; returns the literal the model produced."""
         check_grammar(grammar)
         for literal in grammar_literals(grammar):

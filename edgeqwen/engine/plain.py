@@ -17,7 +17,8 @@ class PlainLlama:
     """llama_cpp.Llama on the same model file and threads, called the usual high-level way."""
 
     def __init__(self, model: Path, n_ctx: int, threads: int) -> None:
-        self.llm = llama_cpp.Llama(str(model), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False)
+        self.llm = llama_cpp.Llama(str(model), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                   logits_all=False, verbose=False)
 
     def eval_seconds(self, prefix: Sequence[int], rest: Sequence[int]) -> float:
         """Seconds to evaluate `rest` after a freshly evaluated `prefix`: the compute floor of an input."""
@@ -29,14 +30,17 @@ class PlainLlama:
 
     def grammar_completion(self, prompt: str, labels: Sequence[str]) -> str:
         """A plain completion forced to one of `labels` by a GBNF grammar (the naive classification call)."""
-        grammar = llama_cpp.LlamaGrammar.from_string("root ::= " + " | ".join(f'"{label}"' for label in labels), verbose=False)
+        grammar = llama_cpp.LlamaGrammar.from_string("root ::= " + " | ".join(f'"{label}"' for label in labels),
+                                                     verbose=False)
         return self.llm.create_completion(prompt, grammar=grammar, max_tokens=4, temperature=0.0)["choices"][0]["text"]
 
-    def chat_completion(self, messages: list[dict[str, str]], labels: Sequence[str] | None = None, max_tokens: int = 4) -> str:
+    def chat_completion(self, messages: list[dict[str, str]], labels: Sequence[str] | None = None,
+                        max_tokens: int = 4) -> str:
         """create_chat_completion, greedy, optionally forced to one of `labels` by a grammar."""
         grammar = None
         if labels:
-            grammar = llama_cpp.LlamaGrammar.from_string("root ::= " + " | ".join(f'"{label}"' for label in labels), verbose=False)
+            grammar = llama_cpp.LlamaGrammar.from_string("root ::= " + " | ".join(f'"{label}"' for label in labels),
+                                                         verbose=False)
         reply = self.llm.create_chat_completion(messages, grammar=grammar, max_tokens=max_tokens, temperature=0.0)
         return reply["choices"][0]["message"]["content"] or ""
 
