@@ -1,5 +1,6 @@
-"""`edgeqwen eval --task chat`: whether chat replies come in the prompt's language, without parroting,
-loops or empty replies, remembering what the user said; with first-token latency and decode speed.
+"""`edgeqwen chat-check`: whether chat replies come in the prompt's language, without parroting, loops
+or empty replies, remembering what the user said, responding to the person rather than restating
+them; with first-token latency and decode speed.
 
 Data: JSON Lines with `lang` (en or zh), `turns` (one or more user messages, sent in order in one
 conversation), and optional `id`, `kind` and `remember` (a string the last reply must contain).
@@ -12,7 +13,14 @@ Every reply is judged by these rules:
   is not parroting;
 - a loop: a piece of 2 or more characters repeated 4 times back to back, or one of 10 or more
   repeated 3 times;
-- empty: nothing but spaces; cut: generation stopped at max_tokens, not at the end of the turn.
+- empty: nothing but spaces; cut: generation stopped at max_tokens, not at the end of the turn;
+- response and restatement (reply_judging.py): the reply addresses the person (second person, a
+  question, thanks, apology, congratulations, advice), or most of its content words (English) or Han
+  characters (Chinese) come from the prompt. Both are reported per language and per kind of prompt.
+
+Each run is a sampling mode, without the label or with it: a labelled run answers every turn as
+`edgeqwen run --task both` does (EdgeQwen.run: the sentiment role's classification goes into the chat
+turn), an unlabelled one as `--task chat` does.
 """
 
 from __future__ import annotations
@@ -28,10 +36,14 @@ from typing import Any
 
 from .errors import InputError
 from .evaluate import jsonl_objects
+from .reply_judging import responds, restates
 from .text import script_language
 
 LANGS = ("en", "zh")
 MODES = ("greedy", "sampled")  # greedy: temperature 0; sampled: the role's own sampling
+LABELS = ("off", "on")  # off: a chat turn (--task chat); on: the sentiment label goes into it (--task both)
+RESPONSE_KINDS = ("review", "statement")  # prompts whose replies must respond, not inform
+FAILED_WHEN_TRUE = ("parrot", "restatement", "loop", "empty", "cut")
 _SHORT_LOOP = re.compile(r"(.{2,40}?)(?:\s*\1){3,}", re.S)
 _LONG_LOOP = re.compile(r"(.{10,200}?)(?:\s*\1){2,}", re.S)
 
@@ -55,6 +67,7 @@ class Reply:
     first_token_ms: float
     tokens: int
     seconds: float
+    label: str | None = None  # the sentiment label the turn was given, in a labelled run
     checks: dict[str, bool] = field(default_factory=dict)
 
 
@@ -84,11 +97,14 @@ def _letters(text: str) -> str:
     return "".join(ch for ch in text.casefold() if unicodedata.category(ch)[0] in "LN")
 
 
-def read_prompts(paths: Sequence[str | Path], limit: int | None = None) -> list[ChatPrompt]:
-    """Prompts from JSON Lines files; any problem is one line naming the file and line number."""
+def read_prompts(paths: Sequence[str | Path], limit: int | None = None, kinds: Sequence[str] = ()) -> list[ChatPrompt]:
+    """Prompts from JSON Lines files (only those of `kinds`, if given); any problem is one line naming
+    the file and line number."""
     prompts = [_prompt(row, where) for where, row in jsonl_objects(paths, "'lang' and 'turns' (a list of user messages)")]
+    if kinds:
+        prompts = [prompt for prompt in prompts if prompt.kind in kinds]
     if not prompts:
-        raise InputError(f"{', '.join(map(str, paths))}: no prompts")
+        raise InputError(f"{', '.join(map(str, paths))}: no prompts" + (f" of kind {', '.join(kinds)}" if kinds else ""))
     return prompts[:limit] if limit else prompts
 
 
@@ -113,6 +129,8 @@ def judge(reply: Reply) -> Reply:
         "loop": loops(text),
         "empty": not text.strip(),
         "cut": reply.finish_reason == "length",
+        "response": responds(text),
+        "restatement": restates(prompt, text),
     }
     if reply.prompt.remember is not None and reply.turn == len(reply.prompt.turns) - 1:
         reply.checks["remembered"] = reply.prompt.remember.casefold() in text.casefold()
@@ -128,35 +146,64 @@ def summarize(replies: Sequence[Reply]) -> dict[str, Any]:
     speeds = [(r.tokens - 1) / (r.seconds - r.first_token_ms / 1000) for r in replies if r.tokens > 1 and r.seconds > r.first_token_ms / 1000]
     return {
         "replies": len(replies),
-        **{name: share(name) for name in ("in_language", "parrot", "loop", "empty", "cut", "remembered")},
+        **{name: share(name) for name in ("in_language", "parrot", "loop", "empty", "cut", "remembered", "response", "restatement")},
         "first_token_p50_ms": round(statistics.median(r.first_token_ms for r in replies), 1) if replies else None,
         "decode_tok_s_p50": round(statistics.median(speeds), 1) if speeds else None,
     }
 
 
-def report(replies_by_mode: dict[str, list[Reply]]) -> dict[str, Any]:
-    """Per mode and language, the summary; also each reply that failed a check, for reading."""
-    table = {}
-    failures = []
-    for mode, replies in replies_by_mode.items():
-        table[mode] = {lang: summarize([r for r in replies if r.prompt.lang == lang]) for lang in LANGS}
-        table[mode]["all"] = summarize(replies)
+def report(replies_by_run: dict[str, list[Reply]]) -> dict[str, Any]:
+    """Per run (mode, with or without the label) and language, the summary; response and restatement
+    per language and kind of prompt; each reply that failed a check, for reading."""
+    table, by_kind, failures = {}, {}, []
+    for run, replies in replies_by_run.items():
+        table[run] = {lang: summarize([r for r in replies if r.prompt.lang == lang]) for lang in LANGS}
+        table[run]["all"] = summarize(replies)
+        by_kind[run] = {lang: _kind_shares([r for r in replies if r.prompt.lang == lang]) for lang in LANGS}
         for r in replies:
-            bad = [name for name, ok in r.checks.items() if ok == (name in ("parrot", "loop", "empty", "cut"))]
+            bad = [name for name, ok in r.checks.items() if ok == (name in FAILED_WHEN_TRUE)]
+            if r.prompt.kind not in RESPONSE_KINDS and "response" in bad:
+                bad.remove("response")
             if bad:
-                failures.append({"mode": mode, "id": r.prompt.id, "turn": r.turn, "failed": bad, "reply": r.text[:300]})
-    replies = {mode: [{"id": r.prompt.id, "turn": r.turn, "reply": r.text, "finish_reason": r.finish_reason, "tokens": r.tokens} for r in rs]
-               for mode, rs in replies_by_mode.items()}
-    return {"table": table, "failures": failures, "replies": replies}
+                failures.append({"run": run, "id": r.prompt.id, "turn": r.turn, "failed": bad, "reply": r.text[:300]})
+    replies = {run: [_record(r) for r in rs] for run, rs in replies_by_run.items()}
+    return {"table": table, "by_kind": by_kind, "failures": failures, "replies": replies}
+
+
+def _record(r: Reply) -> dict[str, Any]:
+    return {"id": r.prompt.id, "lang": r.prompt.lang, "kind": r.prompt.kind, "turn": r.turn, "label": r.label, "reply": r.text,
+            "finish_reason": r.finish_reason, "tokens": r.tokens, "first_token_ms": r.first_token_ms, "seconds": round(r.seconds, 3),
+            "checks": r.checks}
+
+
+def _kind_shares(replies: Sequence[Reply]) -> dict[str, dict[str, Any]]:
+    """Response and restatement shares per kind of prompt, plus reviews and statements together."""
+    groups: dict[str, list[Reply]] = {}
+    for r in replies:
+        groups.setdefault(r.prompt.kind or "-", []).append(r)
+    groups["review+statement"] = [r for r in replies if r.prompt.kind in RESPONSE_KINDS]
+    return {kind: {"replies": len(rs), "response": _share(rs, "response"), "restatement": _share(rs, "restatement")}
+            for kind, rs in groups.items() if rs}
+
+
+def _share(replies: Sequence[Reply], name: str) -> float:
+    return round(sum(r.checks[name] for r in replies) / len(replies), 4)
 
 
 def format_report(result: dict[str, Any]) -> str:
-    header = f"{'mode':<8} {'lang':<4} {'replies':>7} {'in lang':>8} {'parrot':>7} {'loop':>6} {'empty':>6} {'cut':>6} {'recall':>7} {'1st tok ms':>10} {'tok/s':>6}"
+    header = (f"{'run':<14} {'lang':<4} {'replies':>7} {'in lang':>8} {'parrot':>7} {'loop':>6} {'empty':>6} {'cut':>6} {'recall':>7} "
+              f"{'respond':>8} {'restate':>8} {'1st tok ms':>10} {'tok/s':>6}")
     lines = [header]
-    for mode, by_lang in result["table"].items():
+    for run, by_lang in result["table"].items():
         for lang, s in by_lang.items():
-            lines.append(f"{mode:<8} {lang:<4} {s['replies']:>7} {_pct(s['in_language']):>8} {_pct(s['parrot']):>7} {_pct(s['loop']):>6} "
-                         f"{_pct(s['empty']):>6} {_pct(s['cut']):>6} {_pct(s['remembered']):>7} {s['first_token_p50_ms'] or '-':>10} {s['decode_tok_s_p50'] or '-':>6}")
+            lines.append(f"{run:<14} {lang:<4} {s['replies']:>7} {_pct(s['in_language']):>8} {_pct(s['parrot']):>7} {_pct(s['loop']):>6} "
+                         f"{_pct(s['empty']):>6} {_pct(s['cut']):>6} {_pct(s['remembered']):>7} {_pct(s['response']):>8} "
+                         f"{_pct(s['restatement']):>8} {s['first_token_p50_ms'] or '-':>10} {s['decode_tok_s_p50'] or '-':>6}")
+    lines += ["", f"{'run':<14} {'lang':<4} {'kind':<17} {'replies':>7} {'respond':>8} {'restate':>8}"]
+    for run, by_lang in result["by_kind"].items():
+        for lang, kinds in by_lang.items():
+            for kind, s in kinds.items():
+                lines.append(f"{run:<14} {lang:<4} {kind:<17} {s['replies']:>7} {_pct(s['response']):>8} {_pct(s['restatement']):>8}")
     return "\n".join(lines)
 
 
@@ -164,26 +211,34 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def run_chat_check(eq: Any, prompts: Sequence[ChatPrompt], *, modes: Sequence[str] = MODES, max_tokens: int | None = None,
-                   seed: int = 0, role: str = "chat", on_reply: Any = None) -> dict[str, Any]:
-    """Each prompt's turns in a fresh conversation of `role`, once per mode; the judged report.
+def run_name(mode: str, label: str) -> str:
+    return mode if label == "off" else f"{mode}+label"
+
+
+def run_chat_check(eq: Any, prompts: Sequence[ChatPrompt], *, modes: Sequence[str] = MODES, labels: Sequence[str] = LABELS,
+                   max_tokens: int | None = None, seed: int = 0, on_reply: Any = None) -> dict[str, Any]:
+    """Each prompt's turns in a fresh conversation of the chat role, once per mode and label setting;
+    the judged report.
 
     `max_tokens` caps every reply (default: the role's); the sampled mode uses `seed`, so runs repeat.
+    A labelled run answers each turn as `edgeqwen run --task both` does, an unlabelled one as `--task chat`.
     """
-    replies_by_mode: dict[str, list[Reply]] = {}
+    replies_by_run: dict[str, list[Reply]] = {}
     for mode in modes:
         overrides: dict[str, Any] = {"temperature": 0.0} if mode == "greedy" else {"seed": seed}
         if max_tokens:
             overrides["max_tokens"] = max_tokens
-        replies = []
-        for prompt in prompts:
-            conversation = eq.conversation(role, sampling=overrides)
-            for turn, text in enumerate(prompt.turns):
-                reply = conversation.reply(text)
-                timings = conversation.timings
-                replies.append(judge(Reply(prompt, turn, reply, conversation.finish_reason, timings["first_token_ms"],
-                                           int(timings["reply_tokens"]), timings["total_ms"] / 1000)))
-                if on_reply:
-                    on_reply()
-        replies_by_mode[mode] = replies
-    return report(replies_by_mode)
+        for label in labels:
+            replies = []
+            for prompt in prompts:
+                conversation = eq.conversation(sampling=overrides)
+                for turn, text in enumerate(prompt.turns):
+                    result = eq.run(text, "both" if label == "on" else "chat", conversation=conversation)
+                    timings = conversation.timings
+                    replies.append(judge(Reply(prompt, turn, result.reply or "", conversation.finish_reason, timings["first_token_ms"],
+                                               int(timings["reply_tokens"]), timings["total_ms"] / 1000,
+                                               result.sentiment.label if result.sentiment else None)))
+                    if on_reply:
+                        on_reply()
+            replies_by_run[run_name(mode, label)] = replies
+    return report(replies_by_run)

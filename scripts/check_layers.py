@@ -34,7 +34,7 @@ LAYERS = {
     "convert": {"convert"},
     "tasks": {"prompt_fit", "classifier", "conversation", "head", "router"},
     "api": {"api", "batch"},
-    "tools": {"evaluate", "training", "chat_check", "bench", "doctor", "build"},
+    "tools": {"evaluate", "training", "chat_check", "reply_judging", "bench", "doctor", "build"},
     # cluster: Ray Data and Ray Serve around the public API and the server's app (edgeqwen[ray]).
     "faces": {"cli", "server", "cluster", "console", "__main__", "__init__"},
 }

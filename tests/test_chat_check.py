@@ -7,11 +7,13 @@ import json
 import pytest
 
 from conftest import REPO
-from edgeqwen.chat_check import loops, parrots, read_prompts
+from edgeqwen.chat_check import ChatPrompt, Reply, judge, loops, parrots, read_prompts, report
+from edgeqwen.reply_judging import borrowed_share, response_markers, responds, restates
 from edgeqwen.text import script_language
 from edgeqwen.errors import InputError
 
 PROMPTS = REPO / "scripts" / "data" / "chat.eval.jsonl"
+HELD_OUT = REPO / "scripts" / "data" / "chat.heldout.jsonl"
 
 
 @pytest.mark.parametrize("text, lang", [
@@ -44,6 +46,61 @@ def test_loops_are_repeated_runs():
     assert not loops("The number is 1000000000000.")
 
 
+@pytest.mark.parametrize("reply, markers", [
+    ("I'm so sorry the pizza came cold. Did the shop offer a refund?", ["apology", "question"]),
+    ("Congratulations on passing the test!", ["congratulations"]),
+    ("Thanks for sharing this.", ["thanks"]),
+    ("Your grandmother must be proud.", ["second person"]),
+    ("I'd suggest asking for a room on a higher floor next time.", ["advice"]),
+    ("谢谢你的分享！", ["second person", "thanks"]),
+    ("听起来很辛苦，早点休息吧。有什么想聊的吗", ["question"]),
+    ("恭喜！", ["congratulations"]),
+    ("很遗憾听到这个消息。", ["apology"]),
+    ("建议下次提前预订。", ["advice"]),
+    ("The movie was very boring and long, making it even more difficult to enjoy.", []),
+    ("房间整洁，早餐丰富。", []),
+    ("演员演技尴尬", []),
+])
+def test_response_markers_per_language(reply, markers):
+    assert response_markers(reply) == markers
+    assert responds(reply) == bool(markers)
+
+
+def test_restatement_is_most_content_from_the_input():
+    review = "房间干净，早餐丰富，下次还会再来。"
+    assert restates(review, "房间干净，早餐丰富")
+    assert restates(review, "房间整洁，早餐丰富。")  # 6 of 8 characters from the review
+    assert not restates(review, "太好了，住得舒服最重要！你这次是去那边旅游还是出差？")
+    assert not restates(review, "好的")  # too short to judge
+    movie = "The movie was boring and far too long; I could not enjoy it."
+    assert restates(movie, "The movie was very boring and long, making it even more difficult to enjoy.")
+    assert not restates(movie, "That's a shame. What kind of films do you usually like? I could suggest a shorter one.")
+    pizza = "Terrible delivery experience. The pizza arrived cold and an hour late."
+    both = "I'm sorry the pizza arrived cold and late. Did you contact them?"
+    assert responds(both) and restates(pizza, both)  # judged apart: a response can also restate
+    assert borrowed_share(pizza, "Arrived arriving arrive!") == 1.0  # compared by stem
+    assert borrowed_share("I love dogs.", "Dogs are great, dogs are loyal.") == 0.5  # each occurrence counts
+
+
+def _reply(kind: str, text: str, prompt: str = "I finally passed my driving test.") -> Reply:
+    return judge(Reply(ChatPrompt("x", "en", kind, (prompt,), None, "x:1"), 0, text, "stop", 10.0, 5, 0.1))
+
+
+def test_report_gives_response_and_restatement_per_language_and_kind():
+    replies = [_reply("statement", "Congratulations! How long did you practise?"),
+               _reply("statement", "You passed your driving test."),
+               _reply("statement", "I finally passed the driving test."),
+               _reply("question", "Boil it for six minutes.", "How long should I boil an egg?")]
+    result = report({"greedy": replies})
+    assert result["by_kind"]["greedy"]["en"]["statement"] == {"replies": 3, "response": round(2 / 3, 4), "restatement": round(2 / 3, 4)}
+    assert result["by_kind"]["greedy"]["en"]["question"] == {"replies": 1, "response": 0.0, "restatement": 0.0}
+    assert result["by_kind"]["greedy"]["en"]["review+statement"]["replies"] == 3
+    assert result["table"]["greedy"]["en"]["response"] == 0.5
+    failed = {(f["id"], f["reply"]): f["failed"] for f in result["failures"]}
+    assert failed[("x", "I finally passed the driving test.")] == ["response", "restatement"]
+    assert ("x", "Boil it for six minutes.") not in failed  # an answer to a question need not address the person
+
+
 def test_shipped_prompt_set_is_large_and_balanced():
     prompts = read_prompts([PROMPTS])
     for lang in ("en", "zh"):
@@ -51,6 +108,17 @@ def test_shipped_prompt_set_is_large_and_balanced():
         assert len(mine) >= 50
         assert sum(len(p.turns) == 2 for p in mine) >= 10
         assert sum(p.remember is not None for p in mine) >= 5
+        assert sum(p.kind == "review" for p in mine) >= 16 and sum(p.kind == "statement" for p in mine) >= 16
+
+
+def test_held_out_prompts_are_apart_from_the_tuning_set():
+    tuned = {turn for p in read_prompts([PROMPTS]) for turn in p.turns}
+    held_out = read_prompts([HELD_OUT])
+    assert not tuned & {turn for p in held_out for turn in p.turns}
+    for lang in ("en", "zh"):
+        for kind in ("review", "statement"):
+            assert sum(p.lang == lang and p.kind == kind for p in held_out) >= 12
+    assert [p.kind for p in read_prompts([HELD_OUT], kinds=["question"])] == ["question"] * 8
 
 
 def test_bad_prompt_lines_are_one_line_errors(invoke, tmp_path):
@@ -71,7 +139,9 @@ def test_chat_check_runs_on_the_real_model(invoke_model, tmp_path):
     done = invoke_model("chat-check", str(sample), "--max-tokens", "24", "--json", str(out))
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text(encoding="utf-8"))
-    for mode in ("greedy", "sampled"):
-        assert report["table"][mode]["all"]["replies"] == 3  # the memory pair's two turns and one single turn
-        assert report["table"][mode]["all"]["empty"] == 0.0
-    assert "in lang" in done.stdout
+    for run in ("greedy", "sampled", "greedy+label", "sampled+label"):
+        assert report["table"][run]["all"]["replies"] == 3  # the memory pair's two turns and one single turn
+        assert report["table"][run]["all"]["empty"] == 0.0
+    assert {reply["label"] for reply in report["replies"]["greedy+label"]} <= {"positive", "negative"}
+    assert {reply["label"] for reply in report["replies"]["greedy"]} == {None}
+    assert "in lang" in done.stdout and "restate" in done.stdout
