@@ -17,6 +17,10 @@ pronouns (的 了 是 我 你 ...); for any other reply, its English words witho
 a crude stem (a final -ing, -ed, -es, -s or -ly dropped from words of 5 letters or more, then a
 final e from words of 4 or more). Each occurrence in the reply counts.
 
+A refusal ("I'm sorry, but I can't assist with that.", "抱歉，我无法回答") is never a response, whatever
+its markers: a reply that says it cannot help (can't/cannot/unable to assist or help with that; 无法
+or 不能 followed by 帮助, 协助, 回答 or 提供).
+
 The two are judged apart: a reply that thanks the person and then repeats their review is both.
 """
 
@@ -43,6 +47,8 @@ _ZH_MARKERS = {
     "advice": re.compile(r"建议|试试|不妨|记得|别忘了|可以考虑"),
 }
 MARKERS = {"en": _EN_MARKERS, "zh": _ZH_MARKERS}
+_REFUSAL = re.compile(r"\b(?:can't|can not|cannot|unable to) (?:assist|help)(?: you)? with (?:that|this)|(?:无法|不能)(?:帮助|协助|回答|提供)",
+                      re.I)
 
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 # Characters nearly every Chinese sentence has; they say nothing about where the content came from.
@@ -66,9 +72,14 @@ def response_markers(reply: str) -> list[str]:
     return sorted({name for markers in MARKERS.values() for name, pattern in markers.items() if pattern.search(reply)})
 
 
+def refuses(reply: str) -> bool:
+    """The reply says it cannot help (the rule above)."""
+    return bool(_REFUSAL.search(reply.replace("\u2019", "'")))
+
+
 def responds(reply: str) -> bool:
-    """The reply addresses the person (the markers above)."""
-    return bool(response_markers(reply))
+    """The reply addresses the person (the markers above) and is not a refusal."""
+    return bool(response_markers(reply)) and not refuses(reply)
 
 
 def content_units(text: str, chinese: bool) -> list[str]:

@@ -66,6 +66,12 @@ def test_response_markers_per_language(reply, markers):
     assert responds(reply) == bool(markers)
 
 
+def test_a_refusal_is_not_a_response():
+    for refusal in ("I'm sorry, but I can't assist with that.", "Sorry, I cannot help you with this.", "抱歉，我无法回答这个问题。"):
+        assert response_markers(refusal) and not responds(refusal)
+    assert responds("I'm sorry you can't find help with that old laptop. Have you tried a repair shop?")
+
+
 def test_restatement_is_most_content_from_the_input():
     review = "房间干净，早餐丰富，下次还会再来。"
     assert restates(review, "房间干净，早餐丰富")
