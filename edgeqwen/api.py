@@ -48,6 +48,9 @@ class RunResult:
     sentiment: Classification | None = None
     reply: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # What the reply is told about the text (Conversation.prepare's `known`): the sentiment label in
+    # both-mode, or the one the route's evaluation gave with a chat route. Not part of to_dict().
+    known: list[Classification] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -194,8 +197,11 @@ class EdgeQwen:
         chat: bool = True,
     ) -> RunResult:
         """Route `text` (task="auto") or run the named task. A route the router is unsure of (its
-        confidence below the route role's `abstain_below`, off by default) runs both roles. With
-        chat=False the reply is left to the caller (`result.task` says whether one is due).
+        confidence below the route role's `abstain_below`, off by default) runs both roles. The reply
+        is told the sentiment label (`result.known`) when it is known: in both-mode, and with a chat
+        route whose evaluation gave the label too; the chat role's `guidance` shapes it. With
+        chat=False the reply is left to the caller (`result.task` says whether one is due; pass
+        `result.known` to Conversation.prepare).
 
         `on_text` receives the reply as it streams; `on_step` receives ("route", RouteDecision) and
         ("sentiment", Classification) as each is decided. An exception raised by either stops the run
@@ -216,10 +222,11 @@ class EdgeQwen:
             # 0 when the route's evaluation gave the label too: its time is in route_ms already
             result.timings["sentiment_ms"] = 0.0 if labelled else result.sentiment.timings["total_ms"]
             notify("sentiment", result.sentiment)
+        result.known = [known for known in (result.sentiment or labelled,) if known is not None]
         if task in ("chat", "both") and chat:
             conversation = conversation or self.conversation()
             pieces = []
-            with closing(conversation.stream(text)) as stream:  # closed at once if a callback raises
+            with closing(conversation.stream(text, result.known)) as stream:  # closed at once if a callback raises
                 for piece in stream:
                     pieces.append(piece)
                     if on_text:

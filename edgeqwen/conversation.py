@@ -11,10 +11,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from .classifier import Classification
 from .engine import EngineLike, Generation, Piece, SamplingParams, TokenLogprob
 from .json_schema import schema_grammar, schema_instruction
 from .prompt_fit import FittedPrompt, fit_prompt, fixed_prefix
-from .roles import Message, Role
+from .roles import Guidance, Message, Role
 from .settings import CHAT_SLOTS
 from .text import clean_text, script_language
 
@@ -58,7 +59,8 @@ class Conversation:
         self.stop = tuple(stop)
         self.logprobs = logprobs
         self.history: list[Message] = list(history)
-        self._prefixes: dict[str | None, list[int]] = {}  # by the language of the message (roles.Role.system_for)
+        self._prefixes: dict[tuple, list[int]] = {}  # by guidance and the language of the message (Role.system_for)
+        self._guided: dict[tuple[int, ...], Role] = {}  # the role as it answers texts of each combination of guidance entries
         self.last_truncated = False
         self.timings: dict[str, float] = {}  # of the last reply: total_ms, first_token_ms, prompt_tokens, reply_tokens
         # of the last reply: "stop" (end of turn or a stop text), "length" (max_tokens or n_ctx), None (interrupted)
@@ -74,17 +76,22 @@ class Conversation:
             settings.update(repeat_penalty=1.0, dry_multiplier=0.0)
         return SamplingParams(**settings, grammar=self._grammar, stop=self.stop, logprobs=self.logprobs)
 
-    def prepare(self, text: str) -> Turn:
-        """The prompt for a reply to `text` (the history trimmed to fit); `record` adds the turn afterwards."""
+    def prepare(self, text: str, known: Sequence[Classification] = ()) -> Turn:
+        """The prompt for a reply to `text` (the history trimmed to fit); `record` adds the turn afterwards.
+
+        `known`: classifications of `text` by other roles (e.g. its sentiment); the role's `guidance` for
+        their labels shapes the reply (e.g. an apology and a question after a negative review)."""
         text = clean_text(text)
         started = time.perf_counter()
-        prompt = fit_prompt(self.engine, self.role, text, self.history, reserve=self.sampling.max_tokens, prefix=self._prefix(text))
+        role, key = self._role_for(known)
+        prefix = self._prefix(role, key, text)
+        prompt = fit_prompt(self.engine, role, text, self.history, reserve=self.sampling.max_tokens, prefix=prefix)
         self.history, self.last_truncated = prompt.history, prompt.truncated
         return Turn(text, prompt, started)
 
-    def stream(self, text: str) -> Iterator[str]:
+    def stream(self, text: str, known: Sequence[Classification] = ()) -> Iterator[str]:
         """Yield the reply as it is generated; the turn joins the history even if interrupted."""
-        turn = self.prepare(text)
+        turn = self.prepare(text, known)
         try:
             for piece in self.engine.stream(turn.prompt.tokens, self.sampling, keep_prefix=turn.prompt.fixed):
                 turn.add(piece)
@@ -92,14 +99,21 @@ class Conversation:
         finally:
             self.record(turn, self.engine.last_generation)
 
-    def _prefix(self, text: str) -> list[int]:
-        language = script_language(text) if self.role.system_by_language else None
-        if language not in self._prefixes:
-            self._prefixes[language] = fixed_prefix(self.engine, self.role, text)
-        return self._prefixes[language]
+    def reply(self, text: str, known: Sequence[Classification] = ()) -> str:
+        return "".join(self.stream(text, known))
 
-    def reply(self, text: str) -> str:
-        return "".join(self.stream(text))
+    def _role_for(self, known: Sequence[Classification]) -> tuple[Role, tuple[int, ...]]:
+        entries: list[Guidance] = self.role.guidance_for((c.role, c.label, c.confidence) for c in known)
+        key = tuple(self.role.guidance.index(entry) for entry in entries)
+        if key not in self._guided:
+            self._guided[key] = self.role.guided(entries)
+        return self._guided[key], key
+
+    def _prefix(self, role: Role, key: tuple[int, ...], text: str) -> list[int]:
+        language = script_language(text) if role.by_language else None
+        if (key, language) not in self._prefixes:
+            self._prefixes[key, language] = fixed_prefix(self.engine, role, text)
+        return self._prefixes[key, language]
 
     def reset(self) -> None:
         self.history = []

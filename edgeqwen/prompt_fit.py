@@ -31,9 +31,9 @@ def fixed_prefix(engine: EngineLike, role: Role, text: str | None = None) -> lis
 
     Found as what the prompts for two unlike inputs share, so the template's own tokens before the
     input (e.g. "<|im_start|>user\nText:") are kept in the cache too. For a role with a system prompt
-    per language, the inputs are in `text`'s script, so they get the same system prompt as `text`.
+    per language (or examples per language), the inputs are in `text`'s script, so they get the same prompt as `text`.
     """
-    probes = ("A", "乙") if not role.system_by_language else LANGUAGE_PROBES[script_language(text or "")]
+    probes = ("A", "乙") if not role.by_language else LANGUAGE_PROBES[script_language(text or "")]
     first, second = (engine.chat_tokens(role.messages(probe)) for probe in probes)
     return first[: common_prefix_length(first, second)]
 

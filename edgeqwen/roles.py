@@ -51,10 +51,14 @@ class Label(_Strict):
         return self.display or self.name
 
 
+Language = Literal["en", "zh"]
+
+
 class Example(_Strict):
     text: str
     label: str | None = None
     reply: str | None = None
+    lang: Language | None = Field(None, description="A generate role: show this example only for messages in this language (by script).")
 
 
 class Sampling(_Strict):
@@ -81,6 +85,27 @@ class Training(_Strict):
     )
 
 
+class Guidance(_Strict):
+    """How a generate role's reply answers a text another role has classified (e.g. a negative review):
+    for that role's label, text added to the system prompt and examples added to the prompt."""
+
+    role: str = Field(description="The classify role whose label this entry is for, e.g. sentiment.")
+    label: str = Field(description="One of that role's labels.")
+    min_confidence: float = Field(0.0, ge=0.0, lt=1.0, description="Only when the label's confidence is at least this.")
+    system: str = Field("", description="Added to the system prompt, for a message in any language.")
+    system_by_language: dict[Language, str] = Field({}, description="Added to the system prompt instead, per language of the message.")
+    examples: list[Example] = Field([], description="Few-shot turns (text and reply, optionally lang) added after the role's own.")
+
+    def system_for(self, language: str | None) -> str:
+        return self.system_by_language.get(language, self.system)  # type: ignore[arg-type]
+
+    def matches(self, role: str, label: str, confidence: float) -> bool:
+        return role == self.role and label == self.label and confidence >= self.min_confidence
+
+
+Known = tuple[str, str, float]  # a classification of the text by another role: (role, label, confidence)
+
+
 class Role(_Strict):
     """One validated prompt file."""
 
@@ -89,7 +114,7 @@ class Role(_Strict):
     kind: Literal["classify", "generate", "extract"]
     description: str = ""
     system: str
-    system_by_language: dict[Literal["en", "zh"], str] = Field(
+    system_by_language: dict[Language, str] = Field(
         {}, description="A system prompt per language of the user's message (by script), used instead of `system`."
     )
     template: str = TEXT_PLACEHOLDER
@@ -115,6 +140,10 @@ class Role(_Strict):
     abstain_below: float = Field(
         0.0, ge=0.0, lt=1.0, description="A router role: below this confidence --task auto answers with both roles "
         "(label and reply), marked as abstained. 0: off.",
+    )
+    guidance: list[Guidance] = Field(
+        [], description="A generate role: how a reply answers a text another role has classified, per role and label "
+        "(the first entry that matches each classification applies).",
     )
 
     @field_validator("template")
@@ -159,20 +188,32 @@ class Role(_Strict):
             except SchemaError as error:
                 raise ValueError(f"schema: {error}") from None
         if self.kind == "classify":
-            if len(names) < 2:
-                raise ValueError("labels: a classify role needs at least two labels")
-            if len(set(names)) != len(names):
-                raise ValueError("labels: duplicate label names")
-            for index, example in enumerate(self.examples):
-                if example.label not in names:
-                    raise ValueError(f"examples.{index}.label: must be one of {names}")
+            self._classify_rules(names)
         else:
-            if names:
-                raise ValueError(f"labels: a {self.kind} role has no labels")
-            for index, example in enumerate(self.examples):
-                if example.reply is None:
-                    raise ValueError(f"examples.{index}.reply: required for a {self.kind} role")
+            self._generate_rules(names)
         return self
+
+    def _classify_rules(self, names: list[str]) -> None:
+        if len(names) < 2:
+            raise ValueError("labels: a classify role needs at least two labels")
+        if len(set(names)) != len(names):
+            raise ValueError("labels: duplicate label names")
+        for index, example in enumerate(self.examples):
+            if example.label not in names:
+                raise ValueError(f"examples.{index}.label: must be one of {names}")
+            if example.lang is not None:
+                raise ValueError(f"examples.{index}.lang: only a generate role's examples may be shown per language")
+        if self.guidance:
+            raise ValueError("guidance: only a generate role's replies can be guided")
+
+    def _generate_rules(self, names: list[str]) -> None:
+        if names:
+            raise ValueError(f"labels: a {self.kind} role has no labels")
+        groups = [("examples", self.examples), *((f"guidance.{i}.examples", g.examples) for i, g in enumerate(self.guidance))]
+        for where, examples in groups:
+            for index, example in enumerate(examples):
+                if example.reply is None:
+                    raise ValueError(f"{where}.{index}.reply: required for a {self.kind} role")
 
     _head_prompt: Role | None = PrivateAttr(None)  # the role named by head_reads_prompt_of, set by load_roles
 
@@ -199,6 +240,11 @@ class Role(_Strict):
     def training_path(self) -> Path | None:
         return Path(self.source).parent / self.training.data if self.training else None
 
+    @property
+    def by_language(self) -> bool:
+        """Whether the fixed prompt depends on the language of the message (a system prompt or examples per language)."""
+        return bool(self.system_by_language) or any(example.lang for example in self.examples)
+
     def label(self, name: str) -> Label:
         return next(label for label in self.labels if label.name == name)
 
@@ -221,10 +267,38 @@ class Role(_Strict):
         """This role with `system` as its only system prompt (a caller's own, e.g. an API request's)."""
         return self.model_copy(update={"system": system, "system_by_language": {}})
 
+    def guidance_for(self, known: Iterable[Known]) -> list[Guidance]:
+        """The guidance entries for what is known of the text: per classification, the first entry that matches."""
+        chosen: list[Guidance] = []
+        for role, label, confidence in known:
+            entry = next((g for g in self.guidance if g.matches(role, label, confidence)), None)
+            if entry is not None and entry not in chosen:
+                chosen.append(entry)
+        return chosen
+
+    def guided(self, entries: Sequence[Guidance]) -> Role:
+        """This role as it answers a text the `entries` are for: their system text added to each system
+        prompt, their examples after the role's own."""
+        if not entries:
+            return self
+        languages = set(self.system_by_language).union(*(g.system_by_language for g in entries))
+
+        def extended(base: str, language: str | None) -> str:
+            return "\n".join([base, *(text for g in entries if (text := g.system_for(language)))])
+
+        return self.model_copy(update={
+            "system": extended(self.system, None),
+            "system_by_language": {lang: extended(self.system_by_language.get(lang, self.system), lang) for lang in sorted(languages)},
+            "examples": [*self.examples, *(example for g in entries for example in g.examples)],
+        })
+
     def prefix_messages(self, text: str | None = None) -> list[Message]:
         """The fixed part of every prompt for `text`: system prompt and few-shot turns (cacheable)."""
         messages = [{"role": "system", "content": self.system_for(text)}]
+        language = script_language(text) if text is not None else None
         for example in self.examples:
+            if example.lang is not None and example.lang != language:
+                continue
             answer = example.label if self.kind == "classify" else example.reply
             messages.append({"role": "user", "content": self.user_message(example.text)})
             messages.append({"role": "assistant", "content": answer or ""})
@@ -294,6 +368,7 @@ def load_roles(user_dir: str | Path | None = None) -> dict[str, Role]:
             raise RoleError(f"{user_path}: prompts directory not found")
         roles.update(_load_dir(user_path))
     _check_routes(roles.values())
+    _check_guidance(roles)
     _link_head_prompts(roles)
     return roles
 
@@ -315,6 +390,17 @@ def _check_routes(roles: Iterable[Role]) -> None:
         for index, label in enumerate(role.labels):
             if label.routes_to is not None and label.routes_to not in names:
                 raise RoleError(f"{role.source}: field 'labels.{index}.routes_to': no role named {label.routes_to!r}")
+
+
+def _check_guidance(roles: Mapping[str, Role]) -> None:
+    for role in roles.values():
+        for index, entry in enumerate(role.guidance):
+            other = roles.get(entry.role)
+            if other is None or other.kind != "classify":
+                raise RoleError(f"{role.source}: field 'guidance.{index}.role': no classify role named {entry.role!r}")
+            if entry.label not in other.label_names:
+                raise RoleError(f"{role.source}: field 'guidance.{index}.label': {entry.label!r} is not a label of role "
+                                f"'{other.name}' ({', '.join(other.label_names)})")
 
 
 def _link_head_prompts(roles: Mapping[str, Role]) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from edgeqwen import EdgeQwen
+from edgeqwen import Classification, EdgeQwen
 from edgeqwen.errors import InputError
 from edgeqwen.prompt_fit import fit_prompt
+from edgeqwen.reply_judging import responds, restates
 from edgeqwen.text import script_language
 from near_tie import assert_same_or_near_tie
 
@@ -118,3 +119,29 @@ def test_chat_answers_in_the_language_of_each_message(eq):
     conversation = eq.conversation(sampling=greedy)
     assert script_language(conversation.reply("What should I cook tonight? Give me one quick idea.")) == "en"
     assert script_language(conversation.reply("今天晚上吃什么好？给我一个简单的主意。")) == "zh"
+
+
+@pytest.mark.parametrize("text", [
+    "The soup arrived lukewarm and the waiter forgot our drinks twice.",
+    "这家店的咖啡很香，店员也特别热情，环境很安静。",
+])
+def test_a_both_mode_reply_answers_a_review(eq, text):
+    """`--task both`: the sentiment label goes into the chat turn, and the chat role's guidance for it
+    makes the reply respond to the person (thanks or sympathy, a question or tip), not restate the
+    review (issue 30). Judged by the chat check's rules (edgeqwen/reply_judging.py)."""
+    result = eq.run(text, "both", conversation=eq.conversation(sampling={"temperature": 0.0, "max_tokens": 80}))
+    assert [c.label for c in result.known] == [result.sentiment.label]
+    assert responds(result.reply), result.reply
+    assert not restates(text, result.reply), result.reply
+    assert script_language(result.reply) == script_language(text)
+
+
+def test_the_label_reaches_the_prompt_of_the_chat_turn(eq):
+    """What is known of the text changes the prompt the reply is generated from (the chat role's
+    guidance for the label); a classification the role has no guidance for changes nothing."""
+    text = "The battery died after two days."
+    label = eq.sentiment(text)
+    unguided = Classification("route", "chat", "chat", 0.9, {"chat": 0.9, "sentiment": 0.1})
+    told, plain = eq.conversation().prepare(text, [label]), eq.conversation().prepare(text)
+    assert told.prompt.tokens != plain.prompt.tokens
+    assert eq.conversation().prepare(text, [unguided]).prompt.tokens == plain.prompt.tokens

@@ -98,3 +98,66 @@ def test_default_roles_ship_inside_the_installed_package(tmp_path):
     assert out[0].startswith(str(target))
     assert "'chat', 'contact', 'route', 'sentiment'" in out[1]
     assert default_prompts_dir().is_dir()
+
+
+GUIDED_CHAT = """\
+kind: generate
+system: You are kind.
+system_by_language: {en: Reply in English., zh: 请用中文回答。}
+guidance:
+  - role: sentiment
+    label: negative
+    min_confidence: 0.6
+    system_by_language: {en: Say sorry first., zh: 先表示遗憾。}
+    examples:
+      - {lang: en, text: "The bus was late.", reply: "Sorry to hear that! Did you make it in time?"}
+      - {lang: zh, text: "公交车晚点了。", reply: "真遗憾！你赶上了吗？"}
+  - role: sentiment
+    label: positive
+    system: Share their joy.
+"""
+
+
+@pytest.mark.parametrize(
+    "text, field, message",
+    [
+        (GUIDED_CHAT.replace("role: sentiment\n    label: negative", "role: mood\n    label: negative"), "guidance.0.role",
+         "no classify role named 'mood'"),
+        (GUIDED_CHAT.replace("role: sentiment\n    label: positive", "role: chat\n    label: positive"), "guidance.1.role",
+         "no classify role named 'chat'"),
+        (GUIDED_CHAT.replace("label: negative", "label: sad"), "guidance.0.label", "'sad' is not a label of role 'sentiment'"),
+        (GUIDED_CHAT.replace("min_confidence: 0.6", "min_confidence: 1.5"), "guidance.0.min_confidence", "less than 1"),
+        (GUIDED_CHAT.replace('reply: "真遗憾！你赶上了吗？"', "label: negative"), "(top level)", "guidance.0.examples.1.reply: required"),
+        (GUIDED_CHAT.replace("{lang: en,", "{lang: fr,"), "guidance.0.examples.0.lang", "'en' or 'zh'"),
+        (GUIDED_CHAT.replace("    system: Share their joy.\n", "    reply_start: Yay\n"), "guidance.1.reply_start", "Extra inputs"),
+        (VALID + "guidance: [{role: sentiment, label: positive}]\n", "(top level)", "only a generate role"),
+        (VALID + "examples: [{text: goal!, label: politics, lang: en}]\n", "(top level)", "examples.0.lang"),
+    ],
+)
+def test_guidance_errors_name_file_and_field(write_role, tmp_path, text, field, message):
+    write_role("chat", text)
+    with pytest.raises(RoleError) as error:
+        load_roles(tmp_path)
+    line = str(error.value)
+    assert "\n" not in line and str(tmp_path / "chat.yaml") in line
+    assert f"field '{field}'" in line and message in line, line
+
+
+def test_guidance_shapes_the_prompt_for_a_classified_text(write_role, tmp_path):
+    write_role("chat", GUIDED_CHAT)
+    chat = load_roles(tmp_path)["chat"]
+    assert chat.guidance_for([("sentiment", "negative", 0.5)]) == []  # below min_confidence
+    assert chat.guidance_for([("route", "negative", 0.9)]) == []  # another role's label
+    negative = chat.guided(chat.guidance_for([("sentiment", "negative", 0.9)]))
+    assert negative.prefix_messages("The soup was cold.") == [
+        {"role": "system", "content": "Reply in English.\nSay sorry first."},
+        {"role": "user", "content": "The bus was late."},
+        {"role": "assistant", "content": "Sorry to hear that! Did you make it in time?"},
+    ]
+    assert [m["content"] for m in negative.prefix_messages("汤是凉的。")] == ["请用中文回答。\n先表示遗憾。", "公交车晚点了。", "真遗憾！你赶上了吗？"]
+    assert negative.messages("汤是凉的。")[-1] == {"role": "user", "content": "汤是凉的。"}
+    positive = chat.guided(chat.guidance_for([("sentiment", "positive", 0.51)]))
+    assert positive.system_for("Great soup!") == "Reply in English.\nShare their joy."  # one text for every language
+    assert positive.system_for("😀") == "You are kind.\nShare their joy."
+    assert chat.guided([]) is chat and chat.prefix_messages("Hi") == [{"role": "system", "content": "Reply in English."}]
+
