@@ -44,6 +44,10 @@ MODES = ("greedy", "sampled")  # greedy: temperature 0; sampled: the role's own 
 LABELS = ("off", "on")  # off: a chat turn (--task chat); on: the sentiment label goes into it (--task both)
 RESPONSE_KINDS = ("review", "statement")  # prompts whose replies must respond, not inform
 FAILED_WHEN_TRUE = ("parrot", "restatement", "loop", "empty", "cut")
+CHECKS = ("in_language", "parrot", "loop", "empty", "cut", "remembered", "response", "restatement")
+# the report's share columns, in order, with their widths
+_COLUMNS = (("in_language", 8), ("parrot", 7), ("loop", 6), ("empty", 6), ("cut", 6), ("remembered", 7),
+            ("response", 8), ("restatement", 8))
 _SHORT_LOOP = re.compile(r"(.{2,40}?)(?:\s*\1){3,}", re.S)
 _LONG_LOOP = re.compile(r"(.{10,200}?)(?:\s*\1){2,}", re.S)
 
@@ -97,14 +101,18 @@ def _letters(text: str) -> str:
     return "".join(ch for ch in text.casefold() if unicodedata.category(ch)[0] in "LN")
 
 
-def read_prompts(paths: Sequence[str | Path], limit: int | None = None, kinds: Sequence[str] = ()) -> list[ChatPrompt]:
+def read_prompts(
+    paths: Sequence[str | Path], limit: int | None = None, kinds: Sequence[str] = ()
+) -> list[ChatPrompt]:
     """Prompts from JSON Lines files (only those of `kinds`, if given); any problem is one line naming
     the file and line number."""
-    prompts = [_prompt(row, where) for where, row in jsonl_objects(paths, "'lang' and 'turns' (a list of user messages)")]
+    rows = jsonl_objects(paths, "'lang' and 'turns' (a list of user messages)")
+    prompts = [_prompt(row, where) for where, row in rows]
     if kinds:
         prompts = [prompt for prompt in prompts if prompt.kind in kinds]
     if not prompts:
-        raise InputError(f"{', '.join(map(str, paths))}: no prompts" + (f" of kind {', '.join(kinds)}" if kinds else ""))
+        which = f" of kind {', '.join(kinds)}" if kinds else ""
+        raise InputError(f"{', '.join(map(str, paths))}: no prompts{which}")
     return prompts[:limit] if limit else prompts
 
 
@@ -143,10 +151,11 @@ def summarize(replies: Sequence[Reply]) -> dict[str, Any]:
         judged = [r.checks[name] for r in replies if name in r.checks]
         return round(sum(judged) / len(judged), 4) if judged else None
 
-    speeds = [(r.tokens - 1) / (r.seconds - r.first_token_ms / 1000) for r in replies if r.tokens > 1 and r.seconds > r.first_token_ms / 1000]
+    speeds = [(r.tokens - 1) / (r.seconds - r.first_token_ms / 1000)
+              for r in replies if r.tokens > 1 and r.seconds > r.first_token_ms / 1000]
     return {
         "replies": len(replies),
-        **{name: share(name) for name in ("in_language", "parrot", "loop", "empty", "cut", "remembered", "response", "restatement")},
+        **{name: share(name) for name in CHECKS},
         "first_token_p50_ms": round(statistics.median(r.first_token_ms for r in replies), 1) if replies else None,
         "decode_tok_s_p50": round(statistics.median(speeds), 1) if speeds else None,
     }
@@ -171,9 +180,9 @@ def report(replies_by_run: dict[str, list[Reply]]) -> dict[str, Any]:
 
 
 def _record(r: Reply) -> dict[str, Any]:
-    return {"id": r.prompt.id, "lang": r.prompt.lang, "kind": r.prompt.kind, "turn": r.turn, "label": r.label, "reply": r.text,
-            "finish_reason": r.finish_reason, "tokens": r.tokens, "first_token_ms": r.first_token_ms, "seconds": round(r.seconds, 3),
-            "checks": r.checks}
+    return {"id": r.prompt.id, "lang": r.prompt.lang, "kind": r.prompt.kind, "turn": r.turn, "label": r.label,
+            "reply": r.text, "finish_reason": r.finish_reason, "tokens": r.tokens, "first_token_ms": r.first_token_ms,
+            "seconds": round(r.seconds, 3), "checks": r.checks}
 
 
 def _kind_shares(replies: Sequence[Reply]) -> dict[str, dict[str, Any]]:
@@ -191,19 +200,20 @@ def _share(replies: Sequence[Reply], name: str) -> float:
 
 
 def format_report(result: dict[str, Any]) -> str:
-    header = (f"{'run':<14} {'lang':<4} {'replies':>7} {'in lang':>8} {'parrot':>7} {'loop':>6} {'empty':>6} {'cut':>6} {'recall':>7} "
-              f"{'respond':>8} {'restate':>8} {'1st tok ms':>10} {'tok/s':>6}")
+    header = (f"{'run':<14} {'lang':<4} {'replies':>7} {'in lang':>8} {'parrot':>7} {'loop':>6} {'empty':>6} "
+              f"{'cut':>6} {'recall':>7} {'respond':>8} {'restate':>8} {'1st tok ms':>10} {'tok/s':>6}")
     lines = [header]
     for run, by_lang in result["table"].items():
         for lang, s in by_lang.items():
-            lines.append(f"{run:<14} {lang:<4} {s['replies']:>7} {_pct(s['in_language']):>8} {_pct(s['parrot']):>7} {_pct(s['loop']):>6} "
-                         f"{_pct(s['empty']):>6} {_pct(s['cut']):>6} {_pct(s['remembered']):>7} {_pct(s['response']):>8} "
-                         f"{_pct(s['restatement']):>8} {s['first_token_p50_ms'] or '-':>10} {s['decode_tok_s_p50'] or '-':>6}")
+            shares = " ".join(f"{_pct(s[name]):>{width}}" for name, width in _COLUMNS)
+            lines.append(f"{run:<14} {lang:<4} {s['replies']:>7} {shares} "
+                         f"{s['first_token_p50_ms'] or '-':>10} {s['decode_tok_s_p50'] or '-':>6}")
     lines += ["", f"{'run':<14} {'lang':<4} {'kind':<17} {'replies':>7} {'respond':>8} {'restate':>8}"]
     for run, by_lang in result["by_kind"].items():
         for lang, kinds in by_lang.items():
             for kind, s in kinds.items():
-                lines.append(f"{run:<14} {lang:<4} {kind:<17} {s['replies']:>7} {_pct(s['response']):>8} {_pct(s['restatement']):>8}")
+                lines.append(f"{run:<14} {lang:<4} {kind:<17} {s['replies']:>7} "
+                             f"{_pct(s['response']):>8} {_pct(s['restatement']):>8}")
     return "\n".join(lines)
 
 
@@ -215,8 +225,10 @@ def run_name(mode: str, label: str) -> str:
     return mode if label == "off" else f"{mode}+label"
 
 
-def run_chat_check(eq: Any, prompts: Sequence[ChatPrompt], *, modes: Sequence[str] = MODES, labels: Sequence[str] = LABELS,
-                   max_tokens: int | None = None, seed: int = 0, on_reply: Any = None) -> dict[str, Any]:
+def run_chat_check(
+    eq: Any, prompts: Sequence[ChatPrompt], *, modes: Sequence[str] = MODES, labels: Sequence[str] = LABELS,
+    max_tokens: int | None = None, seed: int = 0, on_reply: Any = None,
+) -> dict[str, Any]:
     """Each prompt's turns in a fresh conversation of the chat role, once per mode and label setting;
     the judged report.
 
@@ -235,9 +247,10 @@ def run_chat_check(eq: Any, prompts: Sequence[ChatPrompt], *, modes: Sequence[st
                 for turn, text in enumerate(prompt.turns):
                     result = eq.run(text, "both" if label == "on" else "chat", conversation=conversation)
                     timings = conversation.timings
-                    replies.append(judge(Reply(prompt, turn, result.reply or "", conversation.finish_reason, timings["first_token_ms"],
-                                               int(timings["reply_tokens"]), timings["total_ms"] / 1000,
-                                               result.sentiment.label if result.sentiment else None)))
+                    label_given = result.sentiment.label if result.sentiment else None
+                    replies.append(judge(Reply(
+                        prompt, turn, result.reply or "", conversation.finish_reason, timings["first_token_ms"],
+                        int(timings["reply_tokens"]), timings["total_ms"] / 1000, label_given)))
                     if on_reply:
                         on_reply()
             replies_by_run[run_name(mode, label)] = replies

@@ -60,7 +60,7 @@ class Conversation:
         self.logprobs = logprobs
         self.history: list[Message] = list(history)
         self._prefixes: dict[tuple, list[int]] = {}  # by guidance and the language of the message (Role.system_for)
-        self._guided: dict[tuple[int, ...], Role] = {}  # the role as it answers texts of each combination of guidance entries
+        self._guided: dict[tuple[int, ...], Role] = {}  # the role as guided by each combination of guidance entries
         self.last_truncated = False
         self.timings: dict[str, float] = {}  # of the last reply: total_ms, first_token_ms, prompt_tokens, reply_tokens
         # of the last reply: "stop" (end of turn or a stop text), "length" (max_tokens or n_ctx), None (interrupted)

@@ -36,7 +36,8 @@ _EN_MARKERS = {
     "thanks": re.compile(r"\bthanks?\b", re.I),
     "apology": re.compile(r"\b(?:sorry|apologi[sz]e|apologies)\b", re.I),
     "congratulations": re.compile(r"\bcongrat", re.I),
-    "advice": re.compile(r"\b(?:try|consider|I(?: would|'d)? (?:recommend|suggest)|make sure|don't forget|how about|why not)\b", re.I),
+    "advice": re.compile(
+        r"\b(?:try|consider|I(?: would|'d)? (?:recommend|suggest)|make sure|don't forget|how about|why not)\b", re.I),
 }
 _ZH_MARKERS = {
     "second person": re.compile(r"[你您]"),
@@ -47,8 +48,9 @@ _ZH_MARKERS = {
     "advice": re.compile(r"建议|试试|不妨|记得|别忘了|可以考虑"),
 }
 MARKERS = {"en": _EN_MARKERS, "zh": _ZH_MARKERS}
-_REFUSAL = re.compile(r"\b(?:can't|can not|cannot|unable to) (?:assist|help)(?: you)? with (?:that|this)|(?:无法|不能)(?:帮助|协助|回答|提供)",
-                      re.I)
+_REFUSAL = re.compile(
+    r"\b(?:can't|can not|cannot|unable to) (?:assist|help)(?: you)? with (?:that|this)"
+    r"|(?:无法|不能)(?:帮助|协助|回答|提供)", re.I)
 
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 # Characters nearly every Chinese sentence has; they say nothing about where the content came from.

@@ -20,7 +20,8 @@ def chat_check(
     max_tokens: Annotated[Optional[int], typer.Option(
         "--max-tokens", min=1, help="Cap each reply (default: the role's max_tokens).")] = None,
     label: Annotated[str, typer.Option("--label", help=(
-        "off: each turn as --task chat; on: the sentiment label goes into the chat turn, as --task both; both."))] = "both",
+        "off: each turn as --task chat; on: the sentiment label goes into the chat turn, as --task both; both."
+    ))] = "both",
     kind: Annotated[Optional[list[str]], typer.Option(
         "--kind", help="Only prompts of this kind (repeatable), e.g. --kind review --kind statement.")] = None,
     limit: LimitOption = None,

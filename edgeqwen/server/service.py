@@ -126,7 +126,7 @@ def run(eq: EdgeQwen, text: str, task: str, history: list[Message], job: Job) ->
     if result.task not in ("chat", "both"):
         return result
     conversation = eq.conversation(history=history)
-    turn = conversation.prepare(text, result.known)  # the label, when known, shapes the reply (the chat role's guidance)
+    turn = conversation.prepare(text, result.known)  # the label, when known, shapes the reply (role guidance)
 
     def done(piece) -> RunResult:
         result.reply = turn.reply
