@@ -58,7 +58,9 @@ class Example(_Strict):
     text: str
     label: str | None = None
     reply: str | None = None
-    lang: Language | None = Field(None, description="A generate role: show this example only for messages in this language (by script).")
+    lang: Language | None = Field(
+        None, description="A generate role: show this example only for messages in this language (by script)."
+    )
 
 
 class Sampling(_Strict):
@@ -93,8 +95,20 @@ class Guidance(_Strict):
     label: str = Field(description="One of that role's labels.")
     min_confidence: float = Field(0.0, ge=0.0, lt=1.0, description="Only when the label's confidence is at least this.")
     system: str = Field("", description="Added to the system prompt, for a message in any language.")
-    system_by_language: dict[Language, str] = Field({}, description="Added to the system prompt instead, per language of the message.")
-    examples: list[Example] = Field([], description="Few-shot turns (text and reply, optionally lang) added after the role's own.")
+    system_by_language: dict[Language, str] = Field(
+        {}, description="Added to the system prompt instead, per language of the message."
+    )
+    template_by_language: dict[Language, str] = Field(
+        {}, description="The user message in place of the role's template, per language of the message (examples' too)."
+    )
+    examples: list[Example] = Field(
+        [], description="Few-shot turns (text and reply, optionally lang) added after the role's own."
+    )
+
+    @field_validator("template_by_language")
+    @classmethod
+    def _have_placeholders(cls, templates: dict[str, str]) -> dict[str, str]:
+        return {language: _with_placeholder(template) for language, template in templates.items()}
 
     def system_for(self, language: str | None) -> str:
         return self.system_by_language.get(language, self.system)  # type: ignore[arg-type]
@@ -118,6 +132,9 @@ class Role(_Strict):
         {}, description="A system prompt per language of the user's message (by script), used instead of `system`."
     )
     template: str = TEXT_PLACEHOLDER
+    template_by_language: dict[Language, str] = Field(
+        {}, description="A template per language of the user's message (by script), used instead of `template`."
+    )
     examples: list[Example] = []
     labels: list[Label] = []
     sampling: Sampling = Sampling()
@@ -149,9 +166,12 @@ class Role(_Strict):
     @field_validator("template")
     @classmethod
     def _has_placeholder(cls, template: str) -> str:
-        if TEXT_PLACEHOLDER not in template:
-            raise ValueError(f"must contain the placeholder {TEXT_PLACEHOLDER}")
-        return template
+        return _with_placeholder(template)
+
+    @field_validator("template_by_language")
+    @classmethod
+    def _have_placeholders(cls, templates: dict[str, str]) -> dict[str, str]:
+        return {language: _with_placeholder(template) for language, template in templates.items()}
 
     @field_validator("head")
     @classmethod
@@ -209,7 +229,8 @@ class Role(_Strict):
     def _generate_rules(self, names: list[str]) -> None:
         if names:
             raise ValueError(f"labels: a {self.kind} role has no labels")
-        groups = [("examples", self.examples), *((f"guidance.{i}.examples", g.examples) for i, g in enumerate(self.guidance))]
+        groups = [("examples", self.examples),
+                  *((f"guidance.{i}.examples", g.examples) for i, g in enumerate(self.guidance))]
         for where, examples in groups:
             for index, example in enumerate(examples):
                 if example.reply is None:
@@ -242,8 +263,8 @@ class Role(_Strict):
 
     @property
     def by_language(self) -> bool:
-        """Whether the fixed prompt depends on the language of the message (a system prompt or examples per language)."""
-        return bool(self.system_by_language) or any(example.lang for example in self.examples)
+        """Whether the fixed prompt depends on the language of the message (system prompt, template or examples)."""
+        return bool(self.system_by_language or self.template_by_language) or any(e.lang for e in self.examples)
 
     def label(self, name: str) -> Label:
         return next(label for label in self.labels if label.name == name)
@@ -256,7 +277,8 @@ class Role(_Strict):
         return self
 
     def user_message(self, text: str) -> str:
-        return self.template.replace(TEXT_PLACEHOLDER, text)
+        language = script_language(text) if self.template_by_language else None
+        return self.template_by_language.get(language, self.template).replace(TEXT_PLACEHOLDER, text)
 
     def system_for(self, text: str | None = None) -> str:
         """The system prompt for a user message: the one for its language, if the role has one."""
@@ -278,7 +300,7 @@ class Role(_Strict):
 
     def guided(self, entries: Sequence[Guidance]) -> Role:
         """This role as it answers a text the `entries` are for: their system text added to each system
-        prompt, their examples after the role's own."""
+        prompt, their examples after the role's own, their templates (the first entry's for a language)."""
         if not entries:
             return self
         languages = set(self.system_by_language).union(*(g.system_by_language for g in entries))
@@ -288,8 +310,11 @@ class Role(_Strict):
 
         return self.model_copy(update={
             "system": extended(self.system, None),
-            "system_by_language": {lang: extended(self.system_by_language.get(lang, self.system), lang) for lang in sorted(languages)},
+            "system_by_language": {
+                lang: extended(self.system_by_language.get(lang, self.system), lang) for lang in sorted(languages)},
             "examples": [*self.examples, *(example for g in entries for example in g.examples)],
+            "template_by_language": {**self.template_by_language, **{
+                lang: template for g in reversed(entries) for lang, template in g.template_by_language.items()}},
         })
 
     def prefix_messages(self, text: str | None = None) -> list[Message]:
@@ -392,6 +417,12 @@ def _check_routes(roles: Iterable[Role]) -> None:
                 raise RoleError(f"{role.source}: field 'labels.{index}.routes_to': no role named {label.routes_to!r}")
 
 
+def _with_placeholder(template: str) -> str:
+    if TEXT_PLACEHOLDER not in template:
+        raise ValueError(f"must contain the placeholder {TEXT_PLACEHOLDER}")
+    return template
+
+
 def _check_guidance(roles: Mapping[str, Role]) -> None:
     for role in roles.values():
         for index, entry in enumerate(role.guidance):
@@ -399,8 +430,8 @@ def _check_guidance(roles: Mapping[str, Role]) -> None:
             if other is None or other.kind != "classify":
                 raise RoleError(f"{role.source}: field 'guidance.{index}.role': no classify role named {entry.role!r}")
             if entry.label not in other.label_names:
-                raise RoleError(f"{role.source}: field 'guidance.{index}.label': {entry.label!r} is not a label of role "
-                                f"'{other.name}' ({', '.join(other.label_names)})")
+                raise RoleError(f"{role.source}: field 'guidance.{index}.label': {entry.label!r} is not a label of "
+                                f"role '{other.name}' ({', '.join(other.label_names)})")
 
 
 def _link_head_prompts(roles: Mapping[str, Role]) -> None:
