@@ -129,6 +129,8 @@ guidance:
         (GUIDED_CHAT.replace("min_confidence: 0.6", "min_confidence: 1.5"), "guidance.0.min_confidence", "less than 1"),
         (GUIDED_CHAT.replace('reply: "真遗憾！你赶上了吗？"', "label: negative"), "(top level)", "guidance.0.examples.1.reply: required"),
         (GUIDED_CHAT.replace("{lang: en,", "{lang: fr,"), "guidance.0.examples.0.lang", "'en' or 'zh'"),
+        (GUIDED_CHAT + "    template_by_language: {en: 'Reply to me.'}\n", "guidance.1.template_by_language",
+         "placeholder {text}"),
         (GUIDED_CHAT.replace("    system: Share their joy.\n", "    reply_start: Yay\n"), "guidance.1.reply_start", "Extra inputs"),
         (VALID + "guidance: [{role: sentiment, label: positive}]\n", "(top level)", "only a generate role"),
         (VALID + "examples: [{text: goal!, label: politics, lang: en}]\n", "(top level)", "examples.0.lang"),
@@ -161,3 +163,22 @@ def test_guidance_shapes_the_prompt_for_a_classified_text(write_role, tmp_path):
     assert positive.system_for("😀") == "You are kind.\nShare their joy."
     assert chat.guided([]) is chat and chat.prefix_messages("Hi") == [{"role": "system", "content": "Reply in English."}]
 
+
+def test_shipped_chat_role_guides_replies_to_both_sentiment_labels():
+    roles = load_roles()
+    chat = roles["chat"]
+    for label in roles["sentiment"].label_names:
+        for text in ("The soup was cold.", "汤是凉的。"):
+            entries = chat.guidance_for([("sentiment", label, 0.99)])
+            assert entries and chat.guided(entries).system_for(text) != chat.system_for(text)
+
+
+def test_guidance_template_wraps_the_message_and_its_examples_in_their_language(write_role, tmp_path):
+    guided = GUIDED_CHAT.replace("    min_confidence: 0.6\n", "    template_by_language: {zh: '{text}（回应我）'}\n")
+    write_role("chat", guided)
+    chat = load_roles(tmp_path)["chat"]
+    negative = chat.guided(chat.guidance_for([("sentiment", "negative", 0.9)]))
+    assert negative.messages("汤是凉的。")[-1] == {"role": "user", "content": "汤是凉的。（回应我）"}
+    assert [m["content"] for m in negative.prefix_messages("汤是凉的。")][1] == "公交车晚点了。（回应我）"
+    assert negative.messages("The soup was cold.")[-1]["content"] == "The soup was cold."  # no English template
+    assert chat.messages("汤是凉的。")[-1]["content"] == "汤是凉的。"  # unguided
