@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import closing
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
-from .settings import CHAT_SLOTS, KV_CACHE_TYPES, ROUTER, cache_dir as settings_cache_dir  # names: __init__ imports this
 from .classifier import Classification, Classifier, check_labels
 from .conversation import ChatStreams, Conversation, Turn
 from .engine import Engine, EngineLike
@@ -23,6 +22,8 @@ from .model_paths import resolve_model
 from .prompt_fit import fixed_prefix
 from .roles import Message, Role, load_roles, pick_role
 from .router import STRATEGIES, RouteDecision, Router
+from .settings import CHAT_SLOTS, KV_CACHE_TYPES, ROUTER  # names: __init__ imports this
+from .settings import cache_dir as settings_cache_dir
 
 # The door faces (CLI, server, Ray) go through: EdgeQwen and the types its methods take and return.
 __all__ = ["TASKS", "ChatStreams", "Classification", "Classifier", "Conversation", "EdgeQwen", "Message", "Role",

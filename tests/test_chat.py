@@ -9,6 +9,7 @@ from edgeqwen.errors import InputError
 from edgeqwen.prompt_fit import fit_prompt
 from edgeqwen.reply_judging import responds, restates
 from edgeqwen.text import script_language
+
 from near_tie import assert_same_or_near_tie
 
 STEADY_CHAT = "kind: generate\nsystem: You are a helpful assistant. Answer briefly.\nsampling: {temperature: 0.0, max_tokens: 48}\n"

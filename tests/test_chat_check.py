@@ -6,11 +6,12 @@ import json
 
 import pytest
 
-from conftest import REPO
 from edgeqwen.chat_check import ChatPrompt, Reply, judge, loops, parrots, read_prompts, report
-from edgeqwen.reply_judging import borrowed_share, response_markers, responds, restates
-from edgeqwen.text import script_language
 from edgeqwen.errors import InputError
+from edgeqwen.reply_judging import borrowed_share, responds, response_markers, restates
+from edgeqwen.text import script_language
+
+from conftest import REPO
 
 PROMPTS = REPO / "scripts" / "data" / "chat.eval.jsonl"
 HELD_OUT = REPO / "scripts" / "data" / "chat.heldout.jsonl"
@@ -67,7 +68,8 @@ def test_response_markers_per_language(reply, markers):
 
 
 def test_a_refusal_is_not_a_response():
-    for refusal in ("I'm sorry, but I can't assist with that.", "Sorry, I cannot help you with this.", "抱歉，我无法回答这个问题。"):
+    refusals = ("I'm sorry, but I can't assist with that.", "Sorry, I cannot help you with this.", "抱歉，我无法回答这个问题。")
+    for refusal in refusals:
         assert response_markers(refusal) and not responds(refusal)
     assert responds("I'm sorry you can't find help with that old laptop. Have you tried a repair shop?")
 
@@ -98,7 +100,8 @@ def test_report_gives_response_and_restatement_per_language_and_kind():
                _reply("statement", "I finally passed the driving test."),
                _reply("question", "Boil it for six minutes.", "How long should I boil an egg?")]
     result = report({"greedy": replies})
-    assert result["by_kind"]["greedy"]["en"]["statement"] == {"replies": 3, "response": round(2 / 3, 4), "restatement": round(2 / 3, 4)}
+    statements = result["by_kind"]["greedy"]["en"]["statement"]
+    assert statements == {"replies": 3, "response": round(2 / 3, 4), "restatement": round(2 / 3, 4)}
     assert result["by_kind"]["greedy"]["en"]["question"] == {"replies": 1, "response": 0.0, "restatement": 0.0}
     assert result["by_kind"]["greedy"]["en"]["review+statement"]["replies"] == 3
     assert result["table"]["greedy"]["en"]["response"] == 0.5
@@ -139,7 +142,8 @@ def test_bad_prompt_lines_are_one_line_errors(invoke, tmp_path):
 def test_chat_check_runs_on_the_real_model(invoke_model, tmp_path):
     sample = tmp_path / "sample.jsonl"
     lines = PROMPTS.read_text(encoding="utf-8").splitlines()
-    chosen = [line for line in lines if '"kind": "memory"' in line][:1] + [line for line in lines if '"lang": "zh"' in line][:1]
+    chosen = [line for line in lines if '"kind": "memory"' in line][:1]
+    chosen += [line for line in lines if '"lang": "zh"' in line][:1]
     sample.write_text("\n".join(chosen) + "\n", encoding="utf-8")
     out = tmp_path / "report.json"
     done = invoke_model("chat-check", str(sample), "--max-tokens", "24", "--json", str(out))

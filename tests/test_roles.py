@@ -10,7 +10,8 @@ import pytest
 from edgeqwen.errors import RoleError
 from edgeqwen.roles import default_prompts_dir, load_role, load_roles
 
-from conftest import REPO, VALID_ROLE as VALID
+from conftest import REPO
+from conftest import VALID_ROLE as VALID
 
 
 def test_shipped_roles_load():
@@ -121,17 +122,22 @@ guidance:
 @pytest.mark.parametrize(
     "text, field, message",
     [
-        (GUIDED_CHAT.replace("role: sentiment\n    label: negative", "role: mood\n    label: negative"), "guidance.0.role",
+        (GUIDED_CHAT.replace("role: sentiment\n    label: negative", "role: mood\n    label: negative"),
+         "guidance.0.role",
          "no classify role named 'mood'"),
-        (GUIDED_CHAT.replace("role: sentiment\n    label: positive", "role: chat\n    label: positive"), "guidance.1.role",
+        (GUIDED_CHAT.replace("role: sentiment\n    label: positive", "role: chat\n    label: positive"),
+         "guidance.1.role",
          "no classify role named 'chat'"),
-        (GUIDED_CHAT.replace("label: negative", "label: sad"), "guidance.0.label", "'sad' is not a label of role 'sentiment'"),
+        (GUIDED_CHAT.replace("label: negative", "label: sad"), "guidance.0.label",
+         "'sad' is not a label of role 'sentiment'"),
         (GUIDED_CHAT.replace("min_confidence: 0.6", "min_confidence: 1.5"), "guidance.0.min_confidence", "less than 1"),
-        (GUIDED_CHAT.replace('reply: "真遗憾！你赶上了吗？"', "label: negative"), "(top level)", "guidance.0.examples.1.reply: required"),
+        (GUIDED_CHAT.replace('reply: "真遗憾！你赶上了吗？"', "label: negative"), "(top level)",
+         "guidance.0.examples.1.reply: required"),
         (GUIDED_CHAT.replace("{lang: en,", "{lang: fr,"), "guidance.0.examples.0.lang", "'en' or 'zh'"),
         (GUIDED_CHAT + "    template_by_language: {en: 'Reply to me.'}\n", "guidance.1.template_by_language",
          "placeholder {text}"),
-        (GUIDED_CHAT.replace("    system: Share their joy.\n", "    reply_start: Yay\n"), "guidance.1.reply_start", "Extra inputs"),
+        (GUIDED_CHAT.replace("    system: Share their joy.\n", "    reply_start: Yay\n"), "guidance.1.reply_start",
+         "Extra inputs"),
         (VALID + "guidance: [{role: sentiment, label: positive}]\n", "(top level)", "only a generate role"),
         (VALID + "examples: [{text: goal!, label: politics, lang: en}]\n", "(top level)", "examples.0.lang"),
     ],
@@ -156,12 +162,14 @@ def test_guidance_shapes_the_prompt_for_a_classified_text(write_role, tmp_path):
         {"role": "user", "content": "The bus was late."},
         {"role": "assistant", "content": "Sorry to hear that! Did you make it in time?"},
     ]
-    assert [m["content"] for m in negative.prefix_messages("汤是凉的。")] == ["请用中文回答。\n先表示遗憾。", "公交车晚点了。", "真遗憾！你赶上了吗？"]
+    zh_prefix = ["请用中文回答。\n先表示遗憾。", "公交车晚点了。", "真遗憾！你赶上了吗？"]
+    assert [m["content"] for m in negative.prefix_messages("汤是凉的。")] == zh_prefix
     assert negative.messages("汤是凉的。")[-1] == {"role": "user", "content": "汤是凉的。"}
     positive = chat.guided(chat.guidance_for([("sentiment", "positive", 0.51)]))
     assert positive.system_for("Great soup!") == "Reply in English.\nShare their joy."  # one text for every language
     assert positive.system_for("😀") == "You are kind.\nShare their joy."
-    assert chat.guided([]) is chat and chat.prefix_messages("Hi") == [{"role": "system", "content": "Reply in English."}]
+    assert chat.guided([]) is chat
+    assert chat.prefix_messages("Hi") == [{"role": "system", "content": "Reply in English."}]
 
 
 def test_shipped_chat_role_guides_replies_to_both_sentiment_labels():

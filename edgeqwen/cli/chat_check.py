@@ -8,8 +8,15 @@ from typing import Annotated, Optional
 import typer
 
 from .options import (
-    CtxOption, JsonReportOption, LimitOption, ModelOption, PromptsOption, SeedOption, ThreadsOption,
-    open_model, write_report,
+    CtxOption,
+    JsonReportOption,
+    LimitOption,
+    ModelOption,
+    PromptsOption,
+    SeedOption,
+    ThreadsOption,
+    open_model,
+    write_report,
 )
 
 
