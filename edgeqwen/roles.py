@@ -67,9 +67,7 @@ class Example(_Strict):
     text: str
     label: str | None = None
     reply: str | None = None
-    lang: Language | None = Field(
-        None, description="A generate role: show this example only for messages in this language (by script)."
-    )
+    lang: Language | None = Field(None, description="A generate role: shown only for messages in this language.")
 
 
 class Sampling(_Strict):
@@ -104,15 +102,11 @@ class Guidance(_Strict):
     label: str = Field(description="One of that role's labels.")
     min_confidence: float = Field(0.0, ge=0.0, lt=1.0, description="Only when the label's confidence is at least this.")
     system: str = Field("", description="Added to the system prompt, for a message in any language.")
-    system_by_language: dict[Language, str] = Field(
-        {}, description="Added to the system prompt instead, per language of the message."
-    )
+    system_by_language: dict[Language, str] = Field({}, description="Added instead, per language of the message.")
     template_by_language: dict[Language, str] = Field(
         {}, description="The user message in place of the role's template, per language of the message (examples' too)."
     )
-    examples: list[Example] = Field(
-        [], description="Few-shot turns (text and reply, optionally lang) added after the role's own."
-    )
+    examples: list[Example] = Field([], description="Few-shot turns (text, reply, lang) after the role's own.")
 
     @field_validator("template_by_language")
     @classmethod
