@@ -39,9 +39,11 @@ def fixed_prefix(engine: EngineLike, role: Role, text: str | None = None) -> lis
 
 
 def fit_prompt(
-    engine: EngineLike, role: Role, text: str, history: Sequence[Message] = (), reserve: int = 1, prefix: Sequence[int] = ()
+    engine: EngineLike, role: Role, text: str, history: Sequence[Message] = (), reserve: int = 1,
+    prefix: Sequence[int] = (),
 ) -> FittedPrompt:
-    """Tokens for `text` after `history` that leave `reserve` tokens free: oldest turns go first, then the text's tail."""
+    """Tokens for `text` after `history` that leave `reserve` tokens free: oldest turns go first, then the
+    text's tail."""
     fitted = _fit(engine, role, text, list(history), reserve)
     prefix = list(prefix)
     fixed = len(prefix) if prefix and fitted.tokens[: len(prefix)] == prefix else 0

@@ -79,7 +79,7 @@ class Sampling(_Strict):
     seed: int | None = None
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI's: lowers a logit per earlier use.")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI's: lowers a used token's logit once.")
-    dry_multiplier: float = Field(0.0, ge=0.0, le=5.0, description="DRY: penalise copying runs of the prompt or reply; 0: off.")
+    dry_multiplier: float = Field(0.0, ge=0.0, le=5.0, description="DRY: penalise copying the prompt; 0: off.")
     dry_allowed_length: int = Field(2, ge=1, le=64, description="DRY: runs up to this many tokens may repeat freely.")
 
 
@@ -147,7 +147,7 @@ class Role(_Strict):
     head: str | None = Field(
         None, description="A classification head file (.npz) beside the role file, from `edgeqwen eval --train-head`."
     )
-    training: Training | None = Field(None, description="Texts `edgeqwen heads` trains the role's head on for a new model.")
+    training: Training | None = Field(None, description="Texts `edgeqwen heads` trains the head on for a new model.")
     head_reads_prompt_of: str | None = Field(
         None, description="Another classify role whose prompt the head reads the text through (the role's own prompt "
         "serves only its label logits, when no head fits): a router that reads the sentiment role's prompt shares its "
@@ -361,7 +361,8 @@ def load_role(path: Path) -> Role:
     """Read and validate one role file; every problem names the file and the field."""
     name = path.stem
     if not ROLE_NAME.match(name) or name in RESERVED_NAMES:
-        raise RoleError(f"{path}: role name {name!r} must be lowercase letters, digits, - or _ and not one of {sorted(RESERVED_NAMES)}")
+        raise RoleError(f"{path}: role name {name!r} must be lowercase letters, digits, - or _ "
+                        f"and not one of {sorted(RESERVED_NAMES)}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:
@@ -444,5 +445,6 @@ def _link_head_prompts(roles: Mapping[str, Role]) -> None:
             continue
         other = roles.get(name)
         if other is None or other.kind != "classify" or other.head_reads_prompt_of is not None or other is role:
-            raise RoleError(f"{role.source}: field 'head_reads_prompt_of': {name!r} must be another classify role that reads its own prompt")
+            raise RoleError(f"{role.source}: field 'head_reads_prompt_of': {name!r} must be another classify role "
+                            "that reads its own prompt")
         role._head_prompt = other

@@ -36,13 +36,14 @@ def test_parroting_is_a_copy_of_most_of_the_prompt():
     assert parrots("房间干净，早餐丰富，下次还会再来。", "房间干净，早餐丰富，下次还会再来。")
     assert not parrots("Hi", "Hi there! How can I help?")
     question = "怎么判断一个西瓜熟没熟？"
-    assert not parrots(question, "要判断一个西瓜熟没熟，可以看颜色、听声音、看瓜蒂：颜色深、声音闷、瓜蒂干的通常更熟。")  # restated, then answered
+    # restated, then answered
+    assert not parrots(question, "要判断一个西瓜熟没熟，可以看颜色、听声音、看瓜蒂：颜色深、声音闷、瓜蒂干的通常更熟。")
 
 
 def test_loops_are_repeated_runs():
     assert loops("长城长城长城长城长城")
     assert loops("I can help. I can help. I can help. I can help.")
-    assert loops("Here is a long sentence that repeats. Here is a long sentence that repeats. Here is a long sentence that repeats.")
+    assert loops("Here is a long sentence that repeats. " * 3)
     assert not loops("First, boil water. Second, add the noodles. Third, stir for three minutes.")
     assert not loops("The number is 1000000000000.")
 
@@ -68,7 +69,8 @@ def test_response_markers_per_language(reply, markers):
 
 
 def test_a_refusal_is_not_a_response():
-    refusals = ("I'm sorry, but I can't assist with that.", "Sorry, I cannot help you with this.", "抱歉，我无法回答这个问题。")
+    refusals = ("I'm sorry, but I can't assist with that.", "Sorry, I cannot help you with this.",
+                "抱歉，我无法回答这个问题。")
     for refusal in refusals:
         assert response_markers(refusal) and not responds(refusal)
     assert responds("I'm sorry you can't find help with that old laptop. Have you tried a repair shop?")

@@ -15,6 +15,13 @@ def test_layers_circles_sizes_and_docstrings():
     assert done.stdout.startswith("ok:")
 
 
+def test_ruff_finds_nothing():
+    """pyproject.toml's [tool.ruff]: lines up to 120, pyflakes, pycodestyle and sorted imports."""
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(REPO)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+
+
 def test_python_m_edgeqwen_is_the_console_script():
     by_module = subprocess.run([sys.executable, "-m", "edgeqwen", "--help"], capture_output=True, text=True,
                                timeout=120)

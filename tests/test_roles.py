@@ -94,7 +94,8 @@ def test_default_roles_ship_inside_the_installed_package(tmp_path):
     )
     code = "import edgeqwen.roles as r; print(r.default_prompts_dir()); print(sorted(r.load_roles()))"
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target)}, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target)}, capture_output=True, text=True,
+        check=True
     ).stdout.splitlines()
     assert out[0].startswith(str(target))
     assert "'chat', 'contact', 'route', 'sentiment'" in out[1]

@@ -21,7 +21,8 @@ from .options import (
 
 
 def chat_check(
-    data: Annotated[list[Path], typer.Argument(help="Prompt files: JSON Lines with lang and turns (docs/evaluation.md).")],
+    data: Annotated[list[Path], typer.Argument(
+        help="Prompt files: JSON Lines with lang and turns (docs/evaluation.md).")],
     sampling: Annotated[str, typer.Option(
         "--sampling", help="greedy, sampled (the role's own settings) or both.")] = "both",
     max_tokens: Annotated[Optional[int], typer.Option(
