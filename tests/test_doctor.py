@@ -81,12 +81,14 @@ def board(mib: int) -> Memory:
 def test_the_memory_plan_fits_the_model_to_the_board(model_path):
     """Defaults chosen by the model's KV cost and the board's memory, not by the stand-in's."""
     info = inspect_gguf(model_path)
+    # Qwen1.5-0.5B's shape and its Q4_K_M's size (no tensor list: the weights are the file's size)
     qwen15 = dataclasses.replace(info, embedding_length=1024, head_count=16, head_count_kv=16, block_count=24,
-                                 file_size=336_000_000)  # Qwen1.5-0.5B's shape and its Q4_K_M's size
+                                 file_size=336_000_000, weights=())
     roomy = plan_memory(qwen15, board(8192))
     assert (roomy.kv_type, roomy.n_ctx, roomy.fits) == ("f16", 2048, True)
     small = plan_memory(qwen15, board(1024))  # a 1 GB board: half of it at most
-    assert (small.kv_type, small.n_ctx, small.fits) == ("q8_0", 1024, True) and small.estimate_bytes <= 500 * 2**20
+    assert (small.kv_type, small.n_ctx, small.fits) == ("q8_0", 1024, True)
+    assert small.estimate_bytes <= small.budget_bytes == 512 * 2**20
     assert plan_memory(qwen15, board(1024), n_ctx=2048).kv_type == "q8_0"  # what is given is kept
     assert plan_memory(qwen15, board(1024), kv_type="f16").n_ctx == 512
     given = plan_memory(qwen15, board(256), n_ctx=4096, kv_type="f16")
