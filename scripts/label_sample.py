@@ -42,7 +42,7 @@ def sample(data: Path) -> list[dict]:
 
 
 def label(data: Path, out: Path, model: str | None, threads: int | None, shard: str = "0/1",
-          done: tuple[Path, ...] = ()) -> None:
+          done: tuple[Path, ...] = (), reverse: bool = False) -> None:
     """shard K/N: every N-th text from the K-th (N one-thread processes use N cores with no threads waiting
     for each other; concatenate their files before comparing)."""
     from edgeqwen import EdgeQwen
@@ -55,6 +55,7 @@ def label(data: Path, out: Path, model: str | None, threads: int | None, shard: 
     done_ids = {json.loads(line)["id"] for path in (out, *done) if path.exists()
                 for line in path.read_text(encoding="utf-8").splitlines()}
     todo = [item for item in items if item["id"] not in done_ids]  # a second run goes on where the first stopped
+    todo = todo[::-1] if reverse else todo  # a helper process takes a shard's texts from the end
     started = time.perf_counter()
     eq = EdgeQwen(model, threads=threads)
     print(f"model loaded in {time.perf_counter() - started:.0f} s; {len(todo)} of {len(items)} texts to do", flush=True)
@@ -130,12 +131,13 @@ def main() -> int:
     run.add_argument("--shard", default="0/1", help="K/N: label every N-th text from the K-th")
     run.add_argument("--done", type=Path, nargs="*", default=[],
                      help="label files of earlier runs: their texts are skipped")
+    run.add_argument("--reverse", action="store_true", help="from the shard's last text (a second process on a shard)")
     both = sub.add_parser("compare")
     both.add_argument("first", type=Path)
     both.add_argument("second", type=Path)
     args = parser.parse_args()
     if args.command == "label":
-        label(args.data, args.out, args.model, args.threads, args.shard, tuple(args.done))
+        label(args.data, args.out, args.model, args.threads, args.shard, tuple(args.done), args.reverse)
         return 0
     return compare(args.first, args.second)
 
