@@ -8,7 +8,9 @@ file the model tests skip instead of failing.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +21,7 @@ import pytest
 
 # Saved role prefixes go to a fresh folder (subprocesses inherit it), not the user's ~/.cache.
 os.environ["EDGEQWEN_CACHE"] = tempfile.mkdtemp(prefix="edgeqwen-test-cache-")
+atexit.register(shutil.rmtree, os.environ["EDGEQWEN_CACHE"], ignore_errors=True)  # 82 were left in /tmp here
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = REPO / "models" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
