@@ -10,6 +10,8 @@ model work) and can take `classify_seconds` a text (so a classification holds th
 from __future__ import annotations
 
 import dataclasses
+import http.client
+import json
 import threading
 import time
 from contextlib import contextmanager
@@ -57,3 +59,12 @@ def serve_in_thread(config=None, eq=None):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def queue_state(port: int) -> dict:
+    """The server's queue as /health reports it."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/health")
+    state = json.loads(conn.getresponse().read())["queue"]
+    conn.close()
+    return state

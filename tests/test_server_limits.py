@@ -19,7 +19,7 @@ pytest.importorskip("starlette", reason="the serve extra: pip install -e '.[serv
 from edgeqwen.prompt_fit import fit_prompt  # noqa: E402
 from edgeqwen.server.app import ServerConfig  # noqa: E402
 
-from fake_model import serve_in_thread  # noqa: E402
+from fake_model import queue_state, serve_in_thread  # noqa: E402
 
 TIME_LIMIT = 4.0
 COUNT = "Count from 1 to 1000, separated by commas. Do not stop early."
@@ -49,14 +49,6 @@ def post(port: int, path: str, body: dict, timeout: float = 120) -> tuple[int, d
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         conn.close()
-
-
-def health(port: int) -> dict:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("GET", "/health")
-    state = json.loads(conn.getresponse().read())["queue"]
-    conn.close()
-    return state
 
 
 def chat(content: str, max_tokens: int | None = None, history=(), stream: bool = False) -> dict:
@@ -100,7 +92,7 @@ def test_a_reply_at_the_limit_keeps_half_the_context_for_the_conversation(limite
 
 def test_the_time_limit_cuts_a_real_reply_with_finish_reason_length(limited):
     port, _ = limited
-    before = health(port)["timed_out"]
+    before = queue_state(port)["timed_out"]
     started = time.monotonic()
     status, _, answer = post(port, "/v1/chat/completions", chat(COUNT, 1000))
     took = time.monotonic() - started
@@ -123,7 +115,7 @@ def test_the_time_limit_cuts_a_real_reply_with_finish_reason_length(limited):
     )
     events = [json.loads(line[6:]) for line in answer.decode().splitlines() if line.startswith("data: ")]
     assert status == 200 and events[-1]["type"] == "done" and events[-1]["result"]["reply"]
-    assert health(port)["timed_out"] >= before + 2
+    assert queue_state(port)["timed_out"] >= before + 2
 
 
 def test_a_run_flood_is_refused_beyond_the_queue(limited):
@@ -136,7 +128,7 @@ def test_a_run_flood_is_refused_beyond_the_queue(limited):
     for thread in threads:
         thread.start()
     while any(thread.is_alive() for thread in threads):
-        most_waiting = max(most_waiting, health(port)["waiting"])
+        most_waiting = max(most_waiting, queue_state(port)["waiting"])
         time.sleep(0.05)
     statuses = sorted(status for status, _, _ in answers)
     assert set(statuses) <= {200, 503} and statuses.count(503) >= 12 - (2 + 2 + 1), statuses

@@ -20,6 +20,7 @@ from edgeqwen.engine import Piece
 from edgeqwen.server.worker import Cancelled, InferenceWorker, QueueFull, SlotRequest, TimedOut
 
 from conftest import read_line_until
+from fake_model import queue_state, serve_in_thread
 from near_tie import assert_same_or_near_tie
 
 
@@ -257,23 +258,10 @@ QUESTIONS = ["Name one famous Chinese dish.", "用一句话介绍一下长城。
 def live(eq):
     """`create_app` over the session's model, served by uvicorn on a free loopback port in this process."""
     pytest.importorskip("starlette", reason="the serve extra: pip install -e '.[serve]'")
-    import uvicorn
+    from edgeqwen.server.app import ServerConfig
 
-    from edgeqwen.server.app import ServerConfig, create_app
-    from edgeqwen.server.launch import free_port
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(eq, ServerConfig(queue_size=8, slots=4)), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        time.sleep(0.01)
-    yield port
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serve_in_thread(ServerConfig(queue_size=8, slots=4), eq) as (port, _):
+        yield port
 
 
 def post(port: int, path: str, body: dict, results: list | None = None) -> tuple[int, dict]:
@@ -285,14 +273,6 @@ def post(port: int, path: str, body: dict, results: list | None = None) -> tuple
     if results is not None:
         results.append(answer)
     return answer
-
-
-def queue_state(port: int) -> dict:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("GET", "/health")
-    state = json.loads(conn.getresponse().read())["queue"]
-    conn.close()
-    return state
 
 
 def wait_until(port: int, condition, timeout: float = 60) -> dict:
