@@ -3,18 +3,22 @@
 Every figure is measured in the same run as its reference, so ratios stay meaningful on a noisy
 machine: the compute floor (evaluating only an input's own tokens after a warm prefix) and plain
 llama-cpp-python (the naive grammar call, raw greedy decode) run on the same model and threads.
+The reference is tried in a child process first (reference_loading): where llama.cpp's default loading
+kills the process, it runs with extra buffer types off, and where nothing runs, its rows are not measured.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import settings
@@ -65,10 +69,81 @@ STRUCTURED_TOKENS = 96
 NAIVE_PROMPT = "Analyze the sentiment of the following text and answer Positive or Negative.\nText: {text}\nSentiment:"
 DECODE_TOKENS = 64
 BATCH_ROUNDS = 4  # the short inputs, this many times over, classified one at a time and together
+PROBE_TIMEOUT_S = 600.0  # loading the reference and a few tokens, on a busy machine
+NOT_MEASURED = "not measured (see reference_loading)"
 
 
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 1)
+@dataclass(frozen=True)
+class ReferenceLoading:
+    """How bench loads plain llama-cpp-python: llama.cpp's extra buffer types on (its default) or off, or
+    not at all (None) when neither way ran here; `description` says which and why, for the table and JSON."""
+
+    extra_buffers: bool | None
+    description: str
+
+
+def reference_probe_command(model: Path, n_ctx: int, threads: int, extra_buffers: bool) -> list[str]:
+    """The child process that loads the reference and runs a few tokens (engine/plain.py's probe)."""
+    return [sys.executable, "-m", "edgeqwen.engine.plain", str(model), str(n_ctx), str(threads),
+            *([] if extra_buffers else ["--no-extra-buffers"])]
+
+
+def child_failure(command: list[str], timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the child process `command` failed, in a few words ("SIGILL: Illegal instruction"); None if it exited 0."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"no result in {timeout:.0f} s"
+    if done.returncode == 0:
+        return None
+    if done.returncode < 0:
+        number = -done.returncode
+        name = signal.Signals(number).name if number in signal.valid_signals() else f"signal {number}"
+        return f"{name}: {signal.strsignal(number) or 'no description'}"
+    last = (done.stderr.strip().splitlines() or [""])[-1]
+    return f"exit status {done.returncode}" + (f", {last}" if last else "")
+
+
+def choose_reference_loading(failure: Callable[[bool], str | None], plan_repacks: bool,
+                             log: Callable[[str], None] = print) -> ReferenceLoading:
+    """Llama.cpp's default loading if the probe `failure(extra_buffers=True)` succeeds; else extra buffer types
+    off if that probe does; else none. Logs one line whenever it departs from the default."""
+    default_failure = failure(True)
+    if default_failure is None:
+        return ReferenceLoading(True, "llama-cpp-python's defaults (llama.cpp's extra buffer types on)")
+    fallback_failure = failure(False)
+    if fallback_failure is None:
+        plan = "" if plan_repacks else ", as edgeqwen's plan does on this board"
+        log(f"plain llama-cpp-python with its default loading died here ({default_failure}); the reference runs "
+            f"with llama.cpp's extra buffer types off{plan}")
+        return ReferenceLoading(False, f"extra buffer types off: the default loading died here ({default_failure})")
+    log(f"plain llama-cpp-python could not run here (default loading: {default_failure}; extra buffer types off: "
+        f"{fallback_failure}); its reference rows are not measured, edgeqwen's own are")
+    return ReferenceLoading(None, f"none: the default loading ({default_failure}) and extra buffer types off "
+                                  f"({fallback_failure}) both failed here")
+
+
+class _NoReference:
+    """Stands in for plain llama-cpp-python where it cannot run: every measurement is None (not measured)."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+def _median(values: list[float | None]) -> float | None:
+    return None if None in values else statistics.median(values)
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _ratio(numerator: float | None, denominator: float | None, digits: int) -> float | None:
+    return None if numerator is None or denominator is None else round(numerator / denominator, digits)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
 
 
 def _p(values: list[float], q: float) -> float:
@@ -167,6 +242,21 @@ def _first_result_subprocess(model: Path, threads: int, n_ctx: int, cache_dir: P
     return {"first_s": round(inner["first"] - started, 3), "rss_mb": round(inner["rss"], 1)}
 
 
+def _reference_calls(raw, role) -> tuple[list[float], list[float], list[float]]:
+    """Seconds of plain llama-cpp-python's classification calls: the naive grammar call, the role's own prompt
+    through create_chat_completion, and the same right after a chat turn."""
+    naive = [_timed(lambda: raw.grammar_completion(NAIVE_PROMPT.format(text=text), ("Positive", "Negative")))
+             for text in SHORT_INPUTS]
+    labels = role.label_names
+    same_prompt = [_timed(lambda: raw.chat_completion(role.messages(text), labels)) for text in SHORT_INPUTS]
+    chat_messages = [{"role": "user", "content": "Say hello in five words."}]
+    after_chat = []
+    for text in SHORT_INPUTS[:4]:
+        raw.chat_completion(chat_messages, max_tokens=8)  # another role ran in between
+        after_chat.append(_timed(lambda: raw.chat_completion(role.messages(text), labels)))
+    return naive, same_prompt, after_chat
+
+
 def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = None, repeats: int = 1,
                   log: Callable[[str], None] = print) -> dict:
     """Measure edgeqwen and plain llama-cpp-python on one model; returns the figures."""
@@ -192,7 +282,13 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
     eq = EdgeQwen(model, threads=threads, n_ctx=n_ctx)
     figures["load_s"] = round(time.perf_counter() - started, 3)
     figures.update(n_ctx=eq.n_ctx, kv_cache=eq.memory_plan.kv_type, memory_plan=eq.memory_plan.describe())
-    raw = PlainLlama(model, eq.n_ctx, threads)
+    log("plain llama-cpp-python, loaded and run in a child process first…")
+    loading = choose_reference_loading(
+        lambda extra_buffers: child_failure(reference_probe_command(model, eq.n_ctx, threads, extra_buffers)),
+        eq.memory_plan.loading.repack, log)
+    figures["reference_loading"] = loading.description
+    raw = (_NoReference() if loading.extra_buffers is None
+           else PlainLlama(model, eq.n_ctx, threads, extra_buffers=loading.extra_buffers))
 
     log("compute floor and sentiment latency…")
     role = eq.roles["sentiment"]
@@ -225,15 +321,8 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
     together = _timed(lambda: eq.classify_many(many_texts))
 
     log("plain llama-cpp-python references…")
-    naive = [_timed(lambda: raw.grammar_completion(NAIVE_PROMPT.format(text=text), ("Positive", "Negative")))
-             for text in SHORT_INPUTS]
-    labels = role.label_names
-    same_prompt = [_timed(lambda: raw.chat_completion(role.messages(text), labels)) for text in SHORT_INPUTS]
-    chat_messages = [{"role": "user", "content": "Say hello in five words."}]
-    same_prompt_after_chat = []
-    for text in SHORT_INPUTS[:4]:
-        raw.chat_completion(chat_messages, max_tokens=8)  # another role ran in between
-        same_prompt_after_chat.append(_timed(lambda: raw.chat_completion(role.messages(text), labels)))
+    naive, same_prompt, same_prompt_after_chat = (_reference_calls(raw, role) if loading.extra_buffers is not None
+                                                  else ([None], [None], [None]))
 
     log("chat and raw decode…")
     chat = eq.conversation()
@@ -265,9 +354,10 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         bare_together_tps.append(eq.bare_decode_rate(prompt, DECODE_TOKENS - 1, streams=bare_together))
     first_tokens_together = statistics.median(_first_tokens_together(eq, TOGETHER_PROMPTS) for _ in range(3))
     decode_tps, raw_tps_p50, raw_same_p50, bare_p50, bare_alone_p50, bare_together_p50 = (
-        statistics.median(x) for x in (ours_tps, raw_tps, raw_same_tps, bare_tps, bare_alone_tps, bare_together_tps))
+        _median(x) for x in (ours_tps, raw_tps, raw_same_tps, bare_tps, bare_alone_tps, bare_together_tps))
 
-    floor_p50 = statistics.median(floor)
+    floor_p50, route_floor_p50 = _median(floor), _median(route_floor)
+    naive_p50, same_prompt_p50, same_after_chat_p50 = (_median(x) for x in (naive, same_prompt, same_prompt_after_chat))
     figures.update({
         "floor_p50_ms": _ms(floor_p50),
         "sentiment_short_warm_p50_ms": _ms(statistics.median(warm)),
@@ -278,22 +368,22 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         "sentiment_long_p50_ms": _ms(statistics.median(long_times)),
         "sentiment_long_p90_ms": _p([_ms(t) for t in long_times], 0.9),
         "router_p50_ms": _ms(statistics.median(route_times)),
-        "router_floor_p50_ms": _ms(statistics.median(route_floor)),
+        "router_floor_p50_ms": _ms(route_floor_p50),
         "auto_route_and_label_p50_ms": _ms(statistics.median(auto_times)),
         "sentiment_one_at_a_time_texts_s": round(len(many_texts) / one_at_a_time, 2),
         "sentiment_together_texts_s": round(len(many_texts) / together, 2),
-        "naive_grammar_call_p50_ms": _ms(statistics.median(naive)),
-        "own_prompt_chat_completion_grammar_p50_ms": _ms(statistics.median(same_prompt)),
-        "own_prompt_chat_completion_grammar_after_chat_p50_ms": _ms(statistics.median(same_prompt_after_chat)),
+        "naive_grammar_call_p50_ms": _ms(naive_p50),
+        "own_prompt_chat_completion_grammar_p50_ms": _ms(same_prompt_p50),
+        "own_prompt_chat_completion_grammar_after_chat_p50_ms": _ms(same_after_chat_p50),
         "chat_first_token_ms": _ms(statistics.median(ttfts)),
-        "chat_decode_tok_s": round(decode_tps, 1), "raw_decode_tok_s": round(raw_tps_p50, 1),
-        f"raw_decode_repeat_penalty_{penalty}_tok_s": round(raw_same_p50, 1),
+        "chat_decode_tok_s": round(decode_tps, 1), "raw_decode_tok_s": _rounded(raw_tps_p50, 1),
+        f"raw_decode_repeat_penalty_{penalty}_tok_s": _rounded(raw_same_p50, 1),
         "bare_llama_decode_same_context_tok_s": round(bare_p50, 1),
         "structured_json_schema_decode_tok_s": round(structured["structured"], 1),
         "structured_same_prompt_free_decode_tok_s": round(structured["free"], 1),
         "structured_reply_tokens": structured["tokens"],
         "structured_grammar_applied_in_full_tokens_per_reply": structured["resampled"],
-        "raw_json_schema_grammar_decode_tok_s": round(raw_structured_tps, 1),
+        "raw_json_schema_grammar_decode_tok_s": _rounded(raw_structured_tps, 1),
         "chat_slots_1_reply_tok_s": round(alone, 1),
         f"chat_slots_{len(TOGETHER_PROMPTS)}_replies_together_tok_s": round(together_tps, 1),
         f"chat_slots_{len(TOGETHER_PROMPTS)}_arriving_together_first_tokens_ms": _ms(first_tokens_together),
@@ -301,22 +391,22 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
         "bench_process_peak_rss_mb": _rss_mb(),
     })
     figures["ratios"] = {
-        "cold_role_p50_over_floor": round(statistics.median(cold) / floor_p50, 2),
-        "warm_p50_over_floor": round(statistics.median(warm) / floor_p50, 2),
-        "after_chat_p50_over_floor": round(statistics.median(after_chat) / floor_p50, 2),
-        "router_p50_over_its_floor": round(statistics.median(route_times) / statistics.median(route_floor), 2),
+        "cold_role_p50_over_floor": _ratio(statistics.median(cold), floor_p50, 2),
+        "warm_p50_over_floor": _ratio(statistics.median(warm), floor_p50, 2),
+        "after_chat_p50_over_floor": _ratio(statistics.median(after_chat), floor_p50, 2),
+        "router_p50_over_its_floor": _ratio(statistics.median(route_times), route_floor_p50, 2),
         "auto_over_router_plus_sentiment": round(
             statistics.median(auto_times) / (statistics.median(route_times) + statistics.median(warm)), 2),
         "together_over_one_at_a_time": round(one_at_a_time / together, 2),
-        "naive_over_cold_role": round(statistics.median(naive) / statistics.median(cold), 2),
-        "own_prompt_chat_completion_over_cold_role": round(statistics.median(same_prompt) / statistics.median(cold), 2),
-        "own_prompt_chat_completion_after_chat_over_ours_after_chat": round(
-            statistics.median(same_prompt_after_chat) / statistics.median(after_chat), 2),
-        "chat_decode_over_raw": round(decode_tps / raw_tps_p50, 3),
-        "chat_decode_over_raw_same_penalty": round(decode_tps / raw_same_p50, 3),
+        "naive_over_cold_role": _ratio(naive_p50, statistics.median(cold), 2),
+        "own_prompt_chat_completion_over_cold_role": _ratio(same_prompt_p50, statistics.median(cold), 2),
+        "own_prompt_chat_completion_after_chat_over_ours_after_chat": _ratio(
+            same_after_chat_p50, statistics.median(after_chat), 2),
+        "chat_decode_over_raw": _ratio(decode_tps, raw_tps_p50, 3),
+        "chat_decode_over_raw_same_penalty": _ratio(decode_tps, raw_same_p50, 3),
         "chat_decode_over_bare_llama_decode": round(decode_tps / bare_p50, 3),
         "structured_decode_over_free_same_prompt": round(structured["structured"] / structured["free"], 3),
-        "raw_json_schema_grammar_decode_over_structured": round(raw_structured_tps / structured["structured"], 3),
+        "raw_json_schema_grammar_decode_over_structured": _ratio(raw_structured_tps, structured["structured"], 3),
         f"chat_slots_{len(TOGETHER_PROMPTS)}_together_over_1": round(together_tps / alone, 2),
         f"bare_llama_decode_{bare_together}_streams_over_1": round(bare_together_p50 / bare_alone_p50, 2),
     }
@@ -324,7 +414,9 @@ def run_benchmark(model: Path, threads: int | None = None, n_ctx: int | None = N
 
 
 def format_table(figures: dict) -> str:
+    """The figures, one row each (None: a reference row not measured here), the ratios last."""
     rows = [(key, value) for key, value in figures.items() if key != "ratios"]
     rows += [(f"ratio: {key}", value) for key, value in figures.get("ratios", {}).items()]
+    rows = [(key, NOT_MEASURED if value is None else value) for key, value in rows]
     width = max(len(key) for key, _ in rows)
     return "\n".join(f"| {key:<{width}} | {value} |" for key, value in rows)
