@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .classifier import Classification
 from .engine import EngineLike, Generation, Piece, SamplingParams, TokenLogprob
@@ -27,6 +27,7 @@ class Turn:
     text: str
     prompt: FittedPrompt
     started: float
+    sampling: SamplingParams
     pieces: list[str] = field(default_factory=list)
     first_token_at: float | None = None
 
@@ -85,15 +86,20 @@ class Conversation:
         started = time.perf_counter()
         role, key = self._role_for(known)
         prefix = self._prefix(role, key, text)
-        prompt = fit_prompt(self.engine, role, text, self.history, reserve=self.sampling.max_tokens, prefix=prefix)
+        sampling = self.sampling
+        prompt = fit_prompt(self.engine, role, text, self.history, reserve=sampling.max_tokens, prefix=prefix)
         self.history, self.last_truncated = prompt.history, prompt.truncated
-        return Turn(text, prompt, started)
+        language = script_language(text)
+        avoid = max((self.role.guidance[index].avoid_input.get(language, 0.0) for index in key), default=0.0)
+        if avoid:
+            sampling = replace(sampling, logit_bias=self._input_bias(text, prefix, avoid))
+        return Turn(text, prompt, started, sampling)
 
     def stream(self, text: str, known: Sequence[Classification] = ()) -> Iterator[str]:
         """Yield the reply as it is generated; the turn joins the history even if interrupted."""
         turn = self.prepare(text, known)
         try:
-            for piece in self.engine.stream(turn.prompt.tokens, self.sampling, keep_prefix=turn.prompt.fixed):
+            for piece in self.engine.stream(turn.prompt.tokens, turn.sampling, keep_prefix=turn.prompt.fixed):
                 turn.add(piece)
                 yield piece
         finally:
@@ -108,6 +114,12 @@ class Conversation:
         if key not in self._guided:
             self._guided[key] = self.role.guided(entries)
         return self._guided[key], key
+
+    def _input_bias(self, text: str, prefix: Sequence[int], avoid: float) -> tuple[tuple[int, float], ...]:
+        """-`avoid` for each token of `text` the role's fixed prompt does not use: the message's own words,
+        not the words of a reply (thanks, you, a question), which the examples use."""
+        own = set(prefix)
+        return tuple((token, -avoid) for token in sorted(set(self.engine.tokenize(text)) - own))
 
     def _prefix(self, role: Role, key: tuple[int, ...], text: str) -> list[int]:
         language = script_language(text) if role.by_language else None
@@ -169,7 +181,7 @@ class ChatStreams:
         """Start generating a prepared turn (its prompt is evaluated by the next step()); its handle, or
         None while no slot or too few KV cells are free."""
         prompt = turn.prompt
-        handle = self._streams.start(prompt.tokens, conversation.sampling, keep_prefix=prompt.fixed)
+        handle = self._streams.start(prompt.tokens, turn.sampling, keep_prefix=prompt.fixed)
         if handle is not None:
             self._turns[handle] = (conversation, turn)
         return handle

@@ -151,3 +151,22 @@ def test_the_label_reaches_the_prompt_of_the_chat_turn(eq):
     told, plain = eq.conversation().prepare(text, [label]), eq.conversation().prepare(text)
     assert told.prompt.tokens != plain.prompt.tokens
     assert eq.conversation().prepare(text, [unguided]).prompt.tokens == plain.prompt.tokens
+
+
+def test_a_guided_chinese_reply_is_kept_off_the_message_own_tokens(fake_eq):
+    """The shipped chat role's guidance lowers the logits of a Chinese message's own tokens (avoid_input),
+    except those its prompt uses itself (you, thanks, a question...); English messages and unguided turns
+    are sampled as before."""
+    conversation = fake_eq.conversation()
+    text = "外卖送得太慢，菜都凉了，服务也差。"
+    known = [fake_eq.sentiment(text)]
+    turn = conversation.prepare(text, known)
+    entry = fake_eq.roles["chat"].guidance_for([(k.role, k.label, k.confidence) for k in known])[0]
+    own = set(turn.prompt.tokens[:turn.prompt.fixed])
+    message = set(fake_eq.engine.tokenize(text))
+    biased = dict(turn.sampling.logit_bias)
+    assert biased and set(biased) == message - own and own & message  # punctuation and 你-words stay free
+    assert set(biased.values()) == {-entry.avoid_input["zh"]}
+    assert conversation.prepare(text).sampling.logit_bias == ()  # no label: no guidance
+    english = "The soup was cold and the waiter was rude."
+    assert conversation.prepare(english, [fake_eq.sentiment(english)]).sampling.logit_bias == ()
