@@ -17,7 +17,7 @@ from .json_schema import schema_grammar, schema_instruction
 from .prompt_fit import FittedPrompt, fit_prompt, fixed_prefix
 from .roles import Guidance, Message, Role
 from .settings import CHAT_SLOTS
-from .text import clean_text, script_language
+from .text import asks, clean_text, script_language
 
 
 @dataclass
@@ -81,10 +81,11 @@ class Conversation:
         """The prompt for a reply to `text` (the history trimmed to fit); `record` adds the turn afterwards.
 
         `known`: classifications of `text` by other roles (e.g. its sentiment); the role's `guidance` for
-        their labels shapes the reply (e.g. an apology and a question after a negative review)."""
+        their labels shapes the reply (e.g. an apology and a question after a negative review), unless the
+        text asks a question or makes a request (text.asks): that is answered as it would be without them."""
         text = clean_text(text)
         started = time.perf_counter()
-        role, key = self._role_for(known)
+        role, key = self._role_for(() if asks(text) else known)  # guidance answers statements, not questions
         prefix = self._prefix(role, key, text)
         sampling = self.sampling
         prompt = fit_prompt(self.engine, role, text, self.history, reserve=sampling.max_tokens, prefix=prefix)

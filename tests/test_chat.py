@@ -170,3 +170,15 @@ def test_a_guided_chinese_reply_is_kept_off_the_message_own_tokens(fake_eq):
     assert conversation.prepare(text).sampling.logit_bias == ()  # no label: no guidance
     english = "The soup was cold and the waiter was rude."
     assert conversation.prepare(english, [fake_eq.sentiment(english)]).sampling.logit_bias == ()
+
+
+def test_a_question_is_answered_as_without_the_label(fake_eq):
+    """Guidance answers statements and reviews; a question or request (text.asks) gets the unguided prompt."""
+    conversation = fake_eq.conversation()
+    for text in ("外卖为什么总是这么慢？", "My order is late. What should I do?", "帮我写一条差评。"):
+        guided = conversation.prepare(text, [fake_eq.sentiment(text)])
+        plain = conversation.prepare(text)
+        assert guided.prompt.tokens == plain.prompt.tokens and guided.sampling == plain.sampling, text
+    review = "外卖太慢了，菜都凉了。"
+    guided = conversation.prepare(review, [fake_eq.sentiment(review)])
+    assert guided.prompt.tokens != conversation.prepare(review).prompt.tokens

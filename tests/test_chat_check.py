@@ -10,7 +10,7 @@ from edgeqwen.chat_check import ChatPrompt, Reply, instruction_texts, judge, lea
 from edgeqwen.errors import InputError
 from edgeqwen.reply_judging import borrowed_share, responds, response_markers, restates
 from edgeqwen.roles import load_roles
-from edgeqwen.text import script_language
+from edgeqwen.text import asks, script_language
 
 from conftest import REPO
 
@@ -28,6 +28,21 @@ HELD_OUT_2 = REPO / "scripts" / "data" / "chat.heldout2.jsonl"
 ])
 def test_language_by_script(text, lang):
     assert script_language(text) == lang
+
+
+@pytest.mark.parametrize("text, asking", [
+    ("How do I get rid of fruit flies?", True), ("Why does bread go stale faster in the fridge", True),
+    ("Is it better to study in the morning or at night", True), ("Tell me three ways to save water.", True),
+    ("I need a quick idea for dinner. I have rice and eggs.", True), ("Great phone. Can you recommend a case?", True),
+    ("猫咪可以喝牛奶吗", True), ("帮我写一条生日祝福。", True), ("下雨天可以做些什么？给我两个主意。", True),
+    ("为什么冬天皮肤容易干燥", True),
+    ("The soup was cold and the waiter was rude.", False), ("What a great double cheeseburger!", False),
+    ("When I got home the parcel was already there.", False), ("Could not get a strong enough signal.", False),
+    ("房间干净，早餐丰富，下次还会再来。", False), ("刚搬到新的城市，还没认识什么朋友。", False),
+    ("这本书，写得太好了。", False),
+])
+def test_a_text_that_asks_a_question_or_makes_a_request(text, asking):
+    assert asks(text) is asking
 
 
 def test_parroting_is_a_copy_of_most_of_the_prompt():
