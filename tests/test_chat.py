@@ -127,9 +127,7 @@ def test_chat_answers_in_the_language_of_each_message(eq):
 
 @pytest.mark.parametrize("text", [
     "The soup arrived lukewarm and the waiter forgot our drinks twice.",
-    pytest.param("这家店的咖啡很香，店员也特别热情，环境很安静。", marks=pytest.mark.xfail(
-        reason="issue 30 is open: Chinese replies still restate 25 % of held-out reviews and statements "
-               "(this one: the review restated, then a question)", strict=False)),
+    "这家店的咖啡很香，店员也特别热情，环境很安静。",
 ])
 def test_a_both_mode_reply_answers_a_review(eq, text):
     """`--task both`: the sentiment label goes into the chat turn, and the chat role's guidance for it
