@@ -14,6 +14,9 @@ Every reply is judged by these rules:
 - a loop: a piece of 2 or more characters repeated 4 times back to back, or one of 10 or more
   repeated 3 times;
 - empty: nothing but spaces; cut: generation stopped at max_tokens, not at the end of the turn;
+- leak: the reply repeats the role's own instructions (its system prompts and the guidance's system
+  texts and templates): it shares a piece with one of them, compared as parroting is, of 8 or more Han
+  characters or 24 or more letters (a Han character counts as three letters);
 - response and restatement (reply_judging.py): the reply addresses the person (second person, a
   question, thanks, apology, congratulations, advice), or most of its content words (English) or Han
   characters (Chinese) come from the prompt. Both are reported per language and per kind of prompt.
@@ -37,17 +40,19 @@ from typing import Any
 from .errors import InputError
 from .evaluate import jsonl_objects
 from .reply_judging import responds, restates
+from .roles import Role
 from .text import script_language
 
 LANGS = ("en", "zh")
 MODES = ("greedy", "sampled")  # greedy: temperature 0; sampled: the role's own sampling
 LABELS = ("off", "on")  # off: a chat turn (--task chat); on: the sentiment label goes into it (--task both)
 RESPONSE_KINDS = ("review", "statement")  # prompts whose replies must respond, not inform
-FAILED_WHEN_TRUE = ("parrot", "restatement", "loop", "empty", "cut")
-CHECKS = ("in_language", "parrot", "loop", "empty", "cut", "remembered", "response", "restatement")
+FAILED_WHEN_TRUE = ("parrot", "restatement", "loop", "empty", "cut", "leak")
+CHECKS = ("in_language", "parrot", "loop", "empty", "cut", "leak", "remembered", "response", "restatement")
 # the report's share columns, in order, with their widths
-_COLUMNS = (("in_language", 8), ("parrot", 7), ("loop", 6), ("empty", 6), ("cut", 6), ("remembered", 7),
+_COLUMNS = (("in_language", 8), ("parrot", 7), ("loop", 6), ("empty", 6), ("cut", 6), ("leak", 6), ("remembered", 7),
             ("response", 8), ("restatement", 8))
+LEAK_WEIGHT = 24  # letters; a Han character weighs 3
 _SHORT_LOOP = re.compile(r"(.{2,40}?)(?:\s*\1){3,}", re.S)
 _LONG_LOOP = re.compile(r"(.{10,200}?)(?:\s*\1){2,}", re.S)
 
@@ -84,6 +89,27 @@ def parrots(prompt: str, reply: str) -> bool:
         return r == p
     match = SequenceMatcher(None, r, p, autojunk=False).find_longest_match(0, len(r), 0, len(p))
     return match.size >= 0.8 * len(p) and match.size >= 0.5 * len(r)
+
+
+def leaks(reply: str, instructions: Sequence[str]) -> bool:
+    """The reply repeats a piece of the role's instructions (the rule above)."""
+    r = _letters(reply)
+    for instruction in instructions:
+        i = _letters(instruction)
+        match = SequenceMatcher(None, r, i, autojunk=False).find_longest_match(0, len(r), 0, len(i))
+        if sum(3 if "\u3400" <= ch <= "\u9fff" else 1 for ch in r[match.a:match.a + match.size]) >= LEAK_WEIGHT:
+            return True
+    return False
+
+
+def instruction_texts(role: Role) -> list[str]:
+    """What a generate role tells the model, as opposed to what it shows it (examples): system prompts, and
+    each guidance entry's system texts and templates, without the placeholder for the message."""
+    texts = [role.system, *role.system_by_language.values()]
+    for entry in role.guidance:
+        texts += [entry.system, *entry.system_by_language.values()]
+        texts += [part for template in entry.template_by_language.values() for part in template.split("{text}")]
+    return [text for text in texts if text.strip()]
 
 
 def loops(reply: str) -> bool:
@@ -128,8 +154,8 @@ def _prompt(row: dict, where: str) -> ChatPrompt:
     return ChatPrompt(str(row.get("id", where)), row["lang"], str(row.get("kind", "")), tuple(turns), remember, where)
 
 
-def judge(reply: Reply) -> Reply:
-    """Fill in the reply's checks."""
+def judge(reply: Reply, instructions: Sequence[str] = ()) -> Reply:
+    """Fill in the reply's checks; `instructions`: the role's (instruction_texts)."""
     text, prompt = reply.text, reply.prompt.turns[reply.turn]
     reply.checks = {
         "in_language": script_language(text) == reply.prompt.lang,
@@ -137,6 +163,7 @@ def judge(reply: Reply) -> Reply:
         "loop": loops(text),
         "empty": not text.strip(),
         "cut": reply.finish_reason == "length",
+        "leak": leaks(text, instructions),
         "response": responds(text),
         "restatement": restates(prompt, text),
     }
@@ -201,7 +228,7 @@ def _share(replies: Sequence[Reply], name: str) -> float:
 
 def format_report(result: dict[str, Any]) -> str:
     header = (f"{'run':<14} {'lang':<4} {'replies':>7} {'in lang':>8} {'parrot':>7} {'loop':>6} {'empty':>6} "
-              f"{'cut':>6} {'recall':>7} {'respond':>8} {'restate':>8} {'1st tok ms':>10} {'tok/s':>6}")
+              f"{'cut':>6} {'leak':>6} {'recall':>7} {'respond':>8} {'restate':>8} {'1st tok ms':>10} {'tok/s':>6}")
     lines = [header]
     for run, by_lang in result["table"].items():
         for lang, s in by_lang.items():
@@ -236,6 +263,7 @@ def run_chat_check(
     A labelled run answers each turn as `edgeqwen run --task both` does, an unlabelled one as `--task chat`.
     """
     replies_by_run: dict[str, list[Reply]] = {}
+    instructions = instruction_texts(eq.roles["chat"])
     for mode in modes:
         overrides: dict[str, Any] = {"temperature": 0.0} if mode == "greedy" else {"seed": seed}
         if max_tokens:
@@ -250,7 +278,7 @@ def run_chat_check(
                     label_given = result.sentiment.label if result.sentiment else None
                     replies.append(judge(Reply(
                         prompt, turn, result.reply or "", conversation.finish_reason, timings["first_token_ms"],
-                        int(timings["reply_tokens"]), timings["total_ms"] / 1000, label_given)))
+                        int(timings["reply_tokens"]), timings["total_ms"] / 1000, label_given), instructions))
                     if on_reply:
                         on_reply()
             replies_by_run[run_name(mode, label)] = replies

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .classifier import Classification
 from .engine import EngineLike, Generation, Piece, SamplingParams, TokenLogprob
@@ -17,7 +17,7 @@ from .json_schema import schema_grammar, schema_instruction
 from .prompt_fit import FittedPrompt, fit_prompt, fixed_prefix
 from .roles import Guidance, Message, Role
 from .settings import CHAT_SLOTS
-from .text import clean_text, script_language
+from .text import asks, clean_text, script_language
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Turn:
     text: str
     prompt: FittedPrompt
     started: float
+    sampling: SamplingParams
     pieces: list[str] = field(default_factory=list)
     first_token_at: float | None = None
 
@@ -80,20 +81,26 @@ class Conversation:
         """The prompt for a reply to `text` (the history trimmed to fit); `record` adds the turn afterwards.
 
         `known`: classifications of `text` by other roles (e.g. its sentiment); the role's `guidance` for
-        their labels shapes the reply (e.g. an apology and a question after a negative review)."""
+        their labels shapes the reply (e.g. an apology and a question after a negative review), unless the
+        text asks a question or makes a request (text.asks): that is answered as it would be without them."""
         text = clean_text(text)
         started = time.perf_counter()
-        role, key = self._role_for(known)
+        role, key = self._role_for(() if asks(text) else known)  # guidance answers statements, not questions
         prefix = self._prefix(role, key, text)
-        prompt = fit_prompt(self.engine, role, text, self.history, reserve=self.sampling.max_tokens, prefix=prefix)
+        sampling = self.sampling
+        prompt = fit_prompt(self.engine, role, text, self.history, reserve=sampling.max_tokens, prefix=prefix)
         self.history, self.last_truncated = prompt.history, prompt.truncated
-        return Turn(text, prompt, started)
+        language = script_language(text)
+        avoid = max((self.role.guidance[index].avoid_input.get(language, 0.0) for index in key), default=0.0)
+        if avoid:
+            sampling = replace(sampling, logit_bias=self._input_bias(text, prefix, avoid))
+        return Turn(text, prompt, started, sampling)
 
     def stream(self, text: str, known: Sequence[Classification] = ()) -> Iterator[str]:
         """Yield the reply as it is generated; the turn joins the history even if interrupted."""
         turn = self.prepare(text, known)
         try:
-            for piece in self.engine.stream(turn.prompt.tokens, self.sampling, keep_prefix=turn.prompt.fixed):
+            for piece in self.engine.stream(turn.prompt.tokens, turn.sampling, keep_prefix=turn.prompt.fixed):
                 turn.add(piece)
                 yield piece
         finally:
@@ -108,6 +115,12 @@ class Conversation:
         if key not in self._guided:
             self._guided[key] = self.role.guided(entries)
         return self._guided[key], key
+
+    def _input_bias(self, text: str, prefix: Sequence[int], avoid: float) -> tuple[tuple[int, float], ...]:
+        """-`avoid` for each token of `text` the role's fixed prompt does not use: the message's own words,
+        not the words of a reply (thanks, you, a question), which the examples use."""
+        own = set(prefix)
+        return tuple((token, -avoid) for token in sorted(set(self.engine.tokenize(text)) - own))
 
     def _prefix(self, role: Role, key: tuple[int, ...], text: str) -> list[int]:
         language = script_language(text) if role.by_language else None
@@ -169,7 +182,7 @@ class ChatStreams:
         """Start generating a prepared turn (its prompt is evaluated by the next step()); its handle, or
         None while no slot or too few KV cells are free."""
         prompt = turn.prompt
-        handle = self._streams.start(prompt.tokens, conversation.sampling, keep_prefix=prompt.fixed)
+        handle = self._streams.start(prompt.tokens, turn.sampling, keep_prefix=prompt.fixed)
         if handle is not None:
             self._turns[handle] = (conversation, turn)
         return handle

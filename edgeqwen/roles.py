@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
@@ -107,6 +107,9 @@ class Guidance(_Strict):
         {}, description="The user message in place of the role's template, per language of the message (examples' too)."
     )
     examples: list[Example] = Field([], description="Few-shot turns (text, reply, lang) after the role's own.")
+    avoid_input: dict[Language, Annotated[float, Field(ge=0.0, le=10.0)]] = Field(
+        {}, description="Per language of the message: taken off the logit of each of its tokens that the role's own "
+        "prompt does not use, so the reply answers in its own words instead of restating the message.")
 
     @field_validator("template_by_language")
     @classmethod
@@ -132,21 +135,17 @@ class Role(_Strict):
     description: str = ""
     system: str
     system_by_language: dict[Language, str] = Field(
-        {}, description="A system prompt per language of the user's message (by script), used instead of `system`."
-    )
+        {}, description="A system prompt per language of the user's message (by script), used instead of `system`.")
     template: str = TEXT_PLACEHOLDER
     template_by_language: dict[Language, str] = Field(
-        {}, description="A template per language of the user's message (by script), used instead of `template`."
-    )
+        {}, description="A template per language of the user's message (by script), used instead of `template`.")
     examples: list[Example] = []
     labels: list[Label] = []
     sampling: Sampling = Sampling()
     calibration: Literal["none", "content_free"] = Field(
-        "none", description="content_free: subtract the label bias the model shows for an empty input."
-    )
+        "none", description="content_free: subtract the label bias the model shows for an empty input.")
     head: str | None = Field(
-        None, description="A classification head file (.npz) beside the role file, from `edgeqwen eval --train-head`."
-    )
+        None, description="A classification head file (.npz) beside the role file, from `edgeqwen eval --train-head`.")
     training: Training | None = Field(None, description="Texts `edgeqwen heads` trains the head on for a new model.")
     head_reads_prompt_of: str | None = Field(
         None, description="Another classify role whose prompt the head reads the text through (the role's own prompt "

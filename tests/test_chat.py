@@ -127,9 +127,7 @@ def test_chat_answers_in_the_language_of_each_message(eq):
 
 @pytest.mark.parametrize("text", [
     "The soup arrived lukewarm and the waiter forgot our drinks twice.",
-    pytest.param("这家店的咖啡很香，店员也特别热情，环境很安静。", marks=pytest.mark.xfail(
-        reason="issue 30 is open: Chinese replies still restate 25 % of held-out reviews and statements "
-               "(this one: the review restated, then a question)", strict=False)),
+    "这家店的咖啡很香，店员也特别热情，环境很安静。",
 ])
 def test_a_both_mode_reply_answers_a_review(eq, text):
     """`--task both`: the sentiment label goes into the chat turn, and the chat role's guidance for it
@@ -151,3 +149,34 @@ def test_the_label_reaches_the_prompt_of_the_chat_turn(eq):
     told, plain = eq.conversation().prepare(text, [label]), eq.conversation().prepare(text)
     assert told.prompt.tokens != plain.prompt.tokens
     assert eq.conversation().prepare(text, [unguided]).prompt.tokens == plain.prompt.tokens
+
+
+def test_a_guided_chinese_reply_is_kept_off_the_message_own_tokens(fake_eq):
+    """The shipped chat role's guidance lowers the logits of a Chinese message's own tokens (avoid_input),
+    except those its prompt uses itself (you, thanks, a question...); English messages and unguided turns
+    are sampled as before."""
+    conversation = fake_eq.conversation()
+    text = "外卖送得太慢，菜都凉了，服务也差。"
+    known = [fake_eq.sentiment(text)]
+    turn = conversation.prepare(text, known)
+    entry = fake_eq.roles["chat"].guidance_for([(k.role, k.label, k.confidence) for k in known])[0]
+    own = set(turn.prompt.tokens[:turn.prompt.fixed])
+    message = set(fake_eq.engine.tokenize(text))
+    biased = dict(turn.sampling.logit_bias)
+    assert biased and set(biased) == message - own and own & message  # punctuation and 你-words stay free
+    assert set(biased.values()) == {-entry.avoid_input["zh"]}
+    assert conversation.prepare(text).sampling.logit_bias == ()  # no label: no guidance
+    english = "The soup was cold and the waiter was rude."
+    assert conversation.prepare(english, [fake_eq.sentiment(english)]).sampling.logit_bias == ()
+
+
+def test_a_question_is_answered_as_without_the_label(fake_eq):
+    """Guidance answers statements and reviews; a question or request (text.asks) gets the unguided prompt."""
+    conversation = fake_eq.conversation()
+    for text in ("外卖为什么总是这么慢？", "My order is late. What should I do?", "帮我写一条差评。"):
+        guided = conversation.prepare(text, [fake_eq.sentiment(text)])
+        plain = conversation.prepare(text)
+        assert guided.prompt.tokens == plain.prompt.tokens and guided.sampling == plain.sampling, text
+    review = "外卖太慢了，菜都凉了。"
+    guided = conversation.prepare(review, [fake_eq.sentiment(review)])
+    assert guided.prompt.tokens != conversation.prepare(review).prompt.tokens

@@ -6,15 +6,17 @@ import json
 
 import pytest
 
-from edgeqwen.chat_check import ChatPrompt, Reply, judge, loops, parrots, read_prompts, report
+from edgeqwen.chat_check import ChatPrompt, Reply, instruction_texts, judge, leaks, loops, parrots, read_prompts, report
 from edgeqwen.errors import InputError
 from edgeqwen.reply_judging import borrowed_share, responds, response_markers, restates
-from edgeqwen.text import script_language
+from edgeqwen.roles import load_roles
+from edgeqwen.text import asks, script_language
 
 from conftest import REPO
 
 PROMPTS = REPO / "scripts" / "data" / "chat.eval.jsonl"
 HELD_OUT = REPO / "scripts" / "data" / "chat.heldout.jsonl"
+HELD_OUT_2 = REPO / "scripts" / "data" / "chat.heldout2.jsonl"
 
 
 @pytest.mark.parametrize("text, lang", [
@@ -26,6 +28,21 @@ HELD_OUT = REPO / "scripts" / "data" / "chat.heldout.jsonl"
 ])
 def test_language_by_script(text, lang):
     assert script_language(text) == lang
+
+
+@pytest.mark.parametrize("text, asking", [
+    ("How do I get rid of fruit flies?", True), ("Why does bread go stale faster in the fridge", True),
+    ("Is it better to study in the morning or at night", True), ("Tell me three ways to save water.", True),
+    ("I need a quick idea for dinner. I have rice and eggs.", True), ("Great phone. Can you recommend a case?", True),
+    ("猫咪可以喝牛奶吗", True), ("帮我写一条生日祝福。", True), ("下雨天可以做些什么？给我两个主意。", True),
+    ("为什么冬天皮肤容易干燥", True),
+    ("The soup was cold and the waiter was rude.", False), ("What a great double cheeseburger!", False),
+    ("When I got home the parcel was already there.", False), ("Could not get a strong enough signal.", False),
+    ("房间干净，早餐丰富，下次还会再来。", False), ("刚搬到新的城市，还没认识什么朋友。", False),
+    ("这本书，写得太好了。", False),
+])
+def test_a_text_that_asks_a_question_or_makes_a_request(text, asking):
+    assert asks(text) is asking
 
 
 def test_parroting_is_a_copy_of_most_of_the_prompt():
@@ -122,14 +139,33 @@ def test_shipped_prompt_set_is_large_and_balanced():
         assert sum(p.kind == "review" for p in mine) >= 16 and sum(p.kind == "statement" for p in mine) >= 16
 
 
-def test_held_out_prompts_are_apart_from_the_tuning_set():
-    tuned = {turn for p in read_prompts([PROMPTS]) for turn in p.turns}
-    held_out = read_prompts([HELD_OUT])
-    assert not tuned & {turn for p in held_out for turn in p.turns}
+def _turns(path) -> set[str]:
+    return {turn for p in read_prompts([path]) for turn in p.turns}
+
+
+@pytest.mark.parametrize("path", [HELD_OUT, HELD_OUT_2])
+def test_held_out_prompts_are_apart_from_the_tuning_set_and_each_other(path):
+    held_out = read_prompts([path])
+    assert not _turns(PROMPTS) & _turns(path)
+    assert not _turns(HELD_OUT) & _turns(HELD_OUT_2)
     for lang in ("en", "zh"):
         for kind in ("review", "statement"):
             assert sum(p.lang == lang and p.kind == kind for p in held_out) >= 12
-    assert [p.kind for p in read_prompts([HELD_OUT], kinds=["question"])] == ["question"] * 8
+    assert [p.kind for p in read_prompts([path], kinds=["question"])] == ["question"] * 8
+
+
+def test_a_reply_that_repeats_the_role_instructions_leaks():
+    chat = load_roles()["chat"]
+    instructions = instruction_texts(chat)
+    assert chat.system_by_language["zh"] in instructions and not any("{text}" in t for t in instructions)
+    comfort_me = chat.guidance[1].template_by_language["zh"].split("{text}")[1].strip().strip("（）")
+    assert leaks("真让人失望。" + comfort_me, instructions)
+    assert not leaks("真让人失望，你可以联系客服问问。", instructions)
+    assert leaks("Sure! " + chat.system_by_language["en"][:60], instructions)
+    assert not leaks("Please reply in English.", instructions)  # a piece under 24 letters
+    leaked = judge(Reply(ChatPrompt("x", "zh", "review", ("外卖太慢了。",), None, "x:1"), 0,
+                         "外卖太慢。" + comfort_me, "stop", 10.0, 5, 0.1), instructions)
+    assert leaked.checks["leak"] and ["leak"] == report({"greedy": [leaked]})["failures"][0]["failed"][:1]
 
 
 def test_bad_prompt_lines_are_one_line_errors(invoke, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -333,3 +335,17 @@ def test_a_prompt_that_does_not_fit_beside_a_slot_is_refused_and_the_slot_goes_o
     assert_same_or_near_tie(engine, tokens, alone, text)
     engine.next_token_logits(long_prompt)  # the slot's cells are free again
     assert engine.tokens_evaluated == 200
+
+
+def test_logit_bias_moves_greedy_off_a_token(eq):
+    """A token biased to -inf is never picked: greedy takes the next best, as the logits say."""
+    engine = eq.engine
+    prompt = engine.chat_tokens([{"role": "user", "content": "Name one fruit."}])
+    logits = engine.next_token_logits(prompt)
+    best = int(np.argmax(logits))
+    logits[best] = -np.inf
+    runner_up = int(np.argmax(logits))
+    free = engine.stream(prompt, SamplingParams(temperature=0.0, max_tokens=1))
+    banned = engine.stream(prompt, SamplingParams(temperature=0.0, max_tokens=1, logit_bias=((best, -math.inf),)))
+    assert "".join(free) == engine.detokenize([best])
+    assert "".join(banned) == engine.detokenize([runner_up])

@@ -38,6 +38,8 @@ class SamplingParams:
     grammar: str | None = None
     stop: tuple[str, ...] = ()  # texts that end the reply; never part of it (engine/reply.py)
     logprobs: int | None = None  # None: no log-probabilities; n: each token's, and its n most likely alternatives
+    # Added to a token's logit before anything else: (token, bias) pairs; -inf bans the token.
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
 
 def build_sampler(model: LlamaModel, sampling: SamplingParams, context: Sequence[int] = (),
@@ -47,6 +49,8 @@ def build_sampler(model: LlamaModel, sampling: SamplingParams, context: Sequence
     copying it, and `window` how far back it looks (n_ctx: all of it; this llama.cpp takes no -1 for that)."""
     sampler = LlamaSampler()
     greedy = sampling.temperature <= 0
+    if sampling.logit_bias:
+        llama_cpp.llama_sampler_chain_add(sampler.sampler, _logit_bias(model, sampling.logit_bias))
     if sampling.repeat_penalty != 1.0 or sampling.frequency_penalty or sampling.presence_penalty:
         # The penalty only lowers the logits of the last PENALTY_WINDOW tokens, so the k best after
         # it are among the k + PENALTY_WINDOW best before: cutting to those first gives the same
@@ -67,6 +71,11 @@ def build_sampler(model: LlamaModel, sampling: SamplingParams, context: Sequence
     sampler.add_temp(sampling.temperature)
     sampler.add_dist(seed)
     return sampler
+
+
+def _logit_bias(model: LlamaModel, pairs: Sequence[tuple[int, float]]) -> llama_cpp.llama_sampler_p:
+    biases = (llama_cpp.llama_logit_bias * len(pairs))(*(llama_cpp.llama_logit_bias(t, b) for t, b in pairs))
+    return llama_cpp.llama_sampler_init_logit_bias(llama_cpp.llama_vocab_n_tokens(model.vocab), len(pairs), biases)
 
 
 def _dry(model: LlamaModel, sampling: SamplingParams, context: Sequence[int], window: int) -> llama_cpp.llama_sampler_p:
