@@ -134,6 +134,7 @@ class EdgeQwen:
     def conversation(
         self, role: str | Role = "chat", history: Sequence[Message] = (), sampling: Mapping[str, Any] | None = None,
         *, schema: dict | bool | None = None, stop: Sequence[str] = (), logprobs: int | None = None,
+        logit_bias: Mapping[int, float] | None = None,
     ) -> Conversation:
         """A multi-turn chat that keeps its history (trimmed to fit n_ctx); `role` is a generate or extract
         role's name or a Role (e.g. one with another system prompt: `role.with_system(...)`); `sampling`
@@ -141,7 +142,8 @@ class EdgeQwen:
         constrains every reply to a JSON schema (an extract role's own by default; SchemaError names what
         is not supported); `stop` ends a reply before any of these texts; `logprobs` (0-20) gives each
         token's log-probability and that many alternatives (`conversation.last_logprobs`, and in chat
-        slots each piece's `logprobs`).
+        slots each piece's `logprobs`); `logit_bias` ({token id: bias}, ids below `n_vocab`) is added to
+        those tokens' logits before anything else picks one (-inf bans a token).
 
         >>> eq.conversation(eq.roles["chat"].with_system("Answer in one word.")).reply("Sky colour?")
         'Blue.'
@@ -149,7 +151,8 @@ class EdgeQwen:
         chosen = self._role(role, "generate")
         if sampling:
             chosen = chosen.model_copy(update={"sampling": chosen.sampling.model_copy(update=dict(sampling))})
-        return Conversation(self.engine, chosen, history, schema=schema, stop=stop, logprobs=logprobs)
+        return Conversation(self.engine, chosen, history, schema=schema, stop=stop, logprobs=logprobs,
+                            logit_bias=logit_bias)
 
     def chat_streams(self, slots: int = CHAT_SLOTS) -> ChatStreams:
         """Chat slots on this model: several conversations' replies generated together, one token of
@@ -253,6 +256,11 @@ class EdgeQwen:
     def n_ctx(self) -> int:
         """The context window in tokens: the longest prompt + reply."""
         return self.engine.n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        """Token ids of this model's vocabulary run from 0 to n_vocab - 1 (what a logit bias may name)."""
+        return self.engine.n_vocab
 
     @property
     def readable_layers(self) -> range:

@@ -7,12 +7,14 @@ from Conversation.stream (the engine's working sequence, one reply at a time) or
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from .classifier import Classification
 from .engine import EngineLike, Generation, Piece, SamplingParams, TokenLogprob
+from .errors import InputError
 from .json_schema import schema_grammar, schema_instruction
 from .prompt_fit import FittedPrompt, fit_prompt, fixed_prefix
 from .roles import Guidance, Message, Role
@@ -46,11 +48,13 @@ class Conversation:
     `schema`: a JSON schema every reply matches (an extract role's own by default): the reply is
     decoded under a grammar made from it, and the system prompt shows it to the model. `stop`: texts
     that end a reply, never part of it. `logprobs`: None, or how many alternatives to give with each
-    token's log-probability (`last_logprobs`)."""
+    token's log-probability (`last_logprobs`). `logit_bias`: {token id: bias} added to those tokens'
+    logits for every reply (-inf bans one); where the role's guidance keeps a reply off the message's
+    own tokens (avoid_input), these values win for the same token."""
 
     def __init__(
         self, engine: EngineLike, role: Role, history: Sequence[Message] = (), *, schema: dict | bool | None = None,
-        stop: Sequence[str] = (), logprobs: int | None = None,
+        stop: Sequence[str] = (), logprobs: int | None = None, logit_bias: Mapping[int, float] | None = None,
     ) -> None:
         role.require_kind("generate")
         self.schema = schema if schema is not None else role.output_schema
@@ -59,6 +63,7 @@ class Conversation:
         self.role = _with_schema_prompt(role, self.schema) if self.schema is not None else role
         self.stop = tuple(stop)
         self.logprobs = logprobs
+        self.logit_bias = _checked_bias(logit_bias or {}, engine.n_vocab)
         self.history: list[Message] = list(history)
         self._prefixes: dict[tuple, list[int]] = {}  # by guidance and the language of the message (Role.system_for)
         self._guided: dict[tuple[int, ...], Role] = {}  # the role as guided by each combination of guidance entries
@@ -75,7 +80,8 @@ class Conversation:
             # JSON repeats its own keys, quotes and commas: penalties against repeats only push the model
             # off what the grammar wants next (and make the whole grammar apply more often).
             settings.update(repeat_penalty=1.0, dry_multiplier=0.0)
-        return SamplingParams(**settings, grammar=self._grammar, stop=self.stop, logprobs=self.logprobs)
+        return SamplingParams(**settings, grammar=self._grammar, stop=self.stop, logprobs=self.logprobs,
+                              logit_bias=tuple(sorted(self.logit_bias.items())))
 
     def prepare(self, text: str, known: Sequence[Classification] = ()) -> Turn:
         """The prompt for a reply to `text` (the history trimmed to fit); `record` adds the turn afterwards.
@@ -93,7 +99,8 @@ class Conversation:
         language = script_language(text)
         avoid = max((self.role.guidance[index].avoid_input.get(language, 0.0) for index in key), default=0.0)
         if avoid:
-            sampling = replace(sampling, logit_bias=self._input_bias(text, prefix, avoid))
+            merged = {**dict(self._input_bias(text, prefix, avoid)), **self.logit_bias}  # the caller's bias wins
+            sampling = replace(sampling, logit_bias=tuple(sorted(merged.items())))
         return Turn(text, prompt, started, sampling)
 
     def stream(self, text: str, known: Sequence[Classification] = ()) -> Iterator[str]:
@@ -145,6 +152,15 @@ class Conversation:
         }
         if self._grammar is not None:
             self.timings["grammar_resampled"] = generation.resampled
+
+
+def _checked_bias(bias: Mapping[int, float], n_vocab: int) -> dict[int, float]:
+    for token, value in bias.items():
+        if not 0 <= token < n_vocab:
+            raise InputError(f"logit_bias: token id {token} is not in the model's vocabulary (0 to {n_vocab - 1})")
+        if math.isnan(value) or value == math.inf:  # +inf would leave llama.cpp's softmax nothing but NaN
+            raise InputError(f"logit_bias: the bias of token {token} must be a number below +inf, not {value}")
+    return {int(token): float(value) for token, value in bias.items()}
 
 
 def _with_schema_prompt(role: Role, schema: dict | bool) -> Role:

@@ -7,7 +7,8 @@ is tested in seconds. It satisfies edgeqwen.engine.EngineLike; what it says is m
 - logits: zero, but after a prompt, the label words get a score from cue words in the last user
   message: negative cues ("bad", "terrible", "差" ...) lift "negative", others "positive"; a question
   or a request lifts "question", anything else "review";
-- replies: "Reply N: " and the first words of the message, one token a step, cut at max_tokens.
+- replies: "Reply N: " and the first words of the message, one token a step, cut at max_tokens;
+  the SamplingParams of every reply started are kept in `samplings` (what reached the engine).
 
 Every model behaviour stays tested on the real model; this engine only stands in where it is not the point.
 """
@@ -52,6 +53,7 @@ class FakeEngine:
         self.memory_plan = MemoryPlan("f16", n_ctx, 1 << 20, None, "you")
         self.tokens_evaluated = 0
         self.last_generation = Generation()
+        self.samplings: list[SamplingParams] = []  # of every reply started, streamed or in a chat slot
 
     # -- tokens -----------------------------------------------------------------------------------
 
@@ -155,6 +157,7 @@ class FakeEngine:
 
     def stream(self, tokens: Sequence[int], sampling: SamplingParams, keep_prefix: int = 0) -> Iterator[str]:
         budget = self.reply_budget(tokens, sampling)
+        self.samplings.append(sampling)
         pieces = self.reply_pieces(tokens)
         self.last_generation = generation = Generation(prompt_tokens=len(tokens))
         self.tokens_evaluated = len(tokens) - keep_prefix
@@ -197,6 +200,7 @@ class FakeStreams:
         if not self.free:
             return None
         budget = self._engine.reply_budget(tokens, sampling)
+        self._engine.samplings.append(sampling)
         handle = min(set(range(self.slots)) - set(self._active))
         self._active[handle] = _Slot(self._engine.reply_pieces(tokens), Generation(prompt_tokens=len(tokens)), budget)
         return handle

@@ -170,6 +170,22 @@ def test_a_guided_chinese_reply_is_kept_off_the_message_own_tokens(fake_eq):
     assert conversation.prepare(english, [fake_eq.sentiment(english)]).sampling.logit_bias == ()
 
 
+def test_a_conversation_logit_bias_reaches_every_turn_and_wins_over_the_guidance_bias(fake_eq):
+    """A caller's logit_bias is in every turn's sampling; merged with the guidance's avoid_input bias, the
+    caller's value wins for a token both name, and the guidance keeps the others."""
+    text = "外卖送得太慢，菜都凉了，服务也差。"
+    known = [fake_eq.sentiment(text)]
+    guided = dict(fake_eq.conversation().prepare(text, known).sampling.logit_bias)
+    shared, other = sorted(guided)[:2]
+    caller = {shared: 7.5, 3: -100.0}
+    conversation = fake_eq.conversation(logit_bias=caller)
+    assert dict(conversation.prepare(text).sampling.logit_bias) == caller  # unguided: the caller's alone
+    merged = dict(conversation.prepare(text, known).sampling.logit_bias)
+    assert merged == {**guided, **caller} and merged[shared] == 7.5 and merged[other] == guided[other]
+    with pytest.raises(InputError, match="vocabulary"):
+        fake_eq.conversation(logit_bias={fake_eq.n_vocab: -1.0})
+
+
 def test_a_question_is_answered_as_without_the_label(fake_eq):
     """Guidance answers statements and reviews; a question or request (text.asks) gets the unguided prompt."""
     conversation = fake_eq.conversation()

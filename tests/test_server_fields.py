@@ -22,6 +22,7 @@ from edgeqwen.server.metrics import Metrics, RequestCounter, endpoint_label  # n
 from edgeqwen.server.schemas import IGNORED_FIELDS, RequestError  # noqa: E402
 
 USER = [{"role": "user", "content": "hi"}]
+N_VOCAB = 1000  # the vocabulary size logit_bias is checked against here
 
 
 def request(**fields):
@@ -31,7 +32,7 @@ def request(**fields):
 def refused(status: int, **fields) -> RequestError:
     with pytest.raises(RequestError) as error:
         body = request(**fields)
-        openai_map.chat_spec(body, load_roles()["chat"], 1000)
+        openai_map.chat_spec(body, load_roles()["chat"], 1000, N_VOCAB)
     assert error.value.status == status
     assert api_error(error.value).status == status and "\n" not in str(error.value)
     return error.value
@@ -44,7 +45,6 @@ def refused(status: int, **fields) -> RequestError:
         ({"tool_choice": "auto"}, "tool_choice"),
         ({"functions": [{"name": "f"}]}, "functions"),
         ({"n": 2}, "n"),
-        ({"logit_bias": {"100": 5}}, "logit_bias"),
         ({"response_format": {"type": "xml"}}, "response_format.type"),
         (
             {
@@ -87,6 +87,39 @@ def test_bad_values_are_422(fields, param):
     assert refused(422, **fields).param == param
 
 
+@pytest.mark.parametrize(
+    ("bias", "says"),
+    [
+        ({"abc": 5}, "'abc' is not a token id"),
+        ({"1.5": 5}, "'1.5' is not a token id"),
+        ({" 12": 5}, "' 12' is not a token id"),
+        ({"12\n": 5}, r"'12\n' is not a token id"),
+        ({"-1": 5}, "token id -1 is not in this model's vocabulary (0 to 999)"),
+        ({str(N_VOCAB): 5}, f"token id {N_VOCAB} is not in this model's vocabulary"),
+        ({"9" * 5000: -100}, "token id 9999999999999999999999999999999999999999 is not in this model's vocabulary"),
+        ({"12": 100.5}, "the bias of token 12 must be a number from -100 to 100, not 100.5"),
+        ({"12": -101}, "must be a number from -100 to 100, not -101"),
+        ({"12": "5"}, "must be a number from -100 to 100, not '5'"),
+        ({"12": False}, "must be a number from -100 to 100, not False"),
+        ({"12": None}, "must be a number from -100 to 100, not None"),
+        ({str(token): 1 for token in range(301)}, "at most 300 tokens, not 301"),
+        ([["12", 5]], "logit_bias: Input should be a valid dictionary"),
+    ],
+)
+def test_a_bad_logit_bias_is_a_one_line_422_naming_it(bias, says):
+    error = refused(422, logit_bias=bias)
+    assert error.param == "logit_bias" and str(error).startswith("logit_bias: ") and says in str(error)
+
+
+def test_logit_bias_reaches_the_chat_spec_as_token_ids():
+    bias = {"0": -100, "17": 2.5, str(N_VOCAB - 1): 100, **{str(token): -1 for token in range(100, 397)}}
+    _, spec = openai_map.chat_spec(request(logit_bias=bias), load_roles()["chat"], 1000, N_VOCAB)
+    assert len(spec.logit_bias) == 300 and spec.logit_bias[0] == -100.0 and spec.logit_bias[17] == 2.5
+    assert spec.logit_bias[N_VOCAB - 1] == 100.0 and all(isinstance(token, int) for token in spec.logit_bias)
+    _, spec = openai_map.chat_spec(request(logit_bias={}), load_roles()["chat"], 1000, N_VOCAB)
+    assert spec.logit_bias == {}
+
+
 def test_fields_that_change_nothing_are_accepted():
     body = request(
         user="u1",
@@ -101,7 +134,7 @@ def test_fields_that_change_nothing_are_accepted():
         n=1,
         messages=[{"role": "user", "content": "hi", "name": "ann", "tool_calls": None, "refusal": None}],
     )
-    text, spec = openai_map.chat_spec(body, load_roles()["chat"], 1000)
+    text, spec = openai_map.chat_spec(body, load_roles()["chat"], 1000, N_VOCAB)
     assert text == "hi" and spec.schema is None and spec.stop == () and spec.logprobs is None
     assert set(IGNORED_FIELDS) >= {"user", "metadata", "store", "service_tier"}
 
@@ -117,11 +150,11 @@ def test_supported_fields_reach_the_chat_spec():
         presence_penalty=0.2,
         temperature=0.1,
     )
-    _, spec = openai_map.chat_spec(body, load_roles()["chat"], 1000)
+    _, spec = openai_map.chat_spec(body, load_roles()["chat"], 1000, N_VOCAB)
     assert spec.schema == schema and spec.stop == ("END",) and spec.logprobs == 4
     assert (spec.role.sampling.frequency_penalty, spec.role.sampling.presence_penalty) == (0.5, 0.2)
     _, spec = openai_map.chat_spec(
-        request(response_format={"type": "json_object"}, logprobs=True), load_roles()["chat"], 1000
+        request(response_format={"type": "json_object"}, logprobs=True), load_roles()["chat"], 1000, N_VOCAB
     )
     assert spec.schema == {"type": "object"} and spec.logprobs == 0
 
@@ -129,9 +162,12 @@ def test_supported_fields_reach_the_chat_spec():
 def test_classify_role_refuses_what_a_label_cannot_follow_and_takes_logprobs():
     sentiment = load_roles()["sentiment"]
     with pytest.raises(RequestError, match="not with the classify role") as error:
-        openai_map.chat_spec(request(stop=["x"]), sentiment, 1000)
+        openai_map.chat_spec(request(stop=["x"]), sentiment, 1000, N_VOCAB)
     assert error.value.status == 400
-    text, spec = openai_map.chat_spec(request(logprobs=True, top_logprobs=2), sentiment, 1000)
+    with pytest.raises(RequestError, match="not with the classify role") as error:
+        openai_map.chat_spec(request(logit_bias={"12": -100}), sentiment, 1000, N_VOCAB)
+    assert error.value.status == 400 and error.value.param == "logit_bias"
+    text, spec = openai_map.chat_spec(request(logprobs=True, top_logprobs=2), sentiment, 1000, N_VOCAB)
     assert spec is None and openai_map.top_logprobs(request(logprobs=True, top_logprobs=2)) == 2
 
 

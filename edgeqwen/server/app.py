@@ -193,7 +193,7 @@ class Server:
         target = openai.resolve_model(body.model, self.model_id, self.eq.roles)
         asked = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         self.check_max_tokens(getattr(body, asked), asked, target)
-        text, spec = openai.chat_spec(body, target, self.config.max_text_chars)
+        text, spec = openai.chat_spec(body, target, self.config.max_text_chars, self.eq.n_vocab)
         if target.kind == "classify":
             top = openai.top_logprobs(body)
             job = self.worker.submit_batch(target.name, [text], service.classify_texts(self.eq, target.name),

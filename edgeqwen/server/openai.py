@@ -5,8 +5,8 @@ A request's `model` is the model file's id (the chat role) or any role's name; a
 answers with exactly one label (its labels' probabilities as logprobs), an extract role with JSON
 that matches its schema. System and developer messages are merged into the role's system prompt;
 max_tokens, temperature, top_p, seed and the penalties override its sampling; response_format,
-stop and logprobs go to the conversation. A field that would change the answer and is not done here
-is refused with a 400 naming it (schemas.py).
+stop, logprobs and logit_bias go to the conversation. A field that would change the answer and is not
+done here is refused with a 400 naming it (schemas.py).
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ def resolve_model(model: str, model_id: str, roles: Mapping[str, Role]) -> Role:
                    code="model_not_found", param="model")
 
 
-def chat_spec(body: ChatCompletionRequest, role: Role, max_text_chars: int) -> tuple[str, ChatSpec | None]:
-    """The last user message, and for a generate role the ChatSpec: system prompt, sampling and history applied."""
+def chat_spec(body: ChatCompletionRequest, role: Role, max_text_chars: int,
+              n_vocab: int) -> tuple[str, ChatSpec | None]:
+    """The last user message, and for a generate role the ChatSpec: system prompt, sampling and history
+    applied; `n_vocab`: the model's vocabulary size, which logit_bias's token ids must be below."""
     system: list[str] = []
     turns: list[dict[str, str]] = []
     for index, message in enumerate(body.messages):
@@ -70,7 +72,7 @@ def chat_spec(body: ChatCompletionRequest, role: Role, max_text_chars: int) -> t
     schema, stop = body.schema(), body.stop_texts()
     if role.kind != "generate":
         for field, value in (("response_format", schema), ("stop", stop), ("frequency_penalty", body.frequency_penalty),
-                             ("presence_penalty", body.presence_penalty)):
+                             ("presence_penalty", body.presence_penalty), ("logit_bias", body.logit_bias)):
             if value:
                 why = f"not with the {role.kind} role {role.name!r} (its replies follow the role's own rules)"
                 raise unsupported(field, why)
@@ -95,7 +97,8 @@ def chat_spec(body: ChatCompletionRequest, role: Role, max_text_chars: int) -> t
     if sampling:
         updates["sampling"] = role.sampling.model_copy(update=sampling)
     role = role.model_copy(update=updates) if updates else role
-    spec = ChatSpec(role=role, history=turns[:-1], text=text, schema=schema, stop=stop, logprobs=top_logprobs(body))
+    spec = ChatSpec(role=role, history=turns[:-1], text=text, schema=schema, stop=stop, logprobs=top_logprobs(body),
+                    logit_bias=body.bias(n_vocab))
     return text, spec
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -90,6 +91,9 @@ class ResponseFormat(BaseModel):
 
 MAX_STOP = 4  # stop texts, as OpenAI
 MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 300  # tokens one request may bias
+LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range: -100 to 100
+TOKEN_ID = re.compile(r"-?[0-9]+")
 # Fields of OpenAI's request that change nothing in the answer of this server: accepted and ignored.
 IGNORED_FIELDS = ("user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier", "prediction",
                   "parallel_tool_calls")
@@ -99,7 +103,6 @@ REFUSED_FIELDS = {
     "tool_choice": "tools and function calling are not supported",
     "functions": "tools and function calling are not supported",
     "function_call": "tools and function calling are not supported",
-    "logit_bias": "logit_bias is not supported",
     "modalities": "only text output is supported",
     "audio": "audio output is not supported",
     "web_search_options": "web search is not supported",
@@ -127,6 +130,7 @@ class ChatCompletionRequest(_Body):
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, Any] | None = None
 
     def check_fields(self) -> None:
         """Refuse, naming the field, what would change the answer and is not done here; unknown fields too."""
@@ -149,6 +153,29 @@ class ChatCompletionRequest(_Body):
         if any(not text for text in stops):
             raise RequestError("stop: stop sequences must not be empty", "stop")
         return tuple(stops)
+
+    def bias(self, n_vocab: int) -> dict[int, float]:
+        """logit_bias as {token id: bias}, checked: ids of this model's vocabulary, biases from -100 to 100.
+
+        The numbers go to llama.cpp as they are, -100 too (as llama.cpp's own server does, which maps
+        only `false` to -inf; OpenAI documents the bias as added to the logits): -100 is a ban in
+        practice, the gap it makes is far wider than a logit's spread (docs/server.md)."""
+        entries = self.logit_bias or {}
+        if len(entries) > MAX_LOGIT_BIAS:
+            raise RequestError(f"logit_bias: at most {MAX_LOGIT_BIAS} tokens, not {len(entries)}", "logit_bias")
+        bias = {}
+        for key, value in entries.items():
+            if not TOKEN_ID.fullmatch(key):
+                problem = f"{key[:40]!r} is not a token id (an integer, as a string)"
+            elif len(key) > 12 or not 0 <= int(key) < n_vocab:  # no vocabulary has a 12-digit id
+                problem = f"token id {key[:40]} is not in this model's vocabulary (0 to {n_vocab - 1})"
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or abs(value) > LOGIT_BIAS_LIMIT:
+                problem = f"the bias of token {key} must be a number from -100 to 100, not {value!r:.40}"
+            else:
+                bias[int(key)] = float(value)
+                continue
+            raise RequestError(f"logit_bias: {problem}", "logit_bias")
+        return bias
 
     def schema(self) -> Any | None:
         """The JSON schema the reply must match: None for free text."""

@@ -29,6 +29,7 @@ class ChatSpec:
     schema: Any = None  # a JSON schema the reply must match
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # None: none; n: each token's, with n alternatives
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> bias, added to its logit
 
 
 @dataclass
@@ -52,7 +53,8 @@ class Generated:
 
 def generate(eq: EdgeQwen, spec: ChatSpec, job: Job) -> SlotRequest:
     """A reply of a generate or extract role, to run in a chat slot; each piece goes to `job.emit` as a Delta."""
-    conversation = eq.conversation(spec.role, spec.history, schema=spec.schema, stop=spec.stop, logprobs=spec.logprobs)
+    conversation = eq.conversation(spec.role, spec.history, schema=spec.schema, stop=spec.stop, logprobs=spec.logprobs,
+                                   logit_bias=spec.logit_bias)
     turn = conversation.prepare(spec.text)
 
     def delta(piece) -> Delta:  # a ChatStreams Piece
