@@ -41,7 +41,7 @@ from .errors import InputError
 from .evaluate import jsonl_objects
 from .reply_judging import responds, restates
 from .roles import Role
-from .text import script_language
+from .text import HAN, script_language
 
 LANGS = ("en", "zh")
 MODES = ("greedy", "sampled")  # greedy: temperature 0; sampled: the role's own sampling
@@ -97,7 +97,8 @@ def leaks(reply: str, instructions: Sequence[str]) -> bool:
     for instruction in instructions:
         i = _letters(instruction)
         match = SequenceMatcher(None, r, i, autojunk=False).find_longest_match(0, len(r), 0, len(i))
-        if sum(3 if "\u3400" <= ch <= "\u9fff" else 1 for ch in r[match.a:match.a + match.size]) >= LEAK_WEIGHT:
+        piece = r[match.a:match.a + match.size]
+        if len(piece) + 2 * len(HAN.findall(piece)) >= LEAK_WEIGHT:
             return True
     return False
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 
-from .text import script_language
+from .text import HAN, script_language
 
 _EN_MARKERS = {
     "second person": re.compile(r"\byou(?:r|rs|rself|'re|'ve|'ll|'d)?\b", re.I),
@@ -52,7 +52,6 @@ _REFUSAL = re.compile(
     r"\b(?:can't|can not|cannot|unable to) (?:assist|help)(?: you)? with (?:that|this)"
     r"|(?:无法|不能)(?:帮助|协助|回答|提供)", re.I)
 
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 # Characters nearly every Chinese sentence has; they say nothing about where the content came from.
 _HAN_FUNCTION = set("的了是在我你您他她它有和就不都也很这那个一上着过们吧呢啊呀吗么得地")
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
@@ -87,7 +86,7 @@ def responds(reply: str) -> bool:
 def content_units(text: str, chinese: bool) -> list[str]:
     """Han characters without function characters (chinese), else stemmed English words without stop words."""
     if chinese:
-        return [ch for ch in _HAN.findall(text) if ch not in _HAN_FUNCTION]
+        return [ch for ch in HAN.findall(text) if ch not in _HAN_FUNCTION]
     return [_stem(word) for word in _WORD.findall(text.casefold().replace("\u2019", "'")) if word not in _STOP_WORDS]
 
 

@@ -7,7 +7,7 @@ import re
 
 from .errors import InputError
 
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")  # a Han character
 _LATIN = re.compile(r"[A-Za-z]")
 # asks(): a text that ends like a question, or a clause that opens like one or like a request.
 _ENDS_ASKING = re.compile(r"(?:[?？]|[吗呢么]|\bplease)[\s\W]*$", re.I)
@@ -28,7 +28,7 @@ def script_language(text: str) -> str | None:
     """"zh" or "en" by script: a Han character counts as three Latin letters (a Chinese word is one or
     two characters, an English word about five letters), so a text is Chinese when 3 x Han >= letters;
     None for a text with neither."""
-    han, latin = len(_HAN.findall(text)), len(_LATIN.findall(text))
+    han, latin = len(HAN.findall(text)), len(_LATIN.findall(text))
     if han == latin == 0:
         return None
     return "zh" if 3 * han >= latin else "en"
