@@ -99,7 +99,7 @@ class Conversation:
         language = script_language(text)
         avoid = max((self.role.guidance[index].avoid_input.get(language, 0.0) for index in key), default=0.0)
         if avoid:
-            merged = {**dict(self._input_bias(text, prefix, avoid)), **self.logit_bias}  # the caller's bias wins
+            merged = {**self._input_bias(text, prefix, avoid), **self.logit_bias}  # the caller's bias wins
             sampling = replace(sampling, logit_bias=tuple(sorted(merged.items())))
         return Turn(text, prompt, started, sampling)
 
@@ -123,11 +123,10 @@ class Conversation:
             self._guided[key] = self.role.guided(entries)
         return self._guided[key], key
 
-    def _input_bias(self, text: str, prefix: Sequence[int], avoid: float) -> tuple[tuple[int, float], ...]:
+    def _input_bias(self, text: str, prefix: Sequence[int], avoid: float) -> dict[int, float]:
         """-`avoid` for each token of `text` the role's fixed prompt does not use: the message's own words,
         not the words of a reply (thanks, you, a question), which the examples use."""
-        own = set(prefix)
-        return tuple((token, -avoid) for token in sorted(set(self.engine.tokenize(text)) - own))
+        return {token: -avoid for token in set(self.engine.tokenize(text)) - set(prefix)}
 
     def _prefix(self, role: Role, key: tuple[int, ...], text: str) -> list[int]:
         language = script_language(text) if role.by_language else None
