@@ -28,6 +28,13 @@ def probe(default_child: list[str], fallback_child: list[str]):
     return failure, tried
 
 
+def choose_loading(default_child: list[str], fallback_child: list[str]) -> tuple:
+    """The loading bench chooses when its probes run these children: the choice, the probes tried, the lines logged."""
+    failure, tried = probe(default_child, fallback_child)
+    lines: list[str] = []
+    return bench.choose_reference_loading(failure, plan_repacks=False, log=lines.append), tried, lines
+
+
 def test_a_child_killed_by_sigill_is_named_by_its_signal():
     assert bench.child_failure(SIGILL_CHILD, timeout=60) == "SIGILL: Illegal instruction"
     assert bench.child_failure(CLEAN_CHILD, timeout=60) is None
@@ -39,9 +46,7 @@ def test_a_child_that_exits_with_an_error_gives_its_status_and_last_line():
 
 
 def test_default_loading_dying_by_sigill_falls_back_to_extra_buffers_off_with_one_line():
-    failure, tried = probe(SIGILL_CHILD, CLEAN_CHILD)
-    lines = []
-    loading = bench.choose_reference_loading(failure, plan_repacks=False, log=lines.append)
+    loading, tried, lines = choose_loading(SIGILL_CHILD, CLEAN_CHILD)
     assert loading.extra_buffers is False
     assert tried == [True, False]
     assert lines == [FALLBACK_LINE]
@@ -49,18 +54,14 @@ def test_default_loading_dying_by_sigill_falls_back_to_extra_buffers_off_with_on
 
 
 def test_a_clean_default_loading_keeps_llama_cpp_pythons_defaults_and_says_nothing():
-    failure, tried = probe(CLEAN_CHILD, SIGILL_CHILD)
-    lines = []
-    loading = bench.choose_reference_loading(failure, plan_repacks=False, log=lines.append)
+    loading, tried, lines = choose_loading(CLEAN_CHILD, SIGILL_CHILD)
     assert loading.extra_buffers is True
     assert tried == [True]
     assert lines == []
 
 
 def test_when_both_loadings_die_the_reference_is_not_loaded_and_one_line_says_why():
-    failure, tried = probe(SIGILL_CHILD, SIGILL_CHILD)
-    lines = []
-    loading = bench.choose_reference_loading(failure, plan_repacks=False, log=lines.append)
+    loading, tried, lines = choose_loading(SIGILL_CHILD, SIGILL_CHILD)
     assert loading.extra_buffers is None
     assert tried == [True, False]
     assert len(lines) == 1 and "not measured" in lines[0] and lines[0].count("SIGILL") == 2
