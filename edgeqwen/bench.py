@@ -41,18 +41,20 @@ LONG_INPUTS = [
     "We stayed four nights. The location is convenient, a short walk from the station and the old town, "
     "but the room was tiny, the air conditioning rattled all night, the shower drained slowly and the "
     "breakfast was the same cold buffet every morning. Staff were polite but could not fix anything.",
-    "这台笔记本电脑外观很漂亮，重量也轻，适合出差携带。屏幕色彩准确，键盘手感不错，电池续航大概八个小时，"
-    "基本能满足一天的办公需求。唯一的缺点是风扇在高负载时声音有点大，不过整体来说非常满意，推荐购买。",
+    "这台笔记本电脑外观很漂亮，重量也轻，适合出差携带。屏幕色彩准确，"
+    "键盘手感不错，电池续航大概八个小时，基本能满足一天的办公需求。"
+    "唯一的缺点是风扇在高负载时声音有点大，不过整体来说非常满意，推荐购买。",
     "I went in with low expectations, but the film surprised me: the performances are subtle, the script "
     "trusts its audience, and the final twenty minutes are some of the most moving I have seen this year. "
     "It is slow in places, yet every scene earns its place.",
-    "酒店前台办理入住等了四十分钟，房间里有烟味，床单上还有污渍。打电话给客房服务，半个小时都没人来。"
-    "早餐种类很少，咖啡是凉的。价格却一点都不便宜，非常失望，不会再来了。",
+    "酒店前台办理入住等了四十分钟，房间里有烟味，床单上还有污渍。"
+    "打电话给客房服务，半个小时都没人来。早餐种类很少，咖啡是凉的。"
+    "价格却一点都不便宜，非常失望，不会再来了。",
 ]
 CHAT_PROMPT = "Give me three tips for staying focused while studying."
 # Four replies that each run their whole budget on the stand-in (greedy), so every step decodes four.
-TOGETHER_PROMPTS = [CHAT_PROMPT, "Name three rivers in Europe and one fact about each.", "请详细介绍一下长城的历史。",
-                    "How do I boil an egg so the yolk stays soft?"]
+TOGETHER_PROMPTS = [CHAT_PROMPT, "Name three rivers in Europe and one fact about each.",
+                    "请详细介绍一下长城的历史。", "How do I boil an egg so the yolk stays soft?"]
 # Structured output: the same prompt answered under the schema's grammar and free (same sampling), so the
 # ratio is what the grammar costs per token.
 STRUCTURED_PROMPT = "Invent a person and describe them: name, age, city, three hobbies and a two-sentence biography."

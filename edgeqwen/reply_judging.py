@@ -53,7 +53,8 @@ _REFUSAL = re.compile(
     r"|(?:无法|不能)(?:帮助|协助|回答|提供)", re.I)
 
 # Characters nearly every Chinese sentence has; they say nothing about where the content came from.
-_HAN_FUNCTION = set("的了是在我你您他她它有和就不都也很这那个一上着过们吧呢啊呀吗么得地")
+_HAN_FUNCTION = set("的了是在我你您他她它有和就不都也很这那"
+                    "个一上着过们吧呢啊呀吗么得地")
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 _STOP_WORDS = set("""
 a an the and or but so if then than that this these those there here it its it's is are was were be been being am

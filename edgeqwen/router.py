@@ -17,7 +17,8 @@ STRATEGIES = ("llm", "rules")
 
 # Words that ask for sentiment analysis or carry an opinion, per the seed's approach.
 _SENTIMENT_KEYWORDS = (
-    "情感", "情绪", "评价", "分析", "觉得", "喜欢", "讨厌", "太差", "很好", "不错", "失望", "满意",
+    "情感", "情绪", "评价", "分析", "觉得", "喜欢",
+    "讨厌", "太差", "很好", "不错", "失望", "满意",
     "sentiment", "review", "opinion", "feel", "love", "hate", "terrible", "great", "awful", "amazing",
 )
 _CHAT_MAX_CHARS = 10  # very short inputs are greetings or small talk

@@ -20,8 +20,10 @@ _EN_ASKING = re.compile(
     r"|(?:is|are|was|were|do|does|did|can|could|should|would|will|shall)\s+(?:i|you|we|it|he|she|they|there|this|that"
     r"|my|your|a|an|the)\b)", re.I)
 _ZH_ASKING = re.compile(
-    r"^\W*(?:请|帮我|帮忙|给我|告诉我|推荐|写|列|介绍|解释|翻译|我想要|我想学|我需要|能不能|可不可以|能否)"
-    r"|[。！？；，]\s*(?:请|帮我|给我|告诉我)|怎么办|为什么|如何|怎么样|哪些|哪里|哪个|是不是|能不能")
+    r"^\W*(?:请|帮我|帮忙|给我|告诉我|推荐|写|列|介绍|解释|翻译"
+    r"|我想要|我想学|我需要|可不可以|能否)"
+    r"|[。！？；，]\s*(?:请|帮我|给我|告诉我)"
+    r"|怎么办|为什么|如何|怎么样|哪些|哪里|哪个|是不是|能不能")
 
 
 def script_language(text: str) -> str | None:

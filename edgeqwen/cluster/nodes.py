@@ -156,8 +156,8 @@ def check_node_model(model: ModelSpec) -> Path:
                                  "shares")
     digest = stamped_sha256(path)
     if digest != model.sha256:
-        raise ModelFileError(f"node {node}: {path} has sha256 {digest[:16]}…, expected {model.sha256[:16]}…: copy the "
-                             "same model file to every node")
+        raise ModelFileError(f"node {node}: {path} has sha256 {digest[:16]}…, expected {model.sha256[:16]}…: "
+                             "copy the same model file to every node")
     if model.prompts and not Path(model.prompts).is_dir():
         raise ModelNotFoundError(f"node {node}: no prompts directory at {model.prompts}: copy it there too")
     return path
